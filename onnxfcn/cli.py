@@ -1,0 +1,384 @@
+"""The ``onnxfcn`` command line: convert, verify, inspect.
+
+Exit codes: 0 success; 1 a numerical mismatch (verify, or convert's self-check); 2 bad input
+(unreadable file, no image input, no convertible head, unsupported node, bad option);
+3 the model is already fully convolutional (nothing written).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, Optional
+
+import numpy as np
+import typer
+
+from . import __version__
+from .errors import AlreadyConvolutionalError, OnnxFcnError, SelfCheckError
+
+EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_ALREADY_FCN = 0, 1, 2, 3
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
+    help="Turn an ONNX image classifier into a fully convolutional model, and prove it right.",
+)
+
+MODE_HELP = (
+    "How a global pooling head slides. 'window' (default): the global pool becomes a stride-1 pool "
+    "as large as the reference feature map, so every output cell is the classifier applied to one "
+    "reference-size window of the image. 'dense': the global pool is dropped and every feature-map "
+    "cell is scored on its own (a class activation map, with a finer grid). Heads that flatten "
+    "without pooling always work as 'window'."
+)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except AlreadyConvolutionalError as exc:
+        typer.echo(f"{exc} -- nothing to convert, nothing written (exit {EXIT_ALREADY_FCN})", err=True)
+        raise typer.Exit(EXIT_ALREADY_FCN) from None
+    except SelfCheckError as exc:
+        _fail(f"self-check failed, nothing written: {exc}", EXIT_MISMATCH)
+    except OnnxFcnError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected HxW, e.g. 384x384") from None
+    if h <= 0 or w <= 0:
+        raise typer.BadParameter(f"{text!r}: sizes must be positive")
+    return h, w
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(widths[k]) for k, c in enumerate(r)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * wd for wd in widths))
+    return "\n".join(lines)
+
+
+def _mb(n: int) -> str:
+    return "external" if n < 0 else (f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} KB")
+
+
+def _shape(d: dict[str, list[Any]]) -> str:
+    return "; ".join(f"{k} {'x'.join(str(x) for x in v)}" for k, v in d.items())
+
+
+def print_conversion(report: Any, out_path: Path | None) -> None:
+    geo = report.geometry
+    typer.echo(f"input  {report.image.name}: {report.image.layout}, reference size "
+               f"{report.image.height}x{report.image.width}; mode {report.mode}")
+    rows = [("node", "before", "after")] + [(c.node, c.before, c.after) for c in report.changes]
+    typer.echo("\n" + _table(rows))
+    b, a = report.before, report.after
+    ops = sorted(set(b.ops) | set(a.ops), key=lambda o: -(b.ops.get(o, 0) + a.ops.get(o, 0)))
+    changed = [o for o in ops if b.ops.get(o, 0) != a.ops.get(o, 0)]
+    stats = [("", "before", "after"),
+             ("nodes", str(b.nodes), str(a.nodes))]
+    stats += [(f"  {o}", str(b.ops.get(o, 0)), str(a.ops.get(o, 0))) for o in changed]
+    stats += [("inputs", _shape(b.inputs), _shape(a.inputs)),
+              ("outputs", _shape(b.outputs), _shape(a.outputs)),
+              ("size", _mb(b.bytes), _mb(a.bytes)),
+              ("time", "", f"{report.seconds:.2f} s")]
+    typer.echo("\n" + _table(stats))
+    typer.echo(f"\nwindow {geo.window[0]}x{geo.window[1]}, stride {geo.stride[0]}x{geo.stride[1]}, "
+               f"offset {geo.offset[0]},{geo.offset[1]}, receptive field {geo.receptive_field[0]}x{geo.receptive_field[1]}")
+    typer.echo(f"grid   out_height = {geo.formula(0)}, out_width = {geo.formula(1)}"
+               f"  (e.g. {geo.window[0] + 2 * geo.stride[0]}x{geo.window[1] + 2 * geo.stride[1]} -> "
+               f"{'x'.join(str(c) for c in geo.grid(geo.window[0] + 2 * geo.stride[0], geo.window[1] + 2 * geo.stride[1]))})")
+    mh, mw = geo.min_size()
+    typer.echo(f"min    input at least {mh}x{mw}; smaller inputs give no cell")
+    if geo.exact:
+        typer.echo("exact  yes: each cell equals the original classifier on its crop (no padding inside a window)")
+    else:
+        typer.echo("exact  no: cells match crops only approximately, because of")
+        for r in geo.reasons[:4]:
+            typer.echo(f"         - {r}")
+        if len(geo.reasons) > 4:
+            typer.echo(f"         - ... and {len(geo.reasons) - 4} more")
+    if report.self_check:
+        sizes = ", ".join(f"{r['size'][0]}x{r['size'][1]}" for r in report.self_check)
+        typer.echo(f"check  ran on onnxruntime at {sizes} (batch {report.self_check[0]['batch']}): ok")
+    if out_path is not None:
+        typer.echo(f"wrote  {out_path}")
+
+
+def print_verify(report: Any) -> None:
+    for c in report.checks:
+        kind = "exact" if c.exact else "approximate"
+        size = c.details.get("size")
+        where = f" at {size[0]}x{size[1]}" if size else ""
+        extra = ""
+        if "cells_checked" in c.details:
+            extra = f", {c.details['cells_checked']} of {c.details['grid'][0]}x{c.details['grid'][1]} cells"
+        typer.echo(f"[{c.name}] {kind}{where}{extra}: {'ok' if c.passed else 'MISMATCH'}"
+                   + (f" ({c.note})" if c.note else ""))
+        for o in c.outputs:
+            top1 = f" top1 {o.top1 * 100:.1f}%" if o.top1 is not None else ""
+            typer.echo(f"    {o.name}: max abs {o.max_abs:.3g}, mean abs {o.mean_abs:.3g}, max rel {o.max_rel:.3g}, "
+                       f"mean rel {o.mean_rel:.3g}{top1}")
+            typer.echo(f"      tolerance atol {o.atol:.1g} + rtol {o.rtol:.1g} * {o.ref_max:.3g}; "
+                       f"would pass with rtol >= {o.needed_rtol:.3g}")
+            if o.border_max_abs is not None and o.error_map is not None:
+                inter = "n/a" if o.interior_max_abs is None else f"{o.interior_max_abs:.3g}"
+                typer.echo(f"      border cells max abs {o.border_max_abs:.3g}, interior {inter}")
+                if len(o.error_map) <= 12 and len(o.error_map[0]) <= 12:
+                    for row in o.error_map:
+                        typer.echo("      " + " ".join("   .    " if e is None else f"{e:8.1e}" for e in row))
+    typer.echo(("PASSED" if report.passed else "FAILED") + f": {report.reason} ({report.seconds:.1f} s)")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    from .io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, float) and (o != o or o in (float("inf"), float("-inf"))):
+        return str(o)
+    return str(o)
+
+
+def _progress() -> Callable[[int, int], None]:
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if not sys.stderr.isatty():
+            return
+        bar = state.get("bar")
+        if bar is None:
+            bar = typer.progressbar(length=total, label="crops", file=sys.stderr)
+            bar.__enter__()
+            state["bar"], state["done"] = bar, 0
+        bar.update(done - state["done"])
+        state["done"] = done
+        if done >= total:
+            bar.__exit__(None, None, None)
+            state.clear()
+
+    return update
+
+
+@app.command()
+def convert(
+    model: Annotated[Path, typer.Argument(help="The classifier to convert (.onnx).")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Where to write the result [default: MODEL.fcn.onnx].")] = None,
+    mode: Annotated[str, typer.Option(help=MODE_HELP)] = "window",
+    input_name: Annotated[Optional[str], typer.Option("--input", help="The image input, if there are several.")] = None,
+    size: Annotated[Optional[str], typer.Option(help="Reference size HxW, for models whose input size is dynamic.")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Run the full verify checks after converting.")] = False,
+    self_check: Annotated[bool, typer.Option(help="Run the result on onnxruntime before writing it.")] = True,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON to this file.")] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only errors.")] = False,
+) -> None:
+    """Rewrite the dense head into convolutions so the model runs on larger images."""
+    from .convert import convert as do_convert
+    from .io import save_model
+
+    if mode not in ("window", "dense"):
+        _fail(f"--mode must be window or dense, not {mode!r}", EXIT_BAD_INPUT)
+    out = output or model.with_name(model.name.removesuffix(".onnx") + ".fcn.onnx")
+    if out.resolve() == model.resolve():
+        _fail("output path is the input path; the input is never overwritten", EXIT_BAD_INPUT)
+    with _errors():
+        new, report = do_convert(model, mode=mode, input_name=input_name, size=_size(size) if size else None,
+                                 self_check=self_check)
+        vreport = None
+        if verify:
+            from .verify import verify as do_verify
+
+            vreport = do_verify(model, new, progress=None if quiet else _progress())
+        if vreport is not None and not vreport:
+            if not quiet:
+                print_verify(vreport)
+            _fail(f"verify failed, nothing written: {vreport.reason}", EXIT_MISMATCH)
+        save_model(new, out, external_data=True if report.external_data else None)
+    if json_path is not None:
+        data = report.to_dict() | {"output": str(out)}
+        if vreport is not None:
+            data["verify"] = vreport.to_dict()
+        _write_json(json_path, data)
+    if not quiet:
+        print_conversion(report, out)
+        if vreport is not None:
+            typer.echo("")
+            print_verify(vreport)
+
+
+@app.command()
+def verify(
+    original: Annotated[Path, typer.Argument(help="The original classifier.")],
+    converted: Annotated[Path, typer.Argument(help="The model onnxfcn convert wrote.")],
+    size: Annotated[Optional[list[str]], typer.Option(help="Larger input size HxW to check; repeatable. Default: a size giving at least 3x4 windows.")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Batch size of the random inputs.")] = 2,
+    positions: Annotated[str, typer.Option(help="'all', or how many cells to check (corners, edges, centre, then random).")] = "16",
+    seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
+    npy: Annotated[Optional[Path], typer.Option("--npy", help="Your own input: a .npy array, N x C x H x W (or NHWC for NHWC models).")] = None,
+    image: Annotated[Optional[Path], typer.Option(help="Your own input image (needs Pillow); see --mean/--std/--scale.")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Per-channel mean, e.g. 0.485,0.456,0.406 (after --scale).")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")] = None,
+    scale: Annotated[float, typer.Option(help="Multiply pixel values (0..255) by this first.")] = 1 / 255,
+    provider: Annotated[str, typer.Option(help="cpu, cuda, or auto (CUDA when present; then CPU vs CUDA is compared too).")] = "cpu",
+    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance [default per dtype; fp32 1e-7].")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Tolerance relative to max|reference| [default per dtype; fp32 1e-5, fp16 1e-2].")] = None,
+    strict: Annotated[bool, typer.Option(help="Fail on sliding-window differences even when the model is only approximately exact.")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON to this file.")] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only the final line.")] = False,
+) -> None:
+    """Prove a converted model against the original on onnxruntime (exit 0 passed, 1 mismatch, 2 bad input)."""
+    from .verify import verify as do_verify
+
+    pos: int | str
+    if positions == "all":
+        pos = "all"
+    else:
+        try:
+            pos = int(positions)
+        except ValueError:
+            _fail(f"--positions must be 'all' or a number, not {positions!r}", EXIT_BAD_INPUT)
+        if pos < 1:
+            _fail("--positions must be at least 1", EXIT_BAD_INPUT)
+    with _errors():
+        arr = _load_input(npy, image, mean, std, scale, original)
+        report = do_verify(original, converted, sizes=[_size(s) for s in size] if size else None, batch=batch,
+                           inputs=arr, positions=pos, seed=seed, provider=provider, rtol=rtol, atol=atol,
+                           strict=strict, progress=None if quiet else _progress())
+    if json_path is not None:
+        _write_json(json_path, report.to_dict())
+    if quiet:
+        typer.echo(("PASSED" if report.passed else "FAILED") + f": {report.reason}")
+    else:
+        print_verify(report)
+    raise typer.Exit(EXIT_OK if report else EXIT_MISMATCH)
+
+
+def _floats(text: str | None, n: int) -> np.ndarray | None:
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise OnnxFcnError(f"{text!r}: expected comma-separated numbers") from None
+    if len(vals) not in (1, n):
+        raise OnnxFcnError(f"{text!r}: expected 1 or {n} values")
+    return np.asarray(vals, dtype=np.float32)
+
+
+def _load_input(npy: Path | None, image: Path | None, mean: str | None, std: str | None, scale: float,
+                original: Path) -> np.ndarray | None:
+    if npy is not None and image is not None:
+        raise OnnxFcnError("give --npy or --image, not both")
+    if npy is not None:
+        try:
+            return np.load(npy, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise OnnxFcnError(f"{npy}: not a readable .npy file: {exc}") from None
+    if image is None:
+        return None
+    try:
+        from PIL import Image
+    except ImportError:
+        raise OnnxFcnError("--image needs Pillow: pip install 'onnxfcn[image]'") from None
+    from .convert import prepare
+    from .io import load_model
+
+    model, _ = load_model(original)
+    img_in = prepare(model).image
+    try:
+        pil = Image.open(image)
+        pil = pil.convert("L" if img_in.channels == 1 else "RGB")
+    except OSError as exc:
+        raise OnnxFcnError(f"{image}: not a readable image: {exc}") from None
+    arr = np.asarray(pil, dtype=np.float32) * scale
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    m, s = _floats(mean, img_in.channels), _floats(std, img_in.channels)
+    if m is not None:
+        arr = arr - m
+    if s is not None:
+        arr = arr / s
+    arr = arr[None]
+    return arr if img_in.layout == "NHWC" else arr.transpose(0, 3, 1, 2).copy()
+
+
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="The classifier to look at (.onnx).")],
+    mode: Annotated[str, typer.Option(help=MODE_HELP)] = "window",
+    input_name: Annotated[Optional[str], typer.Option("--input", help="The image input, if there are several.")] = None,
+    size: Annotated[Optional[str], typer.Option(help="Reference size HxW, for models whose input size is dynamic.")] = None,
+    at: Annotated[Optional[str], typer.Option(help="An input size HxW to compute the output grid for.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Dry run: the head found, what convert would change, blockers, and the geometry. Changes nothing."""
+    from .inspect import inspect as do_inspect
+
+    with _errors():
+        report = do_inspect(model, mode=mode, input_name=input_name, size=_size(size) if size else None,
+                            at=_size(at) if at else None)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, default=_json_default))
+    else:
+        _print_inspect(report)
+    if report.already_convolutional:
+        raise typer.Exit(EXIT_ALREADY_FCN)
+    raise typer.Exit(EXIT_OK if report else EXIT_BAD_INPUT)
+
+
+def _print_inspect(report: Any) -> None:
+    if report.input:
+        i = report.input
+        typer.echo(f"input  {i['name']}: {i['layout']}, reference size {i['reference_size'][0]}x{i['reference_size'][1]}")
+    for k, h in enumerate(report.heads):
+        typer.echo(f"head {k}: {' -> '.join(h['nodes'])}  =>  {', '.join(h['outputs'])}")
+    if report.changes:
+        typer.echo("\n" + _table([("node", "before", "after")] + [(c["node"], c["before"], c["after"]) for c in report.changes]))
+    for b in report.blockers:
+        typer.echo(f"blocker: {'node ' + repr(b['node']) + ': ' if b['node'] else ''}{b['reason']}")
+    g = report.geometry
+    if g:
+        typer.echo(f"\nwindow {g['window']}, stride {g['stride']}, offset {g['offset']}, receptive field {g['receptive_field']}")
+        typer.echo(f"grid   out_height = {g['grid_formula'][0]}, out_width = {g['grid_formula'][1]}")
+        if "grid_at" in g:
+            typer.echo(f"       input {g['grid_at']['input'][0]}x{g['grid_at']['input'][1]} -> "
+                       f"{g['grid_at']['cells'][0]}x{g['grid_at']['cells'][1]} cells")
+        typer.echo("exact  " + ("yes" if g["exact"] else "no: " + "; ".join(g["reasons"][:3])))
+    typer.echo("\n" + ("convertible" if report.convertible else
+                       "already fully convolutional" if report.already_convolutional else "NOT convertible"))
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"onnxfcn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log what the library does.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+
+
+def main() -> None:
+    app()

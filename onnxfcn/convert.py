@@ -1,0 +1,178 @@
+"""``convert``: load, analyse, rewrite, make dynamic, check, and describe what happened."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from . import __version__
+from .errors import AlreadyConvolutionalError, OnnxFcnError, SelfCheckError
+from .geometry import Geometry, compute_geometry
+from .graph import GraphIndex
+from .head import Analysis, ImageInput, analyze, find_image_input
+from .io import load_model, needs_external_data
+from .rewrite import Change, apply, plan_head_rewrite
+from .shapes import make_dynamic
+from .trunk import plan_trunk_rewrite
+
+log = logging.getLogger(__name__)
+
+META_PREFIX = "onnxfcn."
+
+
+@dataclass
+class ModelStats:
+    nodes: int
+    ops: dict[str, int]
+    inputs: dict[str, list[Any]]
+    outputs: dict[str, list[Any]]
+    bytes: int
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> ModelStats:
+        def dims(vi: onnx.ValueInfoProto) -> list[Any]:
+            return [d.dim_param or d.dim_value or "?" for d in vi.type.tensor_type.shape.dim]
+
+        inits = {t.name for t in model.graph.initializer}
+        return cls(
+            nodes=len(model.graph.node),
+            ops=dict(Counter(n.op_type for n in model.graph.node)),
+            inputs={i.name: dims(i) for i in model.graph.input if i.name not in inits},
+            outputs={o.name: dims(o) for o in model.graph.output},
+            bytes=model.ByteSize() if not needs_external_data(model) else -1,
+        )
+
+
+@dataclass
+class ConversionReport:
+    """What ``convert`` did: the rewrite, the geometry, the self-check and before/after stats."""
+
+    image: ImageInput
+    mode: str
+    geometry: Geometry
+    changes: list[Change]
+    features: list[str]
+    before: ModelStats
+    after: ModelStats
+    seconds: float = 0.0
+    self_check: list[dict[str, Any]] = field(default_factory=list)
+    external_data: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input": {"name": self.image.name, "layout": self.image.layout,
+                      "reference_size": [self.image.height, self.image.width]},
+            "mode": self.mode,
+            "geometry": self.geometry.summary(),
+            "changes": [c.__dict__ for c in self.changes],
+            "features": self.features,
+            "before": self.before.__dict__,
+            "after": self.after.__dict__,
+            "seconds": round(self.seconds, 3),
+            "self_check": self.self_check,
+        }
+
+
+def metadata(geo: Geometry, features: list[str]) -> dict[str, str]:
+    def pair(p: tuple[int, int]) -> str:
+        return f"{p[0]},{p[1]}"
+
+    return {
+        META_PREFIX + "window": pair(geo.window),
+        META_PREFIX + "stride": pair(geo.stride),
+        META_PREFIX + "offset": pair(geo.offset),
+        META_PREFIX + "receptive_field": pair(geo.receptive_field),
+        META_PREFIX + "mode": geo.mode,
+        META_PREFIX + "exact": "true" if geo.exact else "false",
+        META_PREFIX + "reasons": "; ".join(geo.reasons),
+        META_PREFIX + "feature_window": pair(geo.feature_window),
+        META_PREFIX + "features": ",".join(features),
+        META_PREFIX + "version": __version__,
+    }
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
+
+
+def _set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
+    kept = [p for p in model.metadata_props if p.key not in meta]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+
+
+def prepare(model: onnx.ModelProto, input_name: str | None = None,
+            size: tuple[int, int] | None = None) -> Analysis:
+    """Find the image input and the head; raise if the model is already converted."""
+    if read_metadata(model).get("mode"):
+        raise AlreadyConvolutionalError("already converted by onnxfcn (metadata onnxfcn.mode is set)")
+    image = find_image_input(model, input_name, size)
+    return analyze(model, image)
+
+
+def convert(
+    model_or_path: str | os.PathLike[str] | onnx.ModelProto,
+    *,
+    mode: str = "window",
+    input_name: str | None = None,
+    size: tuple[int, int] | None = None,
+    self_check: bool = True,
+    seed: int = 0,
+) -> tuple[onnx.ModelProto, ConversionReport]:
+    """Rewrite a classifier's dense head into convolutions; return the new model and a report.
+
+    ``mode="window"`` (default) makes each output cell the classifier applied to one
+    reference-size window; ``mode="dense"`` drops a global pool so each feature cell is scored
+    on its own. The input model is never modified. With ``self_check`` the result is run on
+    onnxruntime at the reference size (compared with the original) and at two larger sizes.
+    """
+    t0 = time.perf_counter()
+    model, external = load_model(model_or_path)
+    before = ModelStats.of(model)
+    original = onnx.ModelProto()
+    if self_check:
+        original.CopyFrom(model)
+    analysis = prepare(model, input_name, size)
+    plan = plan_head_rewrite(analysis, mode)
+    windows = set(plan.windows)
+    if len(windows) != 1:
+        raise OnnxFcnError(f"heads read feature windows of different sizes: {sorted(windows)}")
+    geo = compute_geometry(analysis, plan.features, windows.pop(), mode)
+    trunk = plan_trunk_rewrite(analysis)
+    apply(model, analysis, plan, trunk.replacements, trunk.initializers)
+    ref_index = GraphIndex(model, {analysis.image.name: analysis.image.shape_at(1, analysis.image.height,
+                                                                                  analysis.image.width)})
+    channels: dict[str, int | None] = {}
+    for name, m in plan.outputs.items():
+        shape = ref_index.shape(name)
+        channels[name] = shape[m.layout[1]] if shape and m.layout is not None and isinstance(shape[m.layout[1]], int) else None  # type: ignore[misc]
+    make_dynamic(model, analysis.image, plan.outputs, channels)
+    _set_metadata(model, metadata(geo, sorted(set(plan.features))))
+    if not needs_external_data(model):
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as exc:  # noqa: BLE001
+            raise SelfCheckError(f"converted model fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
+    report = ConversionReport(
+        image=analysis.image, mode=mode, geometry=geo, changes=trunk.changes + plan.changes,
+        features=sorted(set(plan.features)), before=before, after=ModelStats.of(model), external_data=external,
+    )
+    if self_check:
+        from .verify import self_check as run_self_check
+
+        report.self_check = run_self_check(original, model, analysis.image, geo, seed=seed)
+    report.seconds = time.perf_counter() - t0
+    log.info("converted in %.2fs: %d changes", report.seconds, len(plan.changes))
+    return model, report
+
+
+def is_exact(model: onnx.ModelProto) -> bool:
+    return read_metadata(model).get("exact") == "true"

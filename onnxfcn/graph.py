@@ -1,0 +1,253 @@
+"""A read-only index over an ONNX graph: producers, consumers, constants and static shapes.
+
+Static shapes come from ONNX shape inference run on a *skeleton* of the model: the same nodes,
+but every large initializer replaced by a typed graph input, so inference never copies weight
+bytes (a VGG16 carries 500 MB of them).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from .errors import UnsupportedModelError
+
+Shape = tuple[int | str | None, ...]
+
+# Initializers at most this large stay in the skeleton: shape tensors, axes, small constants.
+_SKELETON_KEEP_BYTES = 4096
+# A computed constant is folded to an initializer only if it is not much larger than what it is
+# computed from; otherwise (ConstantOfShape weights in the light zoo graphs) it stays computed.
+_FOLD_SLACK_BYTES = 4096
+
+
+def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    return node.name or f"{node.op_type}->{node.output[0] if node.output else '?'}"
+
+
+def _tensor_nbytes(t: onnx.TensorProto) -> int:
+    n = int(np.prod(t.dims)) if len(t.dims) else 1
+    return n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 0
+
+
+class GraphIndex:
+    """Producers, consumers, initializers and static reference-size shapes of one graph."""
+
+    def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]] | None = None):
+        self.model = model
+        self.graph = model.graph
+        self.opset = next(
+            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1
+        )
+        self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in self.graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.graph.node:
+            for o in node.output:
+                if o:
+                    self.producer[o] = node
+            for i in node.input:
+                if i:
+                    self.consumers.setdefault(i, []).append(node)
+        self.graph_outputs = [o.name for o in self.graph.output]
+        self.graph_inputs = [i.name for i in self.graph.input if i.name not in self.initializers]
+        self._names = set(self.producer) | set(self.initializers) | {i.name for i in self.graph.input}
+        self._counter = itertools.count()
+        self._const_cache: dict[str, np.ndarray | None] = {}
+        self.shapes: dict[str, Shape] = {}
+        self.dtypes: dict[str, int] = {}
+        self._infer(input_shapes or {})
+
+    # ---- names -------------------------------------------------------------------------
+    def fresh(self, hint: str) -> str:
+        while True:
+            name = f"{hint}__fcn{next(self._counter)}"
+            if name not in self._names:
+                self._names.add(name)
+                return name
+
+    # ---- shapes ------------------------------------------------------------------------
+    def _infer(self, input_shapes: dict[str, Sequence[int]]) -> None:
+        skel = skeleton(self.model, input_shapes)
+        try:
+            inferred = shape_inference.infer_shapes(skel, strict_mode=False, data_prop=True)
+        except Exception as exc:  # noqa: BLE001 - inference errors come in many types
+            raise UnsupportedModelError(f"ONNX shape inference failed: {str(exc).splitlines()[0]}") from exc
+        g = inferred.graph
+        for vi in itertools.chain(g.input, g.value_info, g.output):
+            tt = vi.type.tensor_type
+            if not vi.type.HasField("tensor_type"):
+                continue
+            self.dtypes[vi.name] = tt.elem_type
+            if tt.HasField("shape"):
+                self.shapes[vi.name] = tuple(
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                    for d in tt.shape.dim
+                )
+        for name, t in self.initializers.items():
+            self.shapes[name] = tuple(int(d) for d in t.dims)
+            self.dtypes[name] = t.data_type
+
+    def shape(self, name: str) -> Shape | None:
+        return self.shapes.get(name)
+
+    def static_shape(self, name: str) -> tuple[int, ...] | None:
+        s = self.shapes.get(name)
+        if s is None or not all(isinstance(d, int) for d in s):
+            return None
+        return tuple(int(d) for d in s)  # type: ignore[arg-type]
+
+    def rank(self, name: str) -> int | None:
+        s = self.shapes.get(name)
+        return None if s is None else len(s)
+
+    # ---- constants ---------------------------------------------------------------------
+    def is_const(self, name: str, _seen: set[str] | None = None) -> bool:
+        """True when the tensor depends on no graph input (initializers excepted)."""
+        if not name:
+            return True
+        if name in self.initializers:
+            return True
+        node = self.producer.get(name)
+        if node is None:
+            return False
+        if node.op_type == "Constant":
+            return True
+        if node.op_type in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"):
+            return False
+        return all(self.is_const(i) for i in node.input)
+
+    def const_leaves_nbytes(self, name: str) -> int:
+        total, stack, seen = 0, [name], set()
+        while stack:
+            n = stack.pop()
+            if not n or n in seen:
+                continue
+            seen.add(n)
+            if n in self.initializers:
+                total += _tensor_nbytes(self.initializers[n])
+                continue
+            node = self.producer.get(n)
+            if node is None:
+                continue
+            if node.op_type == "Constant":
+                total += sum(_tensor_nbytes(a.t) for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
+            stack.extend(node.input)
+        return total
+
+    def foldable(self, name: str) -> bool:
+        """Constant, and cheap to store: not a large tensor computed from a tiny one."""
+        if not self.is_const(name):
+            return False
+        if name in self.initializers:
+            return True
+        shape = self.static_shape(name)
+        dtype = self.dtypes.get(name)
+        if shape is None or not dtype:
+            return False
+        nbytes = int(np.prod(shape)) * helper.tensor_dtype_to_np_dtype(dtype).itemsize
+        return nbytes <= 2 * self.const_leaves_nbytes(name) + _FOLD_SLACK_BYTES
+
+    def const_value(self, name: str) -> np.ndarray | None:
+        """Value of a constant tensor, evaluating the subgraph that computes it (memoized)."""
+        if name in self._const_cache:
+            return self._const_cache[name]
+        value: np.ndarray | None = None
+        if name in self.initializers:
+            value = numpy_helper.to_array(self.initializers[name])
+        elif self.is_const(name):
+            value = self._evaluate(name)
+        self._const_cache[name] = value
+        return value
+
+    def _evaluate(self, name: str) -> np.ndarray | None:
+        from onnx.reference import ReferenceEvaluator
+
+        nodes: list[onnx.NodeProto] = []
+        inits: dict[str, onnx.TensorProto] = {}
+        seen: set[str] = set()
+
+        def visit(n: str) -> None:
+            if not n or n in seen:
+                return
+            seen.add(n)
+            if n in self.initializers:
+                inits[n] = self.initializers[n]
+                return
+            node = self.producer[n]
+            for i in node.input:
+                visit(i)
+            nodes.append(node)
+
+        visit(name)
+        graph = helper.make_graph(
+            nodes, "const", [], [helper.make_tensor_value_info(name, 0, None)], list(inits.values())
+        )
+        model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
+        model.ir_version = self.model.ir_version
+        try:
+            (out,) = ReferenceEvaluator(model).run(None, {})
+        except Exception:  # noqa: BLE001 - an op the reference runtime lacks: treat as non-constant
+            return None
+        return np.asarray(out)
+
+    def int_list(self, name: str) -> list[int] | None:
+        v = self.const_value(name) if name else None
+        return None if v is None else [int(x) for x in np.asarray(v).reshape(-1)]
+
+    def ancestors(self, names: Iterable[str]) -> set[str]:
+        """Every tensor the given tensors depend on, themselves included."""
+        out: set[str] = set()
+        stack = list(names)
+        while stack:
+            n = stack.pop()
+            if not n or n in out:
+                continue
+            out.add(n)
+            node = self.producer.get(n)
+            if node is not None:
+                stack.extend(node.input)
+        return out
+
+    def topo_nodes(self) -> list[onnx.NodeProto]:
+        return list(self.graph.node)
+
+
+def skeleton(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]]) -> onnx.ModelProto:
+    """The model without large weight bytes, for shape inference. Inputs may be re-shaped."""
+    g = model.graph
+    small: list[onnx.TensorProto] = []
+    typed: list[onnx.ValueInfoProto] = []
+    init_names = set()
+    for t in g.initializer:
+        init_names.add(t.name)
+        if _tensor_nbytes(t) <= _SKELETON_KEEP_BYTES and t.data_location != onnx.TensorProto.EXTERNAL:
+            small.append(t)
+        else:
+            typed.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    inputs = []
+    for vi in g.input:
+        if vi.name in init_names:
+            continue
+        if vi.name in input_shapes:
+            vi = helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, list(input_shapes[vi.name]))
+        inputs.append(vi)
+    # Output shapes and value_info are dropped: they may be stale, and inference re-derives them.
+    outputs = [helper.make_tensor_value_info(o.name, o.type.tensor_type.elem_type, None) for o in g.output]
+    graph = helper.make_graph(list(g.node), g.name or "g", inputs + typed, outputs, small)
+    skel = helper.make_model(graph, opset_imports=list(model.opset_import))
+    skel.ir_version = max(model.ir_version, 4)
+    skel.functions.extend(model.functions)
+    return skel

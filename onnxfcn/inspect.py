@@ -1,0 +1,77 @@
+"""``inspect``: a dry run. What convert would find, change and refuse, and what the result means."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from .errors import AlreadyConvolutionalError, OnnxFcnError
+from .geometry import compute_geometry
+from .graph import node_label
+from .io import load_model
+
+
+@dataclass
+class InspectReport:
+    """Everything ``convert`` would do, without doing it. Truthy when the model would convert."""
+
+    input: dict[str, Any] | None = None
+    heads: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[dict[str, str]] = field(default_factory=list)
+    blockers: list[dict[str, str | None]] = field(default_factory=list)
+    geometry: dict[str, Any] | None = None
+    already_convolutional: bool = False
+    mode: str = "window"
+
+    @property
+    def convertible(self) -> bool:
+        return not self.blockers and not self.already_convolutional
+
+    def __bool__(self) -> bool:
+        return self.convertible
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"convertible": self.convertible, **self.__dict__}
+
+
+def inspect(model_or_path: str | os.PathLike[str] | onnx.ModelProto, *, mode: str = "window",
+            input_name: str | None = None, size: tuple[int, int] | None = None,
+            at: tuple[int, int] | None = None) -> InspectReport:
+    """Analyse the model as ``convert`` would; ``at`` gives an input size for the grid example."""
+    from .convert import prepare
+    from .rewrite import plan_head_rewrite
+    from .trunk import plan_trunk_rewrite
+
+    model, _ = load_model(model_or_path)
+    report = InspectReport(mode=mode)
+    try:
+        analysis = prepare(model, input_name, size)
+    except AlreadyConvolutionalError as exc:
+        report.already_convolutional = True
+        report.blockers.append({"node": exc.node, "reason": exc.reason})
+        return report
+    except OnnxFcnError as exc:
+        report.blockers.append({"node": exc.node, "reason": exc.reason})
+        return report
+    img = analysis.image
+    report.input = {"name": img.name, "layout": img.layout, "reference_size": [img.height, img.width],
+                    "channels": img.channels}
+    for head in analysis.heads:
+        report.heads.append({
+            "features": head.features, "outputs": head.outputs,
+            "nodes": [f"{n.op_type} {node_label(n)}" for n in head.nodes],
+        })
+    try:
+        plan = plan_head_rewrite(analysis, mode)
+        trunk_plan = plan_trunk_rewrite(analysis)
+        geo = compute_geometry(analysis, plan.features, plan.windows[0], mode)
+    except OnnxFcnError as exc:
+        report.blockers.append({"node": exc.node, "reason": exc.reason})
+        return report
+    report.changes = [c.__dict__ for c in plan.changes] + [c.__dict__ for c in trunk_plan.changes]
+    h, w = at or (img.height + 2 * geo.stride[0], img.width + 2 * geo.stride[1])
+    report.geometry = geo.summary(h, w)
+    return report

@@ -1,0 +1,59 @@
+"""Shapes of the converted model: named dynamic input and output dims, no stale value_info."""
+
+from __future__ import annotations
+
+import onnx
+
+from .head import ImageInput
+from .rewrite import Mapped
+
+BATCH, HEIGHT, WIDTH = "batch", "height", "width"
+OUT_H, OUT_W = "out_height", "out_width"
+
+
+def _set_dims(vi: onnx.ValueInfoProto, dims: list[int | str | None]) -> None:
+    shape = vi.type.tensor_type.shape
+    del shape.dim[:]
+    for d in dims:
+        dim = shape.dim.add()
+        if isinstance(d, int):
+            dim.dim_value = d
+        elif isinstance(d, str):
+            dim.dim_param = d
+
+
+def make_dynamic(model: onnx.ModelProto, image: ImageInput, outputs: dict[str, Mapped],
+                 channels: dict[str, int | None]) -> None:
+    """Batch, height and width become named dims; outputs become N x K x out_h x out_w."""
+    g = model.graph
+    for vi in g.input:
+        if vi.name != image.name:
+            continue
+        old = [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+        names = [old[k] if isinstance(old[k], str) and old[k] else default
+                 for k, default in enumerate([BATCH, None, HEIGHT, WIDTH] if image.layout == "NCHW"
+                                             else [BATCH, HEIGHT, WIDTH, None])]
+        c_axis = 1 if image.layout == "NCHW" else 3
+        names[c_axis] = image.channels
+        _set_dims(vi, names)
+    batch = next(
+        (d.dim_param for vi in g.input if vi.name == image.name for d in vi.type.tensor_type.shape.dim[:1]), BATCH
+    ) or BATCH
+    for out in g.output:
+        m = outputs.get(out.name)
+        if m is None:
+            # Not a head output (a feature map, say): its spatial size now varies; keep only the rank.
+            rank = len(out.type.tensor_type.shape.dim)
+            _set_dims(out, [None] * rank)
+            continue
+        if m.layout is None:  # ArgMax/ArgMin with keepdims=0: N x out_h x out_w
+            _set_dims(out, [batch, OUT_H, OUT_W])
+            continue
+        dims: list[int | str | None] = [None, None, None, None]
+        dims[m.layout[0]] = batch
+        dims[m.layout[1]] = channels.get(out.name)
+        dims[m.layout[2]] = OUT_H
+        dims[m.layout[3]] = OUT_W
+        _set_dims(out, dims)
+    # Every intermediate shape was recorded at the reference size and is stale now.
+    del g.value_info[:]

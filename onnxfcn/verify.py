@@ -1,0 +1,595 @@
+"""Numerical proof of a conversion on onnxruntime.
+
+Three checks, reported separately:
+
+- **reference**: at the reference size the converted outputs equal the original's;
+- **sliding**: one pass on a larger image, each cell against the original run on its crop.
+  Exact when the model has no padding effect inside a window (metadata ``onnxfcn.exact``), else
+  approximate and reported with its numbers;
+- **feature**: the converted model's trunk on the larger image, then the *original* head on each
+  reference-size window of the feature map. Exact for every model: it proves the head rewrite.
+
+Tolerances compare the largest absolute error with ``atol + rtol * max|reference|`` per output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .errors import OnnxFcnError, SelfCheckError
+from .geometry import Geometry
+from .head import ImageInput
+from .io import load_model, needs_external_data, save_model
+
+log = logging.getLogger(__name__)
+
+# Defaults per output dtype: (rtol, atol). rtol is relative to the largest reference magnitude.
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "float32": (1e-5, 1e-7),
+    "float64": (1e-9, 1e-12),
+    "float16": (1e-2, 1e-4),
+    "bfloat16": (4e-2, 1e-3),
+}
+
+Progress = Callable[[int, int], None]
+
+
+# ---- sessions -----------------------------------------------------------------------------
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+def cuda_available() -> bool:
+    return "CUDAExecutionProvider" in available_providers()
+
+
+def resolve_providers(provider: str) -> list[str]:
+    """'cpu' | 'cuda' | 'auto' -> the providers to check on, CPU always first."""
+    if provider not in ("cpu", "cuda", "auto"):
+        raise OnnxFcnError(f"provider must be cpu, cuda or auto, not {provider!r}")
+    if provider == "cuda" and not cuda_available():
+        raise OnnxFcnError("CUDA provider asked for, but onnxruntime has no CUDAExecutionProvider "
+                           f"(available: {', '.join(available_providers())}; install onnxruntime-gpu)")
+    if provider == "cpu" or not cuda_available():
+        return ["cpu"]
+    return ["cpu", "cuda"]
+
+
+def make_session(model: onnx.ModelProto | str, provider: str = "cpu") -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # failures surface as exceptions; no console noise
+    if provider == "cuda":
+        # TF32 would make CUDA convolutions differ from fp32 by ~1e-3: off for strict checks.
+        providers: list[Any] = [("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    if isinstance(model, str):
+        return ort.InferenceSession(model, opts, providers=providers)
+    if needs_external_data(model):
+        with tempfile.TemporaryDirectory(prefix="onnxfcn-") as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            save_model(model, path, external_data=True)
+            return ort.InferenceSession(path, opts, providers=providers)
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+
+
+def _node_from_error(exc: Exception) -> str | None:
+    m = re.search(r"Name:'([^']*)'", str(exc))
+    return m.group(1) if m else None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def run_batched(sess: ort.InferenceSession, input_name: str, x: np.ndarray, chunk: int | None = None,
+                progress: Progress | None = None) -> list[np.ndarray]:
+    """Run ``sess`` on ``x`` in chunks along the batch axis.
+
+    Exporters often bake batch 1 into a Reshape even when the input's batch dim is symbolic; if
+    a chunk fails, the rest runs one sample at a time.
+    """
+    dim0 = next((i.shape[0] for i in sess.get_inputs() if i.name == input_name), None)
+    size = 1 if dim0 == 1 else max(1, chunk or len(x))
+    parts: list[list[np.ndarray]] = []
+    k = 0
+    while k < len(x):
+        try:
+            parts.append(sess.run(None, {input_name: x[k:k + size]}))
+        except Exception:  # noqa: BLE001 - onnxruntime raises several types
+            if size == 1:
+                raise
+            size = 1
+            continue
+        k += size
+        if progress is not None:
+            progress(min(k, len(x)), len(x))
+    return [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(parts[0]))]
+
+
+# ---- comparison ---------------------------------------------------------------------------
+@dataclass
+class OutputComparison:
+    """One output compared with its reference (Polygraphy-style numbers)."""
+
+    name: str
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    mean_rel: float
+    ref_max: float
+    needed_rtol: float  # the smallest rtol (with the given atol) that would have passed
+    rtol: float
+    atol: float
+    passed: bool
+    top1: float | None = None  # fraction of cells whose arg-max class agrees
+    error_map: list[list[float | None]] | None = None
+    interior_max_abs: float | None = None
+    border_max_abs: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def compare(name: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: float,
+            class_axis: int | None = None) -> OutputComparison:
+    got = np.asarray(got)
+    want = np.asarray(want)
+    if got.shape != want.shape:
+        raise SelfCheckError(f"output '{name}': shape {list(got.shape)} does not match the reference {list(want.shape)}")
+    if got.dtype.kind in "iub":
+        diff = np.abs(got.astype(np.int64) - want.astype(np.int64)).astype(np.float64)
+        ref_max = float(np.abs(want).max()) if want.size else 0.0
+        max_abs = float(diff.max()) if diff.size else 0.0
+        return OutputComparison(name, max_abs, float(diff.mean()) if diff.size else 0.0, max_abs, max_abs,
+                                ref_max, 0.0 if max_abs == 0 else float("inf"), 0.0, 0.0, max_abs == 0)
+    g64, w64 = got.astype(np.float64), want.astype(np.float64)
+    diff = np.abs(g64 - w64)
+    bad = ~np.isfinite(diff)
+    ref_max = float(np.abs(w64).max()) if w64.size else 0.0
+    rel = diff / np.maximum(np.abs(w64), 1e-12)
+    max_abs = float(np.inf if bad.any() else diff.max()) if diff.size else 0.0
+    needed = (max_abs - atol) / ref_max if ref_max > 0 else (0.0 if max_abs <= atol else float("inf"))
+    top1 = None
+    if class_axis is not None and got.ndim > class_axis and got.shape[class_axis] > 1:
+        top1 = float(np.mean(np.argmax(g64, axis=class_axis) == np.argmax(w64, axis=class_axis)))
+    return OutputComparison(
+        name=name, max_abs=max_abs, mean_abs=float(diff.mean()) if diff.size else 0.0,
+        max_rel=float(rel.max()) if rel.size else 0.0, mean_rel=float(rel.mean()) if rel.size else 0.0,
+        ref_max=ref_max, needed_rtol=max(needed, 0.0), rtol=rtol, atol=atol,
+        passed=bool(max_abs <= atol + rtol * ref_max), top1=top1,
+    )
+
+
+@dataclass
+class CheckResult:
+    name: str  # "reference" | "sliding" | "feature" | "providers"
+    passed: bool
+    exact: bool
+    outputs: list[OutputComparison] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "exact": self.exact, "note": self.note,
+                "details": self.details, "outputs": [o.to_dict() for o in self.outputs]}
+
+
+@dataclass
+class VerifyReport:
+    """Truthy when every check passed."""
+
+    checks: list[CheckResult]
+    provider: list[str]
+    exact: bool
+    seconds: float = 0.0
+    reason: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "reason": self.reason, "exact": self.exact, "providers": self.provider,
+                "seconds": round(self.seconds, 3), "checks": [c.to_dict() for c in self.checks]}
+
+
+def tolerance_for(dtype: np.dtype[Any], rtol: float | None, atol: float | None) -> tuple[float, float]:
+    d_rtol, d_atol = TOLERANCES.get(np.dtype(dtype).name, TOLERANCES["float32"])
+    return (d_rtol if rtol is None else rtol), (d_atol if atol is None else atol)
+
+
+def random_input(image: ImageInput, batch: int, height: int, width: int, seed: int,
+                 dtype: np.dtype[Any] = np.dtype(np.float32)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(image.shape_at(batch, height, width)).astype(dtype)
+
+
+def _input_dtype(model: onnx.ModelProto, name: str) -> np.dtype[Any]:
+    for vi in model.graph.input:
+        if vi.name == name:
+            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+    return np.dtype(np.float32)
+
+
+# ---- self-check used by convert ---------------------------------------------------------------
+def self_check_sizes(image: ImageInput, geo: Geometry) -> list[tuple[int, int]]:
+    sh, sw = geo.stride
+    h, w = image.height, image.width
+    # One stride-aligned size, one that is not a multiple of the stride.
+    return [(h + sh, w + 2 * sw), (h + sh + max(1, sh // 2) + 1, w + max(1, sw // 3) + 2)]
+
+
+def self_check(original: onnx.ModelProto, converted: onnx.ModelProto, image: ImageInput, geo: Geometry,
+               seed: int = 0, batch: int = 2) -> list[dict[str, Any]]:
+    """Run the converted model at the reference size and at two larger sizes, batch 2."""
+    results: list[dict[str, Any]] = []
+    dtype = _input_dtype(converted, image.name)
+    try:
+        conv_sess = make_session(converted)
+    except Exception as exc:  # noqa: BLE001
+        raise SelfCheckError(f"onnxruntime cannot load the converted model: {_first_line(exc)}",
+                             _node_from_error(exc)) from exc
+    out_names = [o.name for o in converted.graph.output]
+    if geo.mode == "window":
+        x = random_input(image, batch, image.height, image.width, seed, dtype)
+        want = run_batched(make_session(original), image.name, x)
+        got = _run(conv_sess, image.name, x, "the reference size")
+        worst = 0.0
+        for name, g, w in zip(out_names, got, want):
+            rtol, atol = tolerance_for(w.dtype, None, None)
+            cmp = compare(name, g.reshape(w.shape) if g.size == w.size else g, w, rtol, atol)
+            worst = max(worst, cmp.needed_rtol)
+            if not cmp.passed:
+                raise SelfCheckError(
+                    f"output '{name}' differs from the original at the reference size: max abs error "
+                    f"{cmp.max_abs:.3g} > {atol:.1g} + {rtol:.1g} * {cmp.ref_max:.3g}")
+        results.append({"size": [image.height, image.width], "batch": batch, "max_rel_error": worst})
+    for h, w in self_check_sizes(image, geo):
+        x = random_input(image, batch, h, w, seed + 1, dtype)
+        got = _run(conv_sess, image.name, x, f"{h}x{w}")
+        cells = list(geo.grid(h, w))
+        shapes = {}
+        for name, y, o in zip(out_names, got, converted.graph.output):
+            dims = [d.dim_param for d in o.type.tensor_type.shape.dim]
+            if "out_height" in dims:
+                ax = dims.index("out_height")
+                if [y.shape[ax], y.shape[ax + 1]] != cells:
+                    raise SelfCheckError(
+                        f"output '{name}' has a {y.shape[ax]}x{y.shape[ax + 1]} grid at input {h}x{w}; the geometry "
+                        f"predicts {cells[0]}x{cells[1]}")
+            if y.shape[0] != batch:
+                raise SelfCheckError(f"output '{name}' has batch {y.shape[0]} for an input batch of {batch}")
+            shapes[name] = list(y.shape)
+        results.append({"size": [h, w], "batch": batch, "output_shapes": shapes})
+    return results
+
+
+def _run(sess: ort.InferenceSession, name: str, x: np.ndarray, where: str) -> list[np.ndarray]:
+    try:
+        return sess.run(None, {name: x})
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
+        node = _node_from_error(exc)
+        raise SelfCheckError(f"converted model fails at {where}: {_first_line(exc)}", node) from exc
+
+
+# ---- verify ---------------------------------------------------------------------------------
+def default_size(image: ImageInput, geo: Geometry) -> tuple[int, int]:
+    """A larger size that gives a grid of at least 3 x 4 windows, all inside the image."""
+    sh, sw = geo.stride
+    kh, kw = geo.feature_window
+    if geo.mode == "dense":
+        return image.height + 2 * sh, image.width + 3 * sw
+    return image.height + 2 * sh + geo.offset[0], image.width + 3 * sw + geo.offset[1]
+
+
+def sample_positions(gh: int, gw: int, positions: int | str, seed: int) -> list[tuple[int, int]]:
+    """All cells, or N of them: corners, edge midpoints, the centre, then random cells."""
+    cells = [(i, j) for i in range(gh) for j in range(gw)]
+    if positions == "all" or (isinstance(positions, int) and positions >= len(cells)):
+        return cells
+    n = int(positions)
+    pick: list[tuple[int, int]] = []
+    for c in [(0, 0), (0, gw - 1), (gh - 1, 0), (gh - 1, gw - 1), (gh // 2, gw // 2),
+              (0, gw // 2), (gh - 1, gw // 2), (gh // 2, 0), (gh // 2, gw - 1)]:
+        if c not in pick:
+            pick.append(c)
+    rest = [c for c in cells if c not in pick]
+    rng = np.random.default_rng(seed)
+    rng.shuffle(rest)  # type: ignore[arg-type]
+    return (pick + rest)[:max(n, 1)] if n < len(pick) else pick + rest[: n - len(pick)]
+
+
+def verify(
+    original: str | os.PathLike[str] | onnx.ModelProto,
+    converted: str | os.PathLike[str] | onnx.ModelProto,
+    *,
+    sizes: Sequence[tuple[int, int]] | None = None,
+    batch: int = 2,
+    inputs: np.ndarray | None = None,
+    positions: int | str = 16,
+    seed: int = 0,
+    provider: str = "cpu",
+    rtol: float | None = None,
+    atol: float | None = None,
+    strict: bool = False,
+    progress: Progress | None = None,
+) -> VerifyReport:
+    """Prove ``converted`` against ``original``; the report is truthy when every check passed."""
+    from .convert import prepare, read_metadata
+    from .head import find_image_input
+    from .rewrite import plan_head_rewrite
+    from .geometry import compute_geometry
+
+    t0 = time.perf_counter()
+    orig, _ = load_model(original)
+    conv, _ = load_model(converted)
+    meta = read_metadata(conv)
+    if not meta.get("mode"):
+        raise OnnxFcnError("the second model has no onnxfcn metadata: is it a model converted by onnxfcn?")
+    mode = meta["mode"]
+    window = tuple(int(v) for v in meta["window"].split(","))
+    analysis = prepare(orig, None, (window[0], window[1]))
+    image = analysis.image
+    plan = plan_head_rewrite(analysis, mode)
+    geo = compute_geometry(analysis, plan.features, plan.windows[0], mode)
+    conv_image = find_image_input(conv, image.name, (image.height, image.width))
+    if conv_image.layout != image.layout:
+        raise OnnxFcnError("the two models' image inputs differ in layout")
+    providers = resolve_providers(provider)
+    exact = meta.get("exact") == "true"
+    dtype = _input_dtype(conv, image.name)
+    checks: list[CheckResult] = []
+    orig_sess = {p: make_session(orig, p) for p in providers}
+    conv_sess = {p: make_session(conv, p) for p in providers}
+    out_names = [o.name for o in conv.graph.output]
+    spatial_axes = {}
+    for o in conv.graph.output:
+        dims = [d.dim_param for d in o.type.tensor_type.shape.dim]
+        spatial_axes[o.name] = dims.index("out_height") if "out_height" in dims else None
+
+    if inputs is not None:
+        x_big = np.asarray(inputs, dtype=dtype)
+        if x_big.ndim != 4:
+            raise OnnxFcnError(f"input array must be 4-D {image.layout}, got shape {list(x_big.shape)}")
+        hw = (x_big.shape[2], x_big.shape[3]) if image.layout == "NCHW" else (x_big.shape[1], x_big.shape[2])
+        size_list = [hw]
+    else:
+        size_list = list(sizes) if sizes else [default_size(image, geo)]
+        x_big = None
+    for h, w in size_list:
+        if h < image.height or w < image.width:
+            raise OnnxFcnError(f"size {h}x{w} is smaller than the reference window {image.height}x{image.width}")
+
+    for p in providers:
+        tag = "" if len(providers) == 1 else f" [{p}]"
+        # 1. reference size
+        if mode == "window":
+            x = random_input(image, batch, image.height, image.width, seed, dtype)
+            want = run_batched(orig_sess[p], image.name, x)
+            got = run_batched(conv_sess[p], image.name, x)
+            cmps = []
+            for name, g, wnt in zip(out_names, got, want):
+                r, a = tolerance_for(wnt.dtype, rtol, atol)
+                cmps.append(compare(name, g.reshape(wnt.shape) if g.size == wnt.size else g, wnt, r, a,
+                                    class_axis=1 if wnt.ndim >= 2 else None))
+            checks.append(CheckResult("reference" + tag, all(c.passed for c in cmps), True, cmps,
+                                      {"size": [image.height, image.width], "batch": batch}))
+        else:
+            checks.append(CheckResult("reference" + tag, True, True, [], {},
+                                      "not applicable in dense mode: cells score single feature positions"))
+        for k, (h, w) in enumerate(size_list):
+            xb = x_big if x_big is not None else random_input(image, batch, h, w, seed + 1 + k, dtype)
+            checks.extend(_sliding_and_feature(orig, conv, orig_sess[p], conv_sess[p], analysis, geo, xb, h, w,
+                                               out_names, spatial_axes, positions, seed, rtol, atol, exact,
+                                               strict, mode, tag, progress))
+    if len(providers) == 2:
+        xb = x_big if x_big is not None else random_input(image, batch, *size_list[0], seed + 1, dtype)
+        a_out = conv_sess["cpu"].run(None, {image.name: xb})
+        b_out = conv_sess["cuda"].run(None, {image.name: xb})
+        cmps = []
+        for name, g, wnt in zip(out_names, b_out, a_out):
+            r, a = tolerance_for(wnt.dtype, rtol, atol)
+            cmps.append(compare(name, g, wnt, r, a, class_axis=1 if wnt.ndim >= 2 else None))
+        checks.append(CheckResult("providers (cuda vs cpu)", all(c.passed for c in cmps), True, cmps,
+                                  {"size": list(size_list[0])}))
+    report = VerifyReport(checks, providers, exact, time.perf_counter() - t0)
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        worst = failed[0]
+        outs = [o for o in worst.outputs if not o.passed]
+        detail = (f"output '{outs[0].name}' max abs error {outs[0].max_abs:.3g} > "
+                  f"{outs[0].atol:.1g} + {outs[0].rtol:.1g} * {outs[0].ref_max:.3g}") if outs else worst.note
+        report.reason = f"{worst.name} check failed: {detail}"
+    else:
+        report.reason = "every check passed" + ("" if exact else " (sliding windows approximate: " +
+                                                 (meta.get("reasons") or "padding") + ")")
+    return report
+
+
+def _crop(x: np.ndarray, layout: str, top: int, left: int, h: int, w: int) -> np.ndarray:
+    if layout == "NCHW":
+        return x[:, :, top:top + h, left:left + w]
+    return x[:, top:top + h, left:left + w, :]
+
+
+def _cell(y: np.ndarray, ax: int | None, i: int, j: int) -> np.ndarray:
+    if ax is None:
+        return y
+    idx: list[Any] = [slice(None)] * y.ndim
+    idx[ax], idx[ax + 1] = i, j
+    return y[tuple(idx)]
+
+
+def _sliding_and_feature(orig: onnx.ModelProto, conv: onnx.ModelProto, orig_sess: ort.InferenceSession,
+                         conv_sess: ort.InferenceSession, analysis: Any, geo: Geometry, x: np.ndarray,
+                         h: int, w: int, out_names: list[str], spatial_axes: dict[str, int | None],
+                         positions: int | str, seed: int, rtol: float | None, atol: float | None, exact: bool,
+                         strict: bool, mode: str, tag: str, progress: Progress | None) -> list[CheckResult]:
+    image = analysis.image
+    batch = x.shape[0]
+    ys = conv_sess.run(None, {image.name: x})
+    gh, gw = geo.grid(h, w)
+    checks: list[CheckResult] = []
+    first_ax = next((spatial_axes[n] for n in out_names if spatial_axes[n] is not None), None)
+    if first_ax is None:
+        raise OnnxFcnError("converted model has no output with out_height/out_width dims")
+    y0 = ys[out_names.index(next(n for n in out_names if spatial_axes[n] is not None))]
+    if (y0.shape[first_ax], y0.shape[first_ax + 1]) != (gh, gw):
+        cmp = OutputComparison(out_names[0], float("inf"), float("inf"), float("inf"), float("inf"), 0.0,
+                               float("inf"), 0.0, 0.0, False)
+        note = (f"output grid {y0.shape[first_ax]}x{y0.shape[first_ax + 1]} at {h}x{w}, the geometry predicts {gh}x{gw}")
+        return [CheckResult("sliding" + tag, False, exact, [cmp], {"size": [h, w]}, note),
+                CheckResult("feature" + tag, False, True, [cmp], {"size": [h, w]}, note)]
+    # 2. sliding windows: crops that lie fully inside the image
+    sh, sw = geo.stride
+    oh, ow = geo.offset
+    if mode == "window":
+        fit = [(i, j) for i in range(gh) for j in range(gw)
+               if oh + i * sh + image.height <= h and ow + j * sw + image.width <= w and oh + i * sh >= 0
+               and ow + j * sw >= 0]
+        cells = [c for c in sample_positions(gh, gw, positions, seed) if c in fit]
+        crops = np.concatenate([_crop(x, image.layout, oh + i * sh, ow + j * sw, image.height, image.width)
+                                for i, j in cells], axis=0)
+        want = run_batched(orig_sess, image.name, crops, chunk=max(batch, 8), progress=progress)
+        checks.append(_cell_check("sliding" + tag, ys, want, cells, batch, gh, gw, out_names, spatial_axes,
+                                  rtol, atol, exact, strict,
+                                  {"size": [h, w], "grid": [gh, gw], "cells_checked": len(cells),
+                                   "cells_outside_image": gh * gw - len(fit)}))
+    else:
+        checks.append(CheckResult("sliding" + tag, True, False, [], {"size": [h, w]},
+                                  "not applicable in dense mode: cells are not reference-size crops"))
+    # 3. feature windows: converted trunk, original head
+    checks.append(_feature_check(orig, conv, analysis, geo, x, ys, gh, gw, out_names, spatial_axes, positions,
+                                 seed, rtol, atol, tag, h, w, orig_sess))
+    return checks
+
+
+def _cell_check(name: str, ys: list[np.ndarray], want: list[np.ndarray], cells: list[tuple[int, int]], batch: int,
+                gh: int, gw: int, out_names: list[str], spatial_axes: dict[str, int | None],
+                rtol: float | None, atol: float | None, exact: bool, strict: bool,
+                details: dict[str, Any]) -> CheckResult:
+    cmps = []
+    for k, oname in enumerate(out_names):
+        ax = spatial_axes[oname]
+        if ax is None:
+            continue
+        got = np.stack([_cell(ys[k], ax, i, j) for i, j in cells], axis=0)  # cells x batch x ...
+        ref = want[k].reshape((len(cells), batch) + got.shape[2:]) if want[k].size == got.size else want[k]
+        r, a = tolerance_for(ref.dtype, rtol, atol)
+        cmp = compare(oname, got, ref, r, a, class_axis=2 if got.ndim >= 3 else None)
+        emap: list[list[float | None]] = [[None] * gw for _ in range(gh)]
+        interior, border = 0.0, 0.0
+        for c, (i, j) in enumerate(cells):
+            e = float(np.abs(got[c].astype(np.float64) - ref[c].astype(np.float64)).max())
+            emap[i][j] = e
+            if i in (0, gh - 1) or j in (0, gw - 1):
+                border = max(border, e)
+            else:
+                interior = max(interior, e)
+        cmp.error_map = emap
+        cmp.interior_max_abs = interior if any(0 < i < gh - 1 and 0 < j < gw - 1 for i, j in cells) else None
+        cmp.border_max_abs = border
+        cmps.append(cmp)
+    ok = all(c.passed for c in cmps)
+    if exact or strict:
+        return CheckResult(name, ok, exact, cmps, details)
+    note = "approximate: zero padding inside the trunk makes crops see zeros where the full image has pixels"
+    return CheckResult(name, True, False, cmps, details, note if not ok else "matched within tolerance")
+
+
+def _head_model(orig: onnx.ModelProto, feature: str, analysis: Any) -> onnx.ModelProto:
+    """The original's head alone: the nodes between ``feature`` and the outputs, and their constants."""
+    index = analysis.index
+    needed: list[onnx.NodeProto] = []
+    seen: set[str] = set()
+    inits: dict[str, onnx.TensorProto] = {}
+    stack = [o.name for o in orig.graph.output]
+    while stack:
+        t = stack.pop()
+        if not t or t in seen or t == feature:
+            continue
+        seen.add(t)
+        if t in index.initializers:
+            inits[t] = index.initializers[t]
+            continue
+        node = index.producer.get(t)
+        if node is None:
+            raise OnnxFcnError(f"the head reads '{t}', which is not computed from the feature map")
+        needed.append(node)
+        stack.extend(node.input)
+    order = {id(n): k for k, n in enumerate(orig.graph.node)}
+    nodes = sorted({id(n): n for n in needed}.values(), key=lambda n: order[id(n)])
+    dims: list[Any] = list(index.shape(feature) or [])
+    if dims:
+        dims[0] = "batch"
+    elem = index.dtypes.get(feature) or onnx.TensorProto.FLOAT
+    graph = onnx.helper.make_graph(
+        nodes, "head", [onnx.helper.make_tensor_value_info(feature, elem, dims or None)],
+        [onnx.helper.make_tensor_value_info(o.name, o.type.tensor_type.elem_type, None) for o in orig.graph.output],
+        list(inits.values()),
+    )
+    model = onnx.helper.make_model(graph, opset_imports=list(orig.opset_import))
+    model.ir_version = max(orig.ir_version, 4)
+    return model
+
+
+def _feature_check(orig: onnx.ModelProto, conv: onnx.ModelProto, analysis: Any, geo: Geometry, x: np.ndarray,
+                   ys: list[np.ndarray], gh: int, gw: int, out_names: list[str],
+                   spatial_axes: dict[str, int | None], positions: int | str, seed: int, rtol: float | None,
+                   atol: float | None, tag: str, h: int, w: int, orig_sess: ort.InferenceSession) -> CheckResult:
+    from .convert import read_metadata
+
+    features = read_metadata(conv).get("features", "").split(",")
+    feature = features[0]
+    image = analysis.image
+    # Trunk: the converted model with the feature map exposed as an output.
+    trunk = onnx.ModelProto()
+    trunk.CopyFrom(conv)
+    del trunk.graph.output[:]
+    produced = {o for n in trunk.graph.node for o in n.output}
+    if feature not in produced:
+        # The rewrite read the map before the exporter's NCHW->NHWC Transpose; put it back here.
+        prod = analysis.index.producer[feature]
+        trunk.graph.node.append(prod)
+    elem = analysis.index.dtypes.get(feature) or onnx.TensorProto.FLOAT
+    trunk.graph.output.append(onnx.helper.make_tensor_value_info(feature, elem, None))
+    fmap = make_session(trunk).run(None, {image.name: x})[0]
+    lay = analysis.layout(feature)
+    ref_shape = analysis.index.static_shape(feature)
+    fh, fw = int(ref_shape[lay[2]]), int(ref_shape[lay[3]])
+    kh, kw = geo.feature_window
+    head = _head_model(orig, feature, analysis)
+    head_sess = make_session(head)
+    cells = sample_positions(gh, gw, positions, seed)
+    windows = []
+    for i, j in cells:
+        idx: list[Any] = [slice(None)] * 4
+        idx[lay[2]] = slice(i, i + kh)
+        idx[lay[3]] = slice(j, j + kw)
+        win = fmap[tuple(idx)]
+        if (kh, kw) != (fh, fw):  # dense mode: one cell, repeated over the reference map
+            reps = [1, 1, 1, 1]
+            reps[lay[2]], reps[lay[3]] = fh // kh, fw // kw
+            win = np.tile(win, reps)
+        windows.append(win)
+    batch = x.shape[0]
+    want = run_batched(head_sess, feature, np.concatenate(windows, axis=0), chunk=max(batch, 8))
+    return _cell_check("feature" + tag, ys, want, cells, batch, gh, gw, out_names, spatial_axes, rtol, atol,
+                       True, True, {"size": [h, w], "grid": [gh, gw], "cells_checked": len(cells),
+                                    "feature": feature})
