@@ -79,8 +79,13 @@ class GraphIndex:
                 return name
 
     # ---- shapes ------------------------------------------------------------------------
-    def _infer(self, input_shapes: dict[str, Sequence[int]]) -> None:
+    def _infer(self, input_shapes: dict[str, Sequence[int]], hints: dict[str, Shape] | None = None) -> None:
         skel = skeleton(self.model, input_shapes)
+        if hints:
+            known = {vi.name for vi in skel.graph.input} | {t.name for t in skel.graph.initializer}
+            for name, dims in hints.items():
+                if name not in known and self.dtypes.get(name) and all(isinstance(d, int) for d in dims):
+                    skel.graph.value_info.append(helper.make_tensor_value_info(name, self.dtypes[name], list(dims)))
         try:
             inferred = shape_inference.infer_shapes(skel, strict_mode=False, data_prop=True)
         except Exception as exc:  # noqa: BLE001 - inference errors come in many types
@@ -99,6 +104,31 @@ class GraphIndex:
         for name, t in self.initializers.items():
             self.shapes[name] = tuple(int(d) for d in t.dims)
             self.dtypes[name] = t.data_type
+        if hints is None and self._resolve_reshapes():
+            # Reshapes whose target is computed from Shape (x.view(x.size(0), -1)) that shape
+            # inference could not follow: infer again with their output shapes given.
+            self._infer(input_shapes, hints=dict(self.shapes))
+
+    def _resolve_reshapes(self) -> bool:
+        found = False
+        for node in self.graph.node:
+            if node.op_type != "Reshape" or len(node.input) < 2:
+                continue
+            out = self.shapes.get(node.output[0])
+            if out is not None and all(isinstance(d, int) for d in out):
+                continue
+            src = self.static_shape(node.input[0])
+            target = self.shape_value(node.input[1]) if src is not None else None
+            if src is None or target is None:
+                continue
+            dims = [int(src[k]) if int(v) == 0 and not attr(node, "allowzero", 0) else int(v)
+                    for k, v in enumerate(np.asarray(target).reshape(-1))]
+            if dims.count(-1) == 1:
+                known = int(np.prod([d for d in dims if d != -1]))
+                dims[dims.index(-1)] = int(np.prod(src)) // max(known, 1)
+            self.shapes[node.output[0]] = tuple(dims)
+            found = True
+        return found
 
     def shape(self, name: str) -> Shape | None:
         return self.shapes.get(name)
@@ -172,7 +202,14 @@ class GraphIndex:
         self._const_cache[name] = value
         return value
 
-    def _evaluate(self, name: str) -> np.ndarray | None:
+    def shape_value(self, name: str) -> np.ndarray | None:
+        """Value of a tensor computed from constants and from Shape of statically shaped tensors."""
+        try:
+            return self._evaluate(name, shapes=True)
+        except KeyError:
+            return None
+
+    def _evaluate(self, name: str, shapes: bool = False) -> np.ndarray | None:
         from onnx.reference import ReferenceEvaluator
 
         nodes: list[onnx.NodeProto] = []
@@ -187,6 +224,13 @@ class GraphIndex:
                 inits[n] = self.initializers[n]
                 return
             node = self.producer[n]
+            if shapes and node.op_type == "Shape":
+                static = self.static_shape(node.input[0])
+                if static is None:
+                    raise KeyError(node.input[0])
+                dims = list(static)[attr(node, "start", 0): attr(node, "end", None)]
+                inits[n] = numpy_helper.from_array(np.asarray(dims, dtype=np.int64), n)
+                return
             for i in node.input:
                 visit(i)
             nodes.append(node)

@@ -514,38 +514,24 @@ def _cell_check(name: str, ys: list[np.ndarray], want: list[np.ndarray], cells: 
 
 
 def _head_model(orig: onnx.ModelProto, feature: str, analysis: Any) -> onnx.ModelProto:
-    """The original's head alone: the nodes between ``feature`` and the outputs, and their constants."""
-    index = analysis.index
-    needed: list[onnx.NodeProto] = []
-    seen: set[str] = set()
-    inits: dict[str, onnx.TensorProto] = {}
-    stack = [o.name for o in orig.graph.output]
-    while stack:
-        t = stack.pop()
-        if not t or t in seen or t == feature:
-            continue
-        seen.add(t)
-        if t in index.initializers:
-            inits[t] = index.initializers[t]
-            continue
-        node = index.producer.get(t)
-        if node is None:
-            raise OnnxFcnError(f"the head reads '{t}', which is not computed from the feature map")
-        needed.append(node)
-        stack.extend(node.input)
-    order = {id(n): k for k, n in enumerate(orig.graph.node)}
-    nodes = sorted({id(n): n for n in needed}.values(), key=lambda n: order[id(n)])
-    dims: list[Any] = list(index.shape(feature) or [])
+    """The original's head alone, cut out at ``feature`` with onnx-graphsurgeon."""
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(orig)
+    tensors = graph.tensors()
+    fmap = tensors[feature]
+    fmap.inputs.clear()  # detach the trunk: cleanup() then drops it
+    dims: list[Any] = list(analysis.index.shape(feature) or [])
     if dims:
         dims[0] = "batch"
-    elem = index.dtypes.get(feature) or onnx.TensorProto.FLOAT
-    graph = onnx.helper.make_graph(
-        nodes, "head", [onnx.helper.make_tensor_value_info(feature, elem, dims or None)],
-        [onnx.helper.make_tensor_value_info(o.name, o.type.tensor_type.elem_type, None) for o in orig.graph.output],
-        list(inits.values()),
-    )
-    model = onnx.helper.make_model(graph, opset_imports=list(orig.opset_import))
+    elem = analysis.index.dtypes.get(feature) or onnx.TensorProto.FLOAT
+    fmap.to_variable(dtype=onnx.helper.tensor_dtype_to_np_dtype(elem), shape=dims or None)
+    graph.inputs = [fmap]
+    graph.cleanup(remove_unused_graph_inputs=True).toposort()
+    model = gs.export_onnx(graph, do_type_check=False)
     model.ir_version = max(orig.ir_version, 4)
+    del model.opset_import[:]
+    model.opset_import.extend(orig.opset_import)
     return model
 
 
