@@ -23,7 +23,7 @@ Shape = tuple[int | str | None, ...]
 _SKELETON_KEEP_BYTES = 4096
 # A computed constant is folded to an initializer only if it is not much larger than what it is
 # computed from; otherwise (ConstantOfShape weights in the light zoo graphs) it stays computed.
-_FOLD_SLACK_BYTES = 4096
+_FOLD_SLACK_BYTES = 1024
 
 
 def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:

@@ -27,17 +27,24 @@ class TrunkPlan:
     replacements: dict[int, list[onnx.NodeProto]] = field(default_factory=dict)
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
+    consts: dict[tuple[int, ...], str] = field(default_factory=dict)
+
+
+def _const(index: GraphIndex, plan: TrunkPlan, values: list[int]) -> str:
+    """An int64 initializer, shared by every node that needs the same values."""
+    key = tuple(values)
+    if key not in plan.consts:
+        name = index.fresh("c")
+        plan.initializers.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
+        plan.consts[key] = name
+    return plan.consts[key]
 
 
 def _slice(index: GraphIndex, plan: TrunkPlan, nodes: list[onnx.NodeProto], src: str, start: int, end: int) -> str:
     out = index.fresh("dim")
     if index.opset >= 10:
-        names = []
-        for hint, v in (("starts", start), ("ends", end), ("axes", 0)):
-            n = index.fresh(hint)
-            plan.initializers.append(numpy_helper.from_array(np.asarray([v], dtype=np.int64), n))
-            names.append(n)
-        nodes.append(helper.make_node("Slice", [src, *names], [out], name=index.fresh("slice")))
+        inputs = [src, _const(index, plan, [start]), _const(index, plan, [end]), _const(index, plan, [0])]
+        nodes.append(helper.make_node("Slice", inputs, [out], name=index.fresh("slice")))
     else:
         nodes.append(helper.make_node("Slice", [src], [out], name=index.fresh("slice"),
                                       starts=[start], ends=[end], axes=[0]))
@@ -78,8 +85,7 @@ def plan_trunk_rewrite(analysis: Analysis) -> TrunkPlan:
         nodes.append(helper.make_node("Shape", [node.input[0]], [shp], name=index.fresh("shape")))
         n = _slice(index, plan, nodes, shp, 0, 1)
         hw = _slice(index, plan, nodes, shp, r_in - 2, _INT_MAX)
-        mid = index.fresh("channels")
-        plan.initializers.append(numpy_helper.from_array(np.asarray(middle, dtype=np.int64), mid))
+        mid = _const(index, plan, middle)
         new_shape = index.fresh("dyn_shape")
         nodes.append(helper.make_node("Concat", [n, mid, hw], [new_shape], name=index.fresh("concat"), axis=0))
         new = onnx.NodeProto()

@@ -65,10 +65,10 @@ class Builder:
         # Give the outputs their inferred types, as exporters do.
         by_name = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
         for o in model.graph.output:
-            if o.name in by_name and by_name[o.name].type.tensor_type.elem_type:
+            if o.name in by_name and by_name[o.name].type.tensor_type.HasField("shape"):
                 o.CopyFrom(by_name[o.name])
-            else:
-                o.CopyFrom(helper.make_tensor_value_info(o.name, elem, None))
+            else:  # inference could not follow (opset-11 view subgraph): N x K, as exporters write it
+                o.CopyFrom(helper.make_tensor_value_info(o.name, elem, [None, None]))
         onnx.checker.check_model(model, full_check=True)
         return model
 
