@@ -130,7 +130,7 @@ class OutputComparison:
     max_rel: float
     mean_rel: float
     ref_max: float
-    needed_rtol: float  # the smallest rtol (with the given atol) that would have passed
+    needed_rtol: float  # max_abs / max|reference|: the smallest rtol that passes with atol 0
     rtol: float
     atol: float
     passed: bool
@@ -138,6 +138,7 @@ class OutputComparison:
     error_map: list[list[float | None]] | None = None
     interior_max_abs: float | None = None
     border_max_abs: float | None = None
+    note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -148,7 +149,10 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: flo
     got = np.asarray(got)
     want = np.asarray(want)
     if got.shape != want.shape:
-        raise SelfCheckError(f"output '{name}': shape {list(got.shape)} does not match the reference {list(want.shape)}")
+        inf = float("inf")
+        return OutputComparison(name, inf, inf, inf, inf, float(np.abs(want).max()) if want.size else 0.0, inf,
+                                rtol, atol, False,
+                                note=f"shape {list(got.shape)} does not match the reference {list(want.shape)}")
     if got.dtype.kind in "iub":
         diff = np.abs(got.astype(np.int64) - want.astype(np.int64)).astype(np.float64)
         ref_max = float(np.abs(want).max()) if want.size else 0.0
@@ -161,7 +165,7 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: flo
     ref_max = float(np.abs(w64).max()) if w64.size else 0.0
     rel = diff / np.maximum(np.abs(w64), 1e-12)
     max_abs = float(np.inf if bad.any() else diff.max()) if diff.size else 0.0
-    needed = (max_abs - atol) / ref_max if ref_max > 0 else (0.0 if max_abs <= atol else float("inf"))
+    needed = max_abs / ref_max if ref_max > 0 else (0.0 if max_abs <= atol else float("inf"))
     top1 = None
     if class_axis is not None and got.ndim > class_axis and got.shape[class_axis] > 1:
         top1 = float(np.mean(np.argmax(g64, axis=class_axis) == np.argmax(w64, axis=class_axis)))
@@ -257,8 +261,8 @@ def self_check(original: onnx.ModelProto, converted: onnx.ModelProto, image: Ima
             worst = max(worst, cmp.needed_rtol)
             if not cmp.passed:
                 raise SelfCheckError(
-                    f"output '{name}' differs from the original at the reference size: max abs error "
-                    f"{cmp.max_abs:.3g} > {atol:.1g} + {rtol:.1g} * {cmp.ref_max:.3g}")
+                    f"output '{name}' differs from the original at the reference size: " + (cmp.note or
+                    f"max abs error {cmp.max_abs:.3g} > {atol:.1g} + {rtol:.1g} * {cmp.ref_max:.3g}"))
         results.append({"size": [image.height, image.width], "batch": batch, "max_rel_error": worst})
     for h, w in self_check_sizes(image, geo):
         x = random_input(image, batch, h, w, seed + 1, dtype)
@@ -382,14 +386,19 @@ def verify(
         if mode == "window":
             x = random_input(image, batch, image.height, image.width, seed, dtype)
             want = run_batched(orig_sess[p], image.name, x)
-            got = run_batched(conv_sess[p], image.name, x)
-            cmps = []
-            for name, g, wnt in zip(out_names, got, want):
-                r, a = tolerance_for(wnt.dtype, rtol, atol)
-                cmps.append(compare(name, g.reshape(wnt.shape) if g.size == wnt.size else g, wnt, r, a,
-                                    class_axis=1 if wnt.ndim >= 2 else None))
-            checks.append(CheckResult("reference" + tag, all(c.passed for c in cmps), True, cmps,
-                                      {"size": [image.height, image.width], "batch": batch}))
+            details = {"size": [image.height, image.width], "batch": batch}
+            try:
+                got = run_batched(conv_sess[p], image.name, x)
+            except Exception as exc:  # noqa: BLE001 - cannot run at the reference size: failed
+                checks.append(CheckResult("reference" + tag, False, True, [], details,
+                                          f"converted model fails at the reference size: {_first_line(exc)}"))
+            else:
+                cmps = []
+                for name, g, wnt in zip(out_names, got, want):
+                    r, a = tolerance_for(wnt.dtype, rtol, atol)
+                    cmps.append(compare(name, g.reshape(wnt.shape) if g.size == wnt.size else g, wnt, r, a,
+                                        class_axis=1 if wnt.ndim >= 2 else None))
+                checks.append(CheckResult("reference" + tag, all(c.passed for c in cmps), True, cmps, details))
         else:
             checks.append(CheckResult("reference" + tag, True, True, [], {},
                                       "not applicable in dense mode: cells score single feature positions"))
@@ -413,8 +422,10 @@ def verify(
     if failed:
         worst = failed[0]
         outs = [o for o in worst.outputs if not o.passed]
-        detail = (f"output '{outs[0].name}' max abs error {outs[0].max_abs:.3g} > "
-                  f"{outs[0].atol:.1g} + {outs[0].rtol:.1g} * {outs[0].ref_max:.3g}") if outs else worst.note
+        detail = worst.note
+        if outs:
+            detail = f"output '{outs[0].name}' " + (outs[0].note or f"max abs error {outs[0].max_abs:.3g} > "
+                                                    f"{outs[0].atol:.1g} + {outs[0].rtol:.1g} * {outs[0].ref_max:.3g}")
         report.reason = f"{worst.name} check failed: {detail}"
     else:
         report.reason = "every check passed" + ("" if exact else " (sliding windows approximate: " +
@@ -443,19 +454,27 @@ def _sliding_and_feature(orig: onnx.ModelProto, conv: onnx.ModelProto, orig_sess
                          strict: bool, mode: str, tag: str, progress: Progress | None) -> list[CheckResult]:
     image = analysis.image
     batch = x.shape[0]
-    ys = conv_sess.run(None, {image.name: x})
     gh, gw = geo.grid(h, w)
-    checks: list[CheckResult] = []
     first_ax = next((spatial_axes[n] for n in out_names if spatial_axes[n] is not None), None)
     if first_ax is None:
         raise OnnxFcnError("converted model has no output with out_height/out_width dims")
-    y0 = ys[out_names.index(next(n for n in out_names if spatial_axes[n] is not None))]
-    if (y0.shape[first_ax], y0.shape[first_ax + 1]) != (gh, gw):
-        cmp = OutputComparison(out_names[0], float("inf"), float("inf"), float("inf"), float("inf"), 0.0,
-                               float("inf"), 0.0, 0.0, False)
-        note = (f"output grid {y0.shape[first_ax]}x{y0.shape[first_ax + 1]} at {h}x{w}, the geometry predicts {gh}x{gw}")
+    note = ""
+    try:
+        ys = conv_sess.run(None, {image.name: x})
+    except Exception as exc:  # noqa: BLE001 - a converted model that cannot run there has failed
+        node = _node_from_error(exc)
+        note = f"converted model fails at {h}x{w}" + (f" in node '{node}'" if node else "") + f": {_first_line(exc)}"
+    else:
+        y0 = ys[out_names.index(next(n for n in out_names if spatial_axes[n] is not None))]
+        if (y0.shape[first_ax], y0.shape[first_ax + 1]) != (gh, gw):
+            note = (f"output grid {y0.shape[first_ax]}x{y0.shape[first_ax + 1]} at {h}x{w}, "
+                    f"the geometry predicts {gh}x{gw}")
+    if note:
+        inf = float("inf")
+        cmp = OutputComparison(out_names[0], inf, inf, inf, inf, 0.0, inf, 0.0, 0.0, False, note=note)
         return [CheckResult("sliding" + tag, False, exact, [cmp], {"size": [h, w]}, note),
                 CheckResult("feature" + tag, False, True, [cmp], {"size": [h, w]}, note)]
+    checks: list[CheckResult] = []
     # 2. sliding windows: crops that lie fully inside the image
     sh, sw = geo.stride
     oh, ow = geo.offset

@@ -1,0 +1,241 @@
+"""verify: passes on correct conversions, and catches every deliberately broken one with exit 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from builders import Builder, flatten_gemm, gemm, image_shape, trunk
+from onnx import helper, numpy_helper
+from typer.testing import CliRunner
+
+import onnxfcn
+from onnxfcn.cli import app
+from onnxfcn.verify import cuda_available, sample_positions
+
+runner = CliRunner()
+
+
+def gap_softmax(padded: bool = False, opset: int = 13) -> onnx.ModelProto:
+    b = Builder(opset)
+    y = b.node("GlobalAveragePool", [trunk(b, padded=padded)])
+    y = gemm(b, b.node("Flatten", [y], axis=1), 8, 5)
+    return b.model(image_shape(), [b.node("Softmax", [y], axis=1)], out_names=["probs"])
+
+
+def _save(tmp_path: Path, model: onnx.ModelProto, name: str) -> Path:
+    p = tmp_path / name
+    onnx.save(model, p)
+    return p
+
+
+def _node(model: onnx.ModelProto, op: str, k: int = 0) -> onnx.NodeProto:
+    return [n for n in model.graph.node if n.op_type == op][k]
+
+
+def _init(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
+    return next(t for t in model.graph.initializer if t.name == name)
+
+
+def _set_init(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
+    _init(model, name).CopyFrom(numpy_helper.from_array(value, name))
+
+
+def _set_attr(node: onnx.NodeProto, name: str, value: object) -> None:
+    for a in list(node.attribute):
+        if a.name == name:
+            node.attribute.remove(a)
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+# ---- deliberately broken conversions ------------------------------------------------------------
+def broken_hw_order() -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """The first dense weight reshaped in the wrong order: (K, W, H, C) read as (K, C, H, W)."""
+    original = flatten_gemm()
+    conv, _ = onnxfcn.convert(original)
+    wname = _node(conv, "Conv", 2).input[1]  # trunk has two Convs; the third is the first dense
+    w = numpy_helper.to_array(_init(conv, wname))
+    k, c, h, wd = w.shape
+    wrong = w.reshape(k, -1).reshape(k, wd, h, c).transpose(0, 3, 2, 1)  # h,w,c order, mis-read
+    _set_init(conv, wname, np.ascontiguousarray(wrong))
+    return original, conv
+
+
+def broken_bias_dropped() -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    original = flatten_gemm()
+    conv, _ = onnxfcn.convert(original)
+    node = _node(conv, "Conv", 3)
+    del node.input[2:]
+    return original, conv
+
+
+def broken_softmax_axis() -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    original = gap_softmax()
+    conv, _ = onnxfcn.convert(original)
+    _set_attr(_node(conv, "Softmax"), "axis", 2)  # over out_height instead of classes
+    return original, conv
+
+
+def broken_pool_off_by_one() -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    original = gap_softmax()
+    conv, _ = onnxfcn.convert(original)
+    _set_attr(_node(conv, "AveragePool"), "kernel_shape", [5, 5])  # the map is 6x6
+    return original, conv
+
+
+def broken_only_at_reference() -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """Right at the reference size, wrong elsewhere: the global pool left global."""
+    original = gap_softmax()
+    conv, _ = onnxfcn.convert(original)
+    pool = _node(conv, "AveragePool")
+    pool.op_type = "GlobalAveragePool"
+    del pool.attribute[:]
+    return original, conv
+
+
+BROKEN = {
+    "wrong_hwc_order": broken_hw_order,
+    "bias_dropped": broken_bias_dropped,
+    "softmax_wrong_axis": broken_softmax_axis,
+    "window_pool_off_by_one": broken_pool_off_by_one,
+    "right_only_at_reference": broken_only_at_reference,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+def test_broken_conversion_is_caught(kind: str, tmp_path: Path) -> None:
+    original, broken = BROKEN[kind]()
+    report = onnxfcn.verify(original, broken)
+    assert not report, f"{kind} passed verify"
+    assert not report.passed
+    result = runner.invoke(app, ["verify", str(_save(tmp_path, original, "o.onnx")), str(_save(tmp_path, broken, "b.onnx"))])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1].startswith("FAILED")
+
+
+def test_broken_catalogue_all_caught() -> None:
+    caught = sum(not onnxfcn.verify(*make()) for make in BROKEN.values())
+    assert caught == len(BROKEN) == 5
+
+
+# ---- correct conversions ------------------------------------------------------------------------
+@pytest.mark.parametrize("padded", [False, True])
+def test_verify_passes_and_says_exact_or_approximate(padded: bool) -> None:
+    original = flatten_gemm(padded=padded)
+    converted, report = onnxfcn.convert(original)
+    result = onnxfcn.verify(original, converted, positions="all")
+    assert result, result.reason
+    names = [c.name for c in result.checks]
+    assert names == ["reference", "sliding", "feature"]
+    sliding = result.checks[1]
+    assert sliding.exact is (not padded) is report.geometry.exact
+    feature = result.checks[2]
+    assert feature.exact and feature.passed
+    assert feature.outputs[0].needed_rtol < 1e-5
+    if padded:
+        # Zero padding: crops see zeros at their borders, so cells differ from crops measurably.
+        assert sliding.outputs[0].needed_rtol > 1e-4
+        assert "approximate" in sliding.note
+    else:
+        assert sliding.outputs[0].needed_rtol < 1e-5
+    emap = sliding.outputs[0].error_map
+    assert emap is not None and len(emap) == 3 and len(emap[0]) == 4
+
+
+def test_strict_fails_an_approximate_model(tmp_path: Path) -> None:
+    original = flatten_gemm(padded=True)
+    converted, _ = onnxfcn.convert(original)
+    o, c = _save(tmp_path, original, "o.onnx"), _save(tmp_path, converted, "c.onnx")
+    assert runner.invoke(app, ["verify", str(o), str(c)]).exit_code == 0
+    strict = runner.invoke(app, ["verify", str(o), str(c), "--strict"])
+    assert strict.exit_code == 1
+    assert "FAILED: sliding check failed" in strict.output
+
+
+def test_tolerances_can_fail(tmp_path: Path) -> None:
+    """A tolerance far below float32 rounding must fail even a correct conversion."""
+    original = flatten_gemm()
+    converted, _ = onnxfcn.convert(original)
+    assert onnxfcn.verify(original, converted)
+    assert not onnxfcn.verify(original, converted, rtol=1e-12, atol=0.0)
+
+
+def test_dense_mode_feature_check(tmp_path: Path) -> None:
+    original = gap_softmax(padded=True)
+    converted, _ = onnxfcn.convert(original, mode="dense")
+    result = onnxfcn.verify(original, converted)
+    assert result, result.reason
+    feature = next(c for c in result.checks if c.name == "feature")
+    assert feature.exact and feature.outputs[0].needed_rtol < 1e-5
+
+
+def test_sizes_batch_and_npy_input(tmp_path: Path) -> None:
+    original = flatten_gemm()
+    converted, _ = onnxfcn.convert(original)
+    result = onnxfcn.verify(original, converted, sizes=[(22, 24), (25, 21)], batch=3)
+    assert result
+    assert {tuple(c.details["size"]) for c in result.checks if c.name == "sliding"} == {(22, 24), (25, 21)}
+    npy = tmp_path / "x.npy"
+    np.save(npy, np.random.default_rng(0).standard_normal((2, 3, 26, 30)).astype(np.float32))
+    o, c = _save(tmp_path, original, "o.onnx"), _save(tmp_path, converted, "c.onnx")
+    res = runner.invoke(app, ["verify", str(o), str(c), "--npy", str(npy), "--positions", "all"])
+    assert res.exit_code == 0, res.output
+    assert "at 26x30, 35 of 5x7 cells" in res.output  # (26-18)/2+1 = 5, (30-18)/2+1 = 7
+
+
+def test_json_report_schema(tmp_path: Path) -> None:
+    original = flatten_gemm()
+    converted, _ = onnxfcn.convert(original)
+    o, c = _save(tmp_path, original, "o.onnx"), _save(tmp_path, converted, "c.onnx")
+    out = tmp_path / "report.json"
+    res = runner.invoke(app, ["verify", str(o), str(c), "--json", str(out), "-q"])
+    assert res.exit_code == 0
+    data = json.loads(out.read_text())
+    assert set(data) == {"passed", "reason", "exact", "providers", "seconds", "checks"}
+    assert data["passed"] is True and data["providers"] == ["cpu"]
+    check = data["checks"][1]
+    assert set(check) == {"name", "passed", "exact", "note", "details", "outputs"}
+    assert {"max_abs", "mean_abs", "max_rel", "mean_rel", "needed_rtol", "top1", "error_map",
+            "interior_max_abs", "border_max_abs"} <= set(check["outputs"][0])
+
+
+def test_positions_sampling_covers_corners_and_centre() -> None:
+    cells = sample_positions(6, 6, 9, seed=0)
+    assert {(0, 0), (0, 5), (5, 0), (5, 5), (3, 3)} <= set(cells)
+    assert len(cells) == 9
+    assert len(sample_positions(6, 6, "all", 0)) == 36
+
+
+def test_bad_inputs_exit_2(tmp_path: Path) -> None:
+    original = flatten_gemm()
+    converted, _ = onnxfcn.convert(original)
+    o, c = _save(tmp_path, original, "o.onnx"), _save(tmp_path, converted, "c.onnx")
+    res = runner.invoke(app, ["verify", str(o), str(o)])
+    assert res.exit_code == 2 and "no onnxfcn metadata" in res.output
+    res = runner.invoke(app, ["verify", str(o), str(c), "--size", "10x10"])
+    assert res.exit_code == 2 and "smaller than the reference window" in res.output
+    res = runner.invoke(app, ["verify", str(o), str(c), "--positions", "many"])
+    assert res.exit_code == 2
+
+
+@pytest.mark.skipif(cuda_available(), reason="CUDA is present")
+def test_cuda_requested_but_missing_is_one_line_exit_2(tmp_path: Path) -> None:
+    original = flatten_gemm()
+    converted, _ = onnxfcn.convert(original)
+    o, c = _save(tmp_path, original, "o.onnx"), _save(tmp_path, converted, "c.onnx")
+    res = runner.invoke(app, ["verify", str(o), str(c), "--provider", "cuda"])
+    assert res.exit_code == 2
+    assert len(res.output.strip().splitlines()) == 1 and "CUDA" in res.output
+
+
+@pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-gpu and a GPU")
+def test_cuda_provider_verifies_and_compares_with_cpu() -> None:
+    original = gap_softmax(padded=True)
+    converted, _ = onnxfcn.convert(original)
+    result = onnxfcn.verify(original, converted, provider="auto")
+    assert result, result.reason
+    assert result.provider == ["cpu", "cuda"]
+    assert any(c.name.startswith("providers") and c.passed for c in result.checks)
