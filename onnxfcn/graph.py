@@ -108,6 +108,36 @@ class GraphIndex:
             # Reshapes whose target is computed from Shape (x.view(x.size(0), -1)) that shape
             # inference could not follow: infer again with their output shapes given.
             self._infer(input_shapes, hints=dict(self.shapes))
+        if hints is not None or not input_shapes:
+            return
+        unknown = [o for n in self.graph.node for o in n.output
+                   if o and self.dtypes.get(o) and self.static_shape(o) is None]
+        if unknown:
+            self._probe(input_shapes, unknown)
+
+    def _probe(self, input_shapes: dict[str, Sequence[int]], names: list[str]) -> None:
+        """Shapes that inference left open (Slice ends computed from Shape, say), read off one
+        onnxruntime run at the reference size with zero inputs."""
+        from .verify import make_session
+
+        inputs = [vi for vi in self.graph.input if vi.name not in self.initializers]
+        if any(vi.name not in input_shapes for vi in inputs):
+            return
+        probe = onnx.ModelProto()
+        probe.CopyFrom(self.model)
+        del probe.graph.output[:]
+        probe.graph.output.extend(helper.make_tensor_value_info(n, self.dtypes[n], None) for n in names)
+        del probe.graph.value_info[:]
+        feeds = {}
+        for vi in inputs:
+            dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+            feeds[vi.name] = np.zeros(list(input_shapes[vi.name]), dtype=dtype)
+        try:
+            values = make_session(probe).run(None, feeds)
+        except Exception:  # noqa: BLE001 - leave them unknown; the analysis reports what it needs
+            return
+        for n, v in zip(names, values):
+            self.shapes[n] = tuple(int(d) for d in np.asarray(v).shape)
 
     def _resolve_reshapes(self) -> bool:
         found = False
@@ -289,7 +319,8 @@ def skeleton(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]]) -> 
             vi = helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, list(input_shapes[vi.name]))
         inputs.append(vi)
     # Output shapes and value_info are dropped: they may be stale, and inference re-derives them.
-    outputs = [helper.make_tensor_value_info(o.name, o.type.tensor_type.elem_type, None) for o in g.output]
+    outputs = [helper.make_tensor_value_info(o.name, o.type.tensor_type.elem_type,
+                                             [None] * len(o.type.tensor_type.shape.dim)) for o in g.output]
     graph = helper.make_graph(list(g.node), g.name or "g", inputs + typed, outputs, small)
     skel = helper.make_model(graph, opset_imports=list(model.opset_import))
     skel.ir_version = max(model.ir_version, 4)

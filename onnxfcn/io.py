@@ -51,8 +51,21 @@ def has_external_data(model: onnx.ModelProto) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
+def model_nbytes(model: onnx.ModelProto) -> int:
+    """Serialized size, estimated without serializing (ByteSize() on a 500 MB model takes a second)."""
+    total = sum(n.ByteSize() for n in model.graph.node)
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        if t.raw_data:
+            total += len(t.raw_data) + 64
+        else:
+            total += t.ByteSize()
+    return total
+
+
 def needs_external_data(model: onnx.ModelProto) -> bool:
-    return has_external_data(model) or model.ByteSize() > _PROTO_LIMIT
+    return has_external_data(model) or model_nbytes(model) > _PROTO_LIMIT - 2**24
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bool | None = None) -> list[Path]:

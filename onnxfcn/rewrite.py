@@ -124,6 +124,7 @@ class HeadRewriter:
         self.mode = mode
         self.plan = Plan(mode)
         self.mapped: dict[str, Mapped] = {}
+        self._raveled: dict[str, tuple[Mapped, tuple[int, ...]]] = {}
 
     # ---- driver ------------------------------------------------------------------------
     def run(self) -> Plan:
@@ -194,6 +195,8 @@ class HeadRewriter:
             return self._transpose(node, b)
         if op == "Conv":
             return self._pooled_conv(node, b)
+        if op == "Gather":
+            return self._gather(node, b)
         raise _Reject(node, "op not supported in a dense head")
 
     def _keep(self, node: onnx.NodeProto, b: _Builder, m: Mapped, replace: dict[str, str] | None = None) -> None:
@@ -587,7 +590,23 @@ class HeadRewriter:
         if in_shape is not None and in_shape == out_shape:
             self.mapped[node.output[0]] = m
             return "removed: a no-op at the reference size"
+        if (self.a.info[src].state is State.POOLED and in_shape is not None and out_shape is not None
+                and len(out_shape) == 1):
+            # The dynamo exporter's as_strided: ravel to 1-D, then Gather it back into shape.
+            self._raveled[node.output[0]] = (m, in_shape)
+            return "removed: ravel undone by the Gather after it"
         raise _Reject(node, f"reshapes the head tensor {in_shape} -> {out_shape}")
+
+    def _gather(self, node: onnx.NodeProto, b: _Builder) -> str | None:
+        src = node.input[0]
+        if src not in self._raveled:
+            raise _Reject(node, "Gather on a head tensor")
+        m, shape = self._raveled[src]
+        idx = self.index.const_value(node.input[1])
+        if idx is None or idx.shape != tuple(shape) or not np.array_equal(idx.reshape(-1), np.arange(idx.size)):
+            raise _Reject(node, "Gather reorders the raveled features")
+        self.mapped[node.output[0]] = m
+        return "removed: identity Gather (as_strided)"
 
     def _as_nchw_mapped(self, m: Mapped, b: _Builder) -> str:
         assert m.layout is not None

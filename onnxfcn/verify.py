@@ -106,13 +106,21 @@ def run_batched(sess: ort.InferenceSession, input_name: str, x: np.ndarray, chun
     parts: list[list[np.ndarray]] = []
     k = 0
     while k < len(x):
+        n = min(size, len(x) - k)
         try:
-            parts.append(sess.run(None, {input_name: x[k:k + size]}))
+            outs = sess.run(None, {input_name: x[k:k + n]})
+            # A baked batch of 1 can also run silently and return one sample (dynamo's as_strided).
+            ok = all(o.ndim and o.shape[0] == n for o in outs)
         except Exception:  # noqa: BLE001 - onnxruntime raises several types
             if size == 1:
                 raise
+            ok = False
+        if not ok:
+            if size == 1:
+                raise OnnxFcnError("the original model returns a batch size other than its input's")
             size = 1
             continue
+        parts.append(outs)
         k += size
         if progress is not None:
             progress(min(k, len(x)), len(x))
@@ -360,7 +368,10 @@ def verify(
     dtype = _input_dtype(conv, image.name)
     checks: list[CheckResult] = []
     orig_sess = {p: make_session(orig, p) for p in providers}
-    conv_sess = {p: make_session(conv, p) for p in providers}
+    feature = meta.get("features", "").split(",")[0]
+    probe = _with_feature_output(conv, feature, analysis)  # one session gives outputs and feature map
+    conv_sess = {p: make_session(probe, p) for p in providers}
+    del probe
     out_names = [o.name for o in conv.graph.output]
     spatial_axes = {}
     for o in conv.graph.output:
@@ -388,7 +399,7 @@ def verify(
             want = run_batched(orig_sess[p], image.name, x)
             details = {"size": [image.height, image.width], "batch": batch}
             try:
-                got = run_batched(conv_sess[p], image.name, x)
+                got = run_batched(conv_sess[p], image.name, x)[:len(out_names)]
             except Exception as exc:  # noqa: BLE001 - cannot run at the reference size: failed
                 checks.append(CheckResult("reference" + tag, False, True, [], details,
                                           f"converted model fails at the reference size: {_first_line(exc)}"))
@@ -409,8 +420,8 @@ def verify(
                                                strict, mode, tag, progress))
     if len(providers) == 2:
         xb = x_big if x_big is not None else random_input(image, batch, *size_list[0], seed + 1, dtype)
-        a_out = conv_sess["cpu"].run(None, {image.name: xb})
-        b_out = conv_sess["cuda"].run(None, {image.name: xb})
+        a_out = conv_sess["cpu"].run(None, {image.name: xb})[:len(out_names)]
+        b_out = conv_sess["cuda"].run(None, {image.name: xb})[:len(out_names)]
         cmps = []
         for name, g, wnt in zip(out_names, b_out, a_out):
             r, a = tolerance_for(wnt.dtype, rtol, atol)
@@ -460,7 +471,7 @@ def _sliding_and_feature(orig: onnx.ModelProto, conv: onnx.ModelProto, orig_sess
         raise OnnxFcnError("converted model has no output with out_height/out_width dims")
     note = ""
     try:
-        ys = conv_sess.run(None, {image.name: x})
+        *ys, fmap = conv_sess.run(None, {image.name: x})
     except Exception as exc:  # noqa: BLE001 - a converted model that cannot run there has failed
         node = _node_from_error(exc)
         note = f"converted model fails at {h}x{w}" + (f" in node '{node}'" if node else "") + f": {_first_line(exc)}"
@@ -494,8 +505,8 @@ def _sliding_and_feature(orig: onnx.ModelProto, conv: onnx.ModelProto, orig_sess
         checks.append(CheckResult("sliding" + tag, True, False, [], {"size": [h, w]},
                                   "not applicable in dense mode: cells are not reference-size crops"))
     # 3. feature windows: converted trunk, original head
-    checks.append(_feature_check(orig, conv, analysis, geo, x, ys, gh, gw, out_names, spatial_axes, positions,
-                                 seed, rtol, atol, tag, h, w, orig_sess))
+    checks.append(_feature_check(orig, fmap, analysis, geo, x, ys, gh, gw, out_names, spatial_axes, positions,
+                                 seed, rtol, atol, tag, h, w))
     return checks
 
 
@@ -554,27 +565,24 @@ def _head_model(orig: onnx.ModelProto, feature: str, analysis: Any) -> onnx.Mode
     return model
 
 
-def _feature_check(orig: onnx.ModelProto, conv: onnx.ModelProto, analysis: Any, geo: Geometry, x: np.ndarray,
-                   ys: list[np.ndarray], gh: int, gw: int, out_names: list[str],
-                   spatial_axes: dict[str, int | None], positions: int | str, seed: int, rtol: float | None,
-                   atol: float | None, tag: str, h: int, w: int, orig_sess: ort.InferenceSession) -> CheckResult:
-    from .convert import read_metadata
-
-    features = read_metadata(conv).get("features", "").split(",")
-    feature = features[0]
-    image = analysis.image
-    # Trunk: the converted model with the feature map exposed as an output.
-    trunk = onnx.ModelProto()
-    trunk.CopyFrom(conv)
-    del trunk.graph.output[:]
-    produced = {o for n in trunk.graph.node for o in n.output}
+def _with_feature_output(conv: onnx.ModelProto, feature: str, analysis: Any) -> onnx.ModelProto:
+    """A copy of the converted model that also outputs the trunk's feature map."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(conv)
+    produced = {o for n in probe.graph.node for o in n.output}
     if feature not in produced:
         # The rewrite read the map before the exporter's NCHW->NHWC Transpose; put it back here.
-        prod = analysis.index.producer[feature]
-        trunk.graph.node.append(prod)
+        probe.graph.node.append(analysis.index.producer[feature])
     elem = analysis.index.dtypes.get(feature) or onnx.TensorProto.FLOAT
-    trunk.graph.output.append(onnx.helper.make_tensor_value_info(feature, elem, None))
-    fmap = make_session(trunk).run(None, {image.name: x})[0]
+    probe.graph.output.append(onnx.helper.make_tensor_value_info(feature, elem, None))
+    return probe
+
+
+def _feature_check(orig: onnx.ModelProto, fmap: np.ndarray, analysis: Any, geo: Geometry, x: np.ndarray,
+                   ys: list[np.ndarray], gh: int, gw: int, out_names: list[str],
+                   spatial_axes: dict[str, int | None], positions: int | str, seed: int, rtol: float | None,
+                   atol: float | None, tag: str, h: int, w: int) -> CheckResult:
+    feature = analysis.heads[0].features[0]
     lay = analysis.layout(feature)
     ref_shape = analysis.index.static_shape(feature)
     fh, fw = int(ref_shape[lay[2]]), int(ref_shape[lay[3]])
