@@ -37,7 +37,7 @@ def node_label(node: onnx.NodeProto) -> str:
     return node.name or f"{node.op_type}->{node.output[0] if node.output else '?'}"
 
 
-def _tensor_nbytes(t: onnx.TensorProto) -> int:
+def tensor_nbytes(t: onnx.TensorProto) -> int:
     n = int(np.prod(t.dims)) if len(t.dims) else 1
     return n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 0
 
@@ -197,13 +197,13 @@ class GraphIndex:
                 continue
             seen.add(n)
             if n in self.initializers:
-                total += _tensor_nbytes(self.initializers[n])
+                total += tensor_nbytes(self.initializers[n])
                 continue
             node = self.producer.get(n)
             if node is None:
                 continue
             if node.op_type == "Constant":
-                total += sum(_tensor_nbytes(a.t) for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
+                total += sum(tensor_nbytes(a.t) for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
             stack.extend(node.input)
         return total
 
@@ -299,7 +299,8 @@ class GraphIndex:
         return list(self.graph.node)
 
 
-def skeleton(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]]) -> onnx.ModelProto:
+def skeleton(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]],
+             keep_output_shapes: bool = False) -> onnx.ModelProto:
     """The model without large weight bytes, for shape inference. Inputs may be re-shaped."""
     g = model.graph
     small: list[onnx.TensorProto] = []
@@ -307,7 +308,7 @@ def skeleton(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]]) -> 
     init_names = set()
     for t in g.initializer:
         init_names.add(t.name)
-        if _tensor_nbytes(t) <= _SKELETON_KEEP_BYTES and t.data_location != onnx.TensorProto.EXTERNAL:
+        if tensor_nbytes(t) <= _SKELETON_KEEP_BYTES and t.data_location != onnx.TensorProto.EXTERNAL:
             small.append(t)
         else:
             typed.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
@@ -318,9 +319,12 @@ def skeleton(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]]) -> 
         if vi.name in input_shapes:
             vi = helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, list(input_shapes[vi.name]))
         inputs.append(vi)
-    # Output shapes and value_info are dropped: they may be stale, and inference re-derives them.
-    outputs = [helper.make_tensor_value_info(o.name, o.type.tensor_type.elem_type,
-                                             [None] * len(o.type.tensor_type.shape.dim)) for o in g.output]
+    # Output shapes and value_info are dropped for inference: they may be stale (the head's
+    # outputs change rank), and inference re-derives them. The checker needs them kept.
+    if keep_output_shapes:
+        outputs = list(g.output)
+    else:
+        outputs = [helper.make_tensor_value_info(o.name, o.type.tensor_type.elem_type, None) for o in g.output]
     graph = helper.make_graph(list(g.node), g.name or "g", inputs + typed, outputs, small)
     skel = helper.make_model(graph, opset_imports=list(model.opset_import))
     skel.ir_version = max(model.ir_version, 4)

@@ -1,0 +1,161 @@
+"""The command line: exit codes, one-line errors, JSON, and the README's commands run as tests."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from builders import Builder, flatten_gemm, image_shape, trunk
+from conftest import LIGHT, ROOT
+from typer.testing import CliRunner
+
+from onnxfcn.cli import app
+
+runner = CliRunner()
+DIGITS = ROOT / "models" / "digits_cnn.onnx"
+
+
+def test_convert_demo_model(tmp_path: Path) -> None:
+    out = tmp_path / "digits_fcn.onnx"
+    before = DIGITS.read_bytes()
+    res = runner.invoke(app, ["convert", str(DIGITS), "-o", str(out), "--verify", "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert DIGITS.read_bytes() == before  # the input is never modified
+    assert "exact  yes" in res.output and "Gemm" in res.output and "PASSED" in res.output
+    assert "out_height = floor((H - 8) / 2) + 1" in res.output
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert meta["onnxfcn.window"] == "8,8" and meta["onnxfcn.stride"] == "2,2" and meta["onnxfcn.exact"] == "true"
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["verify"]["passed"] is True and data["geometry"]["stride"] == [2, 2]
+
+
+def test_default_output_name(tmp_path: Path) -> None:
+    src = tmp_path / "m.onnx"
+    onnx.save(flatten_gemm(), src)
+    assert runner.invoke(app, ["convert", str(src), "-q"]).exit_code == 0
+    assert (tmp_path / "m.fcn.onnx").exists()
+
+
+@pytest.mark.parametrize("case", ["not_onnx", "truncated", "no_image_input", "no_head", "flatten_axis2",
+                                  "unsupported_op", "bad_size", "same_path"])
+def test_bad_input_one_line_exit_2_nothing_written(case: str, tmp_path: Path) -> None:
+    src = tmp_path / "in.onnx"
+    out = tmp_path / "out.onnx"
+    args: list[str] = []
+    if case == "not_onnx":
+        src.write_text("not a model")
+    elif case == "truncated":
+        src.write_bytes(DIGITS.read_bytes()[:1000])
+    elif case == "no_image_input":
+        b = Builder(13)
+        b.nodes.append(onnx.helper.make_node("Relu", ["image"], ["y"]))
+        onnx.save(onnx.helper.make_model(onnx.helper.make_graph(
+            b.nodes, "g", [onnx.helper.make_tensor_value_info("image", 1, [1, 10])],
+            [onnx.helper.make_tensor_value_info("y", 1, [1, 10])])), src)
+    elif case == "no_head":
+        b = Builder(13)
+        y = b.node("ReduceSum", [trunk(b), b.ints("ax", [1])], keepdims=0)  # N x H x W, no classes
+        y = b.node("Flatten", [y], axis=0)
+        onnx.save(b.model(image_shape(), [y]), src)
+    elif case == "flatten_axis2":
+        b = Builder(13)
+        y = b.node("Flatten", [trunk(b)], axis=2, name="flat2")
+        onnx.save(b.model(image_shape(), [b.node("MatMul", [y, b.weight("w", (36, 4))])]), src)
+    elif case == "unsupported_op":
+        b = Builder(13)
+        y = b.node("Flatten", [trunk(b)], axis=1)
+        y = b.node("MatMul", [y, b.weight("w", (288, 4))])
+        y = b.node("CumSum", [y, b.const("a", __import__("numpy").asarray(1))], name="cums")
+        onnx.save(b.model(image_shape(), [y]), src)
+    elif case == "bad_size":
+        onnx.save(flatten_gemm(), src)
+        args = ["--size", "twelve"]
+    elif case == "same_path":
+        onnx.save(flatten_gemm(), src)
+        out = src
+    before = src.read_bytes()
+    res = runner.invoke(app, ["convert", str(src), "-o", str(out), *args])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    if case != "bad_size":  # typer's own usage error for a bad option value is a few lines
+        assert len(lines) == 1, res.output
+        assert lines[0].startswith("error: ")
+    if case == "flatten_axis2":
+        assert "flat2" in lines[0] and "axis=2" in lines[0]
+    if case == "unsupported_op":
+        assert "cums" in lines[0] and "CumSum" in lines[0]
+    assert src.read_bytes() == before
+    if case != "same_path":
+        assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_already_fully_convolutional_exit_3(tmp_path: Path) -> None:
+    b = Builder(13)
+    onnx.save(b.model(image_shape(), [trunk(b)]), tmp_path / "fcn.onnx")
+    res = runner.invoke(app, ["convert", str(tmp_path / "fcn.onnx"), "-o", str(tmp_path / "o.onnx")])
+    assert res.exit_code == 3
+    assert "already fully convolutional" in res.output
+    assert not (tmp_path / "o.onnx").exists()
+    # A converted model is recognised too.
+    runner.invoke(app, ["convert", str(DIGITS), "-o", str(tmp_path / "d.onnx"), "-q"])
+    res = runner.invoke(app, ["convert", str(tmp_path / "d.onnx"), "-o", str(tmp_path / "dd.onnx")])
+    assert res.exit_code == 3 and "already converted" in res.output
+
+
+def test_self_check_failure_writes_nothing(tmp_path: Path) -> None:
+    """inception_v2 from the light zoo runs only at some sizes: refused, nothing written."""
+    out = tmp_path / "o.onnx"
+    res = runner.invoke(app, ["convert", str(LIGHT / "light_inception_v2.onnx"), "-o", str(out)])
+    assert res.exit_code == 2
+    assert "n161" in res.output
+    assert not out.exists()
+
+
+def test_help_explains_modes() -> None:
+    res = runner.invoke(app, ["convert", "--help"])
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    assert "window" in text and "dense" in text and "class activation map" in text
+
+
+def test_python_dash_m_entry_point(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "onnxfcn", "--version"], capture_output=True, text=True, check=False)
+    assert res.returncode == 0 and res.stdout.startswith("onnxfcn ")
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```bash\n(.*?)\n```", text, flags=re.S)
+
+
+def test_readme_starts_with_two_setup_commands() -> None:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)\n```", text.split("\n## ")[0], flags=re.S)
+    assert len(blocks) == 2
+    assert "onnxfcn convert models/" in blocks[0]
+    assert "pytest" in blocks[1]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert blocks[1].strip() in ci  # CI runs the README's test command
+
+
+def test_readme_example_commands_run(tmp_path: Path) -> None:
+    """Every `onnxfcn ...` line in the README's examples runs and exits as documented."""
+    commands = [ln.strip() for block in _readme_commands()[2:] for ln in block.splitlines()
+                if ln.strip().startswith("onnxfcn ")]
+    assert len(commands) >= 3
+    shutil.copytree(ROOT / "models", tmp_path / "models")  # run where the README's paths resolve
+    for cmd in commands:
+        argv = shlex.split(cmd.split("#")[0])
+        m = re.search(r"#\s*exit (\d)", cmd)
+        expected = int(m.group(1)) if m else 0
+        res = subprocess.run([sys.executable, "-m", "onnxfcn", *argv[1:]], cwd=tmp_path, capture_output=True,
+                             text=True, check=False)
+        assert res.returncode == expected, f"{cmd}\n{res.stdout}\n{res.stderr}"
