@@ -123,6 +123,23 @@ def _kernel_axis(node: onnx.NodeProto, analysis: Analysis, ax: int, ref_in: int)
     return ke, s, int(pads[ax]), int(pads[ax + 2]), bool(attr(node, "ceil_mode", 0)), "NOTSET"
 
 
+def _hw(analysis: Analysis, name: str) -> tuple[int, int] | None:
+    shape = analysis.index.static_shape(name)
+    info = analysis.info.get(name)
+    if shape is None or info is None or info.layout is None or max(info.layout) >= len(shape):
+        return None
+    return int(shape[info.layout[2]]), int(shape[info.layout[3]])
+
+
+def _keeps_spatial_size(analysis: Analysis, node: onnx.NodeProto) -> bool:
+    """A non-kernel trunk op must leave H and W where the layout says, at the same size."""
+    src = next((i for i in node.input if analysis.info.get(i) and analysis.info[i].state is State.SPATIAL), None)
+    if src is None:
+        return True
+    a, b = _hw(analysis, src), _hw(analysis, node.output[0])
+    return a is None or b is None or a == b
+
+
 def _size_fn(prev: SizeFn, ke: int, s: int, pb: int, pe: int, ceil: bool, auto: str) -> SizeFn:
     if auto.startswith("SAME"):
         return lambda n: math.ceil(prev(n) / s)
@@ -188,6 +205,10 @@ def compute_geometry(analysis: Analysis, features: list[str], feature_window: tu
                     reasons.append(f"zero padding at {node_label(node)} ({node.op_type} pads {pb},{pe})")
                 elif ceil and ref_in and (ref_in - ke) % s:
                     reasons.append(f"ceil_mode window past the edge at {node_label(node)}")
+        elif not _keeps_spatial_size(analysis, node):
+            raise UnsupportedModelError(
+                f"{node.op_type} changes or moves the spatial axes {_hw(analysis, node.input[0])} -> "
+                f"{_hw(analysis, node.output[0])}; sliding-window geometry is undefined", node_label(node))
         elif node.op_type == "Pad":
             reasons.append(f"explicit Pad at {node_label(node)}")
             raise UnsupportedModelError("explicit Pad on the feature map is not supported yet", node_label(node))

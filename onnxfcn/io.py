@@ -84,6 +84,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], external_da
     tmp_data: Path | None = None
     try:
         if use_external:
+            had_location = {t.name for t in model.graph.initializer if t.HasField("data_location")}
             # The location stored in the model must be the final data file name. Save into a
             # private temporary folder, then move both files into place, data first.
             with tempfile.TemporaryDirectory(dir=folder, prefix=f".{path.name}.") as tmpdir:
@@ -95,6 +96,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], external_da
                 # save_model moved the weights out of ``model``; read them back so the caller's
                 # object is unchanged.
                 load_external_data_for_model(model, tmpdir)
+                for t in model.graph.initializer:
+                    if t.name not in had_location:
+                        t.ClearField("data_location")
                 tmp_data = Path(tmpdir) / data_name
                 os.replace(tmp_data, folder / data_name)
                 written.append(folder / data_name)

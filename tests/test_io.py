@@ -56,7 +56,9 @@ def test_external_data_round_trip(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     model = flatten_gemm()
-    onnx.save_model(model, src / "m.onnx", save_as_external_data=True, location="m.weights", size_threshold=0)
+    to_save = onnx.ModelProto()
+    to_save.CopyFrom(model)  # onnx.save_model moves the weights out of the object it saves
+    onnx.save_model(to_save, src / "m.onnx", save_as_external_data=True, location="m.weights", size_threshold=0)
     digest = hashlib.sha256((src / "m.onnx").read_bytes() + (src / "m.weights").read_bytes()).hexdigest()
     converted, report = onnxfcn.convert(src / "m.onnx")
     assert report.external_data

@@ -1,0 +1,84 @@
+"""Geometry: stride, offset, receptive field, output grid formula and exactness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from builders import REF, Builder, flatten_gemm, gemm, image_shape, trunk
+from conftest import LIGHT, assert_close, cells_vs_crops, rand, run
+
+import onnxfcn
+
+
+def test_valid_trunk_geometry_is_exact() -> None:
+    _, report = onnxfcn.convert(flatten_gemm())
+    g = report.geometry
+    assert g.window == (REF, REF)
+    assert g.stride == (2, 2)
+    assert g.offset == (0, 0)
+    # conv3 (rf 3) -> pool2 (rf 4, jump 2) -> conv3 (rf 8) -> 6x6 window: 8 + 5*2 = 18
+    assert g.receptive_field == (18, 18)
+    assert g.exact and not g.reasons
+    assert g.formula(0) == f"floor((H - {REF}) / 2) + 1"
+    assert g.grid(REF + 4, REF + 7) == (3, 4)
+    assert g.min_size() == (REF, REF)
+
+
+def test_padded_trunk_is_not_exact_and_says_why() -> None:
+    _, report = onnxfcn.convert(flatten_gemm(padded=True))
+    g = report.geometry
+    assert not g.exact
+    assert any("zero padding" in r and "Conv pads 1,1" in r for r in g.reasons)
+    assert g.receptive_field[0] > REF  # sees beyond the window
+
+
+@pytest.mark.parametrize("size", [(REF + 4, REF + 6), (REF + 7, REF + 3), (40, 33)])
+def test_padding_free_cells_equal_crops_exactly(size: tuple[int, int]) -> None:
+    """Sizes larger than the reference, stride-aligned or not: every cell equals its crop."""
+    original = flatten_gemm()
+    converted, report = onnxfcn.convert(original)
+    x = rand([2, 3, *size], seed=7)
+    cells, crops = cells_vs_crops(original, converted, x, REF, 2)
+    gh, gw = report.geometry.grid(*size)
+    assert cells.shape[0] == gh * gw
+    assert_close(cells, crops)
+
+
+def test_padded_cells_differ_from_crops() -> None:
+    """With zero padding cells match crops only approximately: the difference is real."""
+    original = flatten_gemm(padded=True)
+    converted, _ = onnxfcn.convert(original)
+    cells, crops = cells_vs_crops(original, converted, rand([1, 3, REF + 8, REF + 8], seed=3), REF, 2)
+    rel = np.abs(cells - crops).max() / np.abs(crops).max()
+    assert rel > 1e-3
+
+
+def test_light_resnet50_grid_formula_and_min_size() -> None:
+    _, report = onnxfcn.convert(LIGHT / "light_resnet50.onnx", self_check=False)
+    g = report.geometry
+    assert g.stride == (32, 32)
+    assert g.formula(0) == "floor((H - 193) / 32) + 1"  # same-padded convs: ceil(H/32) - 6
+    assert g.grid(384, 384) == (6, 6)
+    assert g.min_size() == (193, 193)
+
+
+def test_squeeze_excitation_pool_makes_it_inexact() -> None:
+    b = Builder(13)
+    f = trunk(b)
+    se = b.node("GlobalAveragePool", [f], name="se_pool")
+    se = b.node("Sigmoid", [se])
+    f = b.node("Mul", [f, se])
+    y = gemm(b, b.node("Flatten", [b.node("GlobalAveragePool", [f])], axis=1), 8, 5)
+    original = b.model(image_shape(), [y])
+    converted, report = onnxfcn.convert(original)
+    assert not report.geometry.exact
+    assert any("se_pool" in r for r in report.geometry.reasons)
+    x = rand([1, 3, REF, REF])
+    assert_close(run(converted, x)[0].reshape(1, -1), run(original, x)[0])
+
+
+def test_below_reference_size_fails_with_clear_message() -> None:
+    original = flatten_gemm()
+    converted, _ = onnxfcn.convert(original)
+    with pytest.raises(onnxfcn.OnnxFcnError, match="smaller than the reference window"):
+        onnxfcn.verify(original, converted, sizes=[(REF - 2, REF)])

@@ -1,0 +1,66 @@
+"""Head matching: the image input, tensor states, heads and fan-out."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from builders import Builder, flatten_gemm, gemm, image_shape, trunk
+
+from onnxfcn.errors import AlreadyConvolutionalError, UnsupportedModelError
+from onnxfcn.head import State, analyze, find_image_input
+
+
+def test_image_input_nchw_and_size() -> None:
+    img = find_image_input(flatten_gemm())
+    assert (img.layout, img.height, img.width, img.channels) == ("NCHW", 18, 18, 3)
+
+
+def test_image_input_nhwc_detected_from_transpose() -> None:
+    b = Builder(13)
+    x = b.node("Transpose", ["image"], perm=[0, 3, 1, 2])
+    y = gemm(b, b.node("Flatten", [trunk(b, x)], axis=1), 288, 4)
+    img = find_image_input(b.model(image_shape("NHWC"), [y]))
+    assert img.layout == "NHWC" and img.hw_axes == (1, 2)
+
+
+def test_dynamic_spatial_input_needs_size() -> None:
+    b = Builder(13)
+    y = b.node("GlobalAveragePool", [trunk(b)])
+    model = b.model(["N", 3, "H", "W"], [gemm(b, b.node("Flatten", [y], axis=1), 8, 4)])
+    with pytest.raises(UnsupportedModelError, match="--size"):
+        find_image_input(model)
+    img = find_image_input(model, size=(18, 18))
+    assert (img.height, img.width) == (18, 18)
+
+
+def test_states_and_head_nodes() -> None:
+    model = flatten_gemm()
+    a = analyze(model, find_image_input(model))
+    assert len(a.heads) == 1
+    head = a.heads[0]
+    assert [n.op_type for n in head.nodes] == ["Flatten", "Gemm", "Relu", "Gemm", "Identity"]
+    assert a.info[head.features[0]].state is State.SPATIAL
+    assert a.info[head.outputs[0]].state is State.FLAT
+
+
+def test_two_outputs_sharing_a_flatten_are_one_head() -> None:
+    b = Builder(13)
+    flat = b.node("Flatten", [trunk(b)], axis=1)
+    model = b.model(image_shape(), [gemm(b, flat, 288, 4), gemm(b, flat, 288, 2)])
+    a = analyze(model, find_image_input(model))
+    assert len(a.heads) == 1 and len(a.heads[0].outputs) == 2
+
+
+def test_already_fully_convolutional() -> None:
+    b = Builder(13)
+    model = b.model(image_shape(), [trunk(b)])
+    with pytest.raises(AlreadyConvolutionalError):
+        analyze(model, find_image_input(model))
+
+
+def test_no_image_input() -> None:
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+                                   [onnx.helper.make_tensor_value_info("x", 1, [2, 5])],
+                                   [onnx.helper.make_tensor_value_info("y", 1, [2, 5])])
+    with pytest.raises(UnsupportedModelError, match="no image input"):
+        find_image_input(onnx.helper.make_model(graph))

@@ -1,0 +1,48 @@
+"""Trunk generalization: shapes baked at the reference size are rebuilt from Shape."""
+
+from __future__ import annotations
+
+import pytest
+from builders import C_FEAT, REF, Builder, gemm, image_shape
+from conftest import LIGHT, assert_close, cells_vs_crops, rand, run
+
+import onnxfcn
+
+
+def shuffle_model(batch_in_shape: int = 1) -> object:
+    """Channel shuffle with a constant 5-D Reshape, as torchvision's ShuffleNetV2 exports it."""
+    b = Builder(13)
+    y = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3))], kernel_shape=[3, 3])
+    y = b.node("Reshape", [y, b.ints("s5", [batch_in_shape, 2, C_FEAT // 2, REF - 2, REF - 2])], name="shuffle_in")
+    y = b.node("Transpose", [y], perm=[0, 2, 1, 3, 4])
+    y = b.node("Reshape", [y, b.ints("s4", [batch_in_shape, C_FEAT, REF - 2, REF - 2])], name="shuffle_out")
+    y = b.node("MaxPool", [b.node("Relu", [y])], kernel_shape=[2, 2], strides=[2, 2])
+    y = gemm(b, b.node("Flatten", [y], axis=1), C_FEAT * 8 * 8, 5)
+    return b.model(image_shape(), [y])
+
+
+def test_channel_shuffle_runs_at_any_size_and_batch() -> None:
+    original = shuffle_model()
+    converted, report = onnxfcn.convert(original)
+    changed = {c.node for c in report.changes}
+    assert {"shuffle_in", "shuffle_out"} <= changed
+    assert len(report.self_check) == 3 and report.self_check[1]["batch"] == 2
+    x = rand([3, 3, REF + 6, REF + 4])
+    cells, crops = cells_vs_crops(original, converted, x, REF, 2)
+    assert_close(cells, crops)
+
+
+def test_light_shufflenet_generalized() -> None:
+    converted, report = onnxfcn.convert(LIGHT / "light_shufflenet.onnx")
+    assert sum("from Shape" in c.after for c in report.changes) == 32
+    y = run(converted, rand([2, 3, 288, 320]))[0]
+    assert y.shape == (2, 1000, 3, 4)
+
+
+def test_reshape_moving_spatial_axes_is_refused() -> None:
+    b = Builder(13)
+    y = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3))], kernel_shape=[3, 3])
+    y = b.node("Reshape", [y, b.ints("s", [1, C_FEAT, (REF - 2) * (REF - 2) // 2, 2])], name="scramble")
+    y = gemm(b, b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1), C_FEAT, 5)
+    with pytest.raises(onnxfcn.UnsupportedModelError, match="scramble"):
+        onnxfcn.convert(b.model(image_shape(), [y]))
