@@ -15,7 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import UnsupportedModelError
-from .graph import GraphIndex, node_label
+from .graph import GraphIndex, attr, node_label
 from .head import Analysis, State
 from .rewrite import Change
 
@@ -57,7 +57,16 @@ def plan_trunk_rewrite(analysis: Analysis) -> TrunkPlan:
     plan = TrunkPlan()
     head_ids = {id(n) for h in analysis.heads for n in h.nodes}
     for node in index.graph.node:
-        if id(node) in head_ids or node.op_type != "Reshape":
+        if id(node) in head_ids:
+            continue
+        if node.op_type == "Slice":
+            _plan_slice(analysis, plan, node)
+            continue
+        if node.op_type in ("Expand", "Tile", "ConstantOfShape", "Resize", "Upsample"):
+            _refuse_baked(analysis, node)
+            continue
+        _refuse_spatial_constant(analysis, node)
+        if node.op_type != "Reshape":
             continue
         src = analysis.info.get(node.input[0])
         out = analysis.info.get(node.output[0])
@@ -96,3 +105,108 @@ def plan_trunk_rewrite(analysis: Analysis) -> TrunkPlan:
         plan.changes.append(Change(node_label(node), f"Reshape(to {target})",
                                    f"Reshape(to [N, {', '.join(map(str, middle))}, H, W] from Shape)"))
     return plan
+
+
+def _spatial_axes(analysis: Analysis, name: str) -> tuple[int, int, int] | None:
+    info = analysis.info.get(name)
+    if info is None or info.state is not State.SPATIAL or info.layout is None:
+        return None
+    return info.layout[0], info.layout[2], info.layout[3]
+
+
+def _plan_slice(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProto) -> None:
+    """A Slice that keeps the whole batch/H/W extent at the reference size keeps it at any size."""
+    index = analysis.index
+    axes_nhw = _spatial_axes(analysis, node.input[0])
+    shape = index.static_shape(node.input[0])
+    if axes_nhw is None or shape is None:
+        return
+    rank = len(shape)
+    if index.opset >= 10:
+        starts, ends = index.int_list(node.input[1]), index.int_list(node.input[2])
+        axes = index.int_list(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        steps = index.int_list(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+        if starts is None or ends is None or not (index.is_const(node.input[1]) and index.is_const(node.input[2])):
+            return  # computed from Shape: follows the input size already
+    else:
+        starts, ends, axes, steps = attr(node, "starts"), attr(node, "ends"), attr(node, "axes"), None
+    axes = [a % rank for a in (axes if axes is not None else range(len(starts)))]
+    steps = steps or [1] * len(axes)
+    new_ends = list(ends)
+    touched = False
+    for k, ax in enumerate(axes):
+        if ax not in axes_nhw:
+            continue
+        if starts[k] == 0 and steps[k] == 1 and ends[k] >= shape[ax]:
+            if ends[k] < _INT_MAX:
+                new_ends[k] = _INT_MAX
+                touched = True
+        else:
+            raise UnsupportedModelError(
+                f"Slice crops the batch or spatial axis {ax} at fixed positions ({starts[k]}:{ends[k]}); "
+                "cannot generalize", node_label(node))
+    if not touched:
+        return
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    if index.opset >= 10:
+        new.input[2] = _const(index, plan, new_ends)
+    else:
+        for a in list(new.attribute):
+            if a.name == "ends":
+                new.attribute.remove(a)
+        new.attribute.append(helper.make_attribute("ends", new_ends))
+    plan.replacements[id(node)] = [new]
+    plan.changes.append(Change(node_label(node), f"Slice(ends {list(ends)})",
+                               "Slice to the end of batch/H/W (was the reference size)"))
+
+
+def _refuse_baked(analysis: Analysis, node: onnx.NodeProto) -> None:
+    """Ops whose constant shape (or sizes) holds the reference H or W at a spatial position."""
+    index = analysis.index
+    out = analysis.info.get(node.output[0])
+    if out is None or out.state is not State.SPATIAL or out.layout is None:
+        return
+    shape = index.static_shape(node.output[0])
+    if shape is None:
+        return
+    if node.op_type in ("Resize", "Upsample"):
+        raise UnsupportedModelError(f"{node.op_type} rescales the feature map; sliding-window geometry is undefined",
+                                    node_label(node))
+    operand = node.input[1] if node.op_type in ("Expand", "Tile") else node.input[0]
+    if not index.is_const(operand):
+        return
+    values = index.int_list(operand) or []
+    hw = (shape[out.layout[2]], shape[out.layout[3]])
+    if node.op_type == "Tile":
+        baked = len(values) == len(shape) and (values[out.layout[2]] != 1 or values[out.layout[3]] != 1)
+    else:
+        baked = len(values) == len(shape) and (values[out.layout[2]], values[out.layout[3]]) == hw and hw != (1, 1)
+    if baked:
+        raise UnsupportedModelError(
+            f"{node.op_type} has the reference size {hw[0]}x{hw[1]} baked into a constant; cannot generalize",
+            node_label(node))
+
+
+def _refuse_spatial_constant(analysis: Analysis, node: onnx.NodeProto) -> None:
+    """A constant operand as large as the reference map (a positional bias, an expanded bias)
+    broadcast against the trunk cannot follow another input size."""
+    out = analysis.info.get(node.output[0]) if node.output else None
+    if out is None or out.state is not State.SPATIAL or out.layout is None:
+        return
+    index = analysis.index
+    shape = index.static_shape(node.output[0])
+    if shape is None:
+        return
+    for i in node.input[:2] if node.op_type not in ("Conv", "BatchNormalization", "PRelu") else ():
+        info = analysis.info.get(i)
+        if not i or info is None or info.state is not State.CONST:
+            continue
+        cs = index.static_shape(i)
+        if cs is None or len(cs) != len(shape):
+            continue
+        h, w = out.layout[2], out.layout[3]
+        if (cs[h], cs[w]) == (shape[h], shape[w]) and (cs[h], cs[w]) != (1, 1):
+            raise UnsupportedModelError(
+                f"constant operand '{i}' of shape {list(cs)} holds the reference size {cs[h]}x{cs[w]}; "
+                "cannot generalize", node_label(node))

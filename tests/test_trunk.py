@@ -46,3 +46,41 @@ def test_reshape_moving_spatial_axes_is_refused() -> None:
     y = gemm(b, b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1), C_FEAT, 5)
     with pytest.raises(onnxfcn.UnsupportedModelError, match="scramble"):
         onnxfcn.convert(b.model(image_shape(), [y]))
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_full_extent_slice_is_generalized(opset: int) -> None:
+    b = Builder(opset)
+    y = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3))], kernel_shape=[3, 3])
+    if opset >= 10:
+        y = b.node("Slice", [y, b.ints("st", [0, 0]), b.ints("en", [REF - 2, REF - 2]), b.ints("ax", [2, 3])],
+                   name="keep_all")
+    else:
+        y = b.node("Slice", [y], starts=[0, 0], ends=[REF - 2, REF - 2], axes=[2, 3], name="keep_all")
+    y = gemm(b, b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1), C_FEAT, 5)
+    original = b.model(image_shape(), [y])
+    converted, report = onnxfcn.convert(original)
+    assert any(c.node == "keep_all" for c in report.changes)
+    assert run(converted, rand([1, 3, REF + 10, REF + 10]))[0].shape == (1, 5, 11, 11)
+
+
+def test_cropping_slice_is_refused() -> None:
+    b = Builder(13)
+    y = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3))], kernel_shape=[3, 3])
+    y = b.node("Slice", [y, b.ints("st", [1]), b.ints("en", [REF - 3]), b.ints("ax", [2])], name="crop")
+    y = gemm(b, b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1), C_FEAT, 5)
+    with pytest.raises(onnxfcn.UnsupportedModelError, match="crop"):
+        onnxfcn.convert(b.model(image_shape(), [y]))
+
+
+def test_baked_expand_is_refused() -> None:
+    b = Builder(13)
+    y = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3))], kernel_shape=[3, 3])
+    bias = b.node("Expand", [b.weight("bias", (1, C_FEAT, 1, 1)), b.ints("shape", [1, C_FEAT, REF - 2, REF - 2])],
+                  name="baked_bias")
+    y = b.node("Add", [y, bias], name="add_bias")
+    y = gemm(b, b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1), C_FEAT, 5)
+    model = b.model(image_shape(), [y])
+    # The Expand is constant: the Add that broadcasts it against the trunk is the node refused.
+    with pytest.raises(onnxfcn.UnsupportedModelError, match="add_bias.*reference size 16x16"):
+        onnxfcn.convert(model)

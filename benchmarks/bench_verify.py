@@ -1,0 +1,75 @@
+"""What verify costs on top of the raw inference it must do, VGG16 at 384x384 by default.
+
+"raw" is the inference any such check needs, timed directly with onnxruntime: building the two
+sessions, one pass of the converted model on the large image (batch 2), and the original model
+on the same crops verify samples. "verify" is onnxfcn.verify with the same size, batch and
+positions. Side by side, --repeat times, medians.
+
+    pip install -e '.[test]' && python benchmarks/bench_verify.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--size", type=int, default=384)
+    parser.add_argument("--positions", default="16")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    import onnxfcn
+    from onnxfcn.verify import make_session, sample_positions
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = args.model
+        if src is None:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from tv_export import export
+
+            src = export("vgg16", "legacy", 17, Path(tmp))
+        converted, report = onnxfcn.convert(src, self_check=False)
+        geo = report.geometry
+        positions: int | str = args.positions if args.positions == "all" else int(args.positions)
+        gh, gw = geo.grid(args.size, args.size)
+        cells = sample_positions(gh, gw, positions, 0)
+        wh, ww = geo.window
+        import onnx
+
+        original = onnx.load(src)
+        raw_times, verify_times = [], []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            so, sc = make_session(original), make_session(converted)
+            x = np.random.default_rng(1).standard_normal((2, 3, args.size, args.size)).astype(np.float32)
+            sc.run(None, {so.get_inputs()[0].name: x})
+            crops = np.concatenate([x[:, :, i * geo.stride[0]:i * geo.stride[0] + wh,
+                                      j * geo.stride[1]:j * geo.stride[1] + ww] for i, j in cells])
+            for k in range(0, len(crops), 8):
+                so.run(None, {so.get_inputs()[0].name: crops[k:k + 8]})
+            raw_times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            result = onnxfcn.verify(src, converted, sizes=[(args.size, args.size)], batch=2, positions=positions)
+            verify_times.append(time.perf_counter() - t0)
+            assert result.checks[0].passed
+        raw, ver = statistics.median(raw_times), statistics.median(verify_times)
+        print(f"model {Path(src).name} at {args.size}x{args.size}, batch 2, {len(cells)} of {gh}x{gw} cells, "
+              f"{args.repeat} runs each, medians")
+        print(f"{'':24s} {'seconds':>8s}")
+        print(f"{'raw inference':24s} {raw:8.2f}")
+        print(f"{'onnxfcn.verify':24s} {ver:8.2f}")
+        print(f"{'verify / raw':24s} {ver / raw:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
