@@ -4,16 +4,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .convert import ConversionReport, convert  # noqa: E402
-from .errors import (  # noqa: E402
+from .convert import ConversionReport, convert
+from .errors import (
     AlreadyConvolutionalError,
     ModelLoadError,
     OnnxFcnError,
     SelfCheckError,
     UnsupportedModelError,
 )
-from .inspect import InspectReport, inspect  # noqa: E402
-from .verify import VerifyReport, verify  # noqa: E402
+from .inspect import InspectReport, inspect
+from .verify import VerifyReport, verify
 
 __all__ = [
     "AlreadyConvolutionalError",

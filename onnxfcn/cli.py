@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Optional
@@ -65,7 +65,7 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(widths[k]) for k, c in enumerate(r)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * wd for wd in widths))
@@ -304,8 +304,7 @@ def _load_input(npy: Path | None, image: Path | None, mean: str | None, std: str
     model, _ = load_model(original)
     img_in = prepare(model).image
     try:
-        pil = Image.open(image)
-        pil = pil.convert("L" if img_in.channels == 1 else "RGB")
+        pil = Image.open(image).convert("L" if img_in.channels == 1 else "RGB")
     except OSError as exc:
         raise OnnxFcnError(f"{image}: not a readable image: {exc}") from None
     arr = np.asarray(pil, dtype=np.float32) * scale

@@ -142,6 +142,9 @@ def convert(
         original.CopyFrom(model)
     analysis = prepare(model, input_name, size)
     plan = plan_head_rewrite(analysis, mode)
+    if mode == "dense" and not plan.pools_dropped:
+        log.info("dense mode: the head has no global pool to drop; it slides whole windows")
+        mode = "window"
     windows = set(plan.windows)
     if len(windows) != 1:
         raise OnnxFcnError(f"heads read feature windows of different sizes: {sorted(windows)}")
@@ -153,14 +156,15 @@ def convert(
     channels: dict[str, int | None] = {}
     for name, m in plan.outputs.items():
         shape = ref_index.shape(name)
-        channels[name] = shape[m.layout[1]] if shape and m.layout is not None and isinstance(shape[m.layout[1]], int) else None  # type: ignore[misc]
+        dim = shape[m.layout[1]] if shape and m.layout is not None else None
+        channels[name] = dim if isinstance(dim, int) else None
     make_dynamic(model, analysis.image, plan.outputs, channels)
     _set_metadata(model, metadata(geo, sorted(set(plan.features))))
     try:
         # The checker on the skeleton (weights as typed inputs) checks the graph without
         # serializing the weights; the tests run it on whole models too.
         onnx.checker.check_model(skeleton(model, {}, keep_output_shapes=True), full_check=True)
-    except Exception as exc:  # noqa: BLE001 - the checker raises several types
+    except Exception as exc:
         raise SelfCheckError(f"converted model fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
     report = ConversionReport(
         image=analysis.image, mode=mode, geometry=geo, changes=trunk.changes + plan.changes,

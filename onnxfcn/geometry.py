@@ -176,11 +176,12 @@ def compute_geometry(analysis: Analysis, features: list[str], feature_window: tu
         reasons = list(dict.fromkeys(r for i in ins for r in geo[i].reasons))
         h, w = _Axis(base.h.jump, base.h.start, base.h.rf, base.h.size), _Axis(base.w.jump, base.w.start, base.w.rf, base.w.size)
         for other in ins[1:]:  # merge branches (residual Add, Concat): union of receptive fields
-            for mine, theirs, ref in ((h, geo[other].h, image.height), (w, geo[other].w, image.width)):
+            for mine, theirs, ref_n in ((h, geo[other].h, image.height), (w, geo[other].w, image.width)):
                 if theirs.jump != mine.jump:
                     raise UnsupportedModelError(
                         f"merges maps of stride {mine.jump} and {theirs.jump}", node_label(node))
-                bad = next((n for n in range(ref, ref + 2 * mine.jump + 1) if mine.size(n) != theirs.size(n)), None)
+                bad = next((n for n in range(ref_n, ref_n + 2 * mine.jump + 1) if mine.size(n) != theirs.size(n)),
+                           None)
                 if bad is not None:
                     raise UnsupportedModelError(
                         f"merges branches whose sizes differ at input size {bad} ({mine.size(bad)} vs "

@@ -88,7 +88,7 @@ class GraphIndex:
                     skel.graph.value_info.append(helper.make_tensor_value_info(name, self.dtypes[name], list(dims)))
         try:
             inferred = shape_inference.infer_shapes(skel, strict_mode=False, data_prop=True)
-        except Exception as exc:  # noqa: BLE001 - inference errors come in many types
+        except Exception as exc:
             raise UnsupportedModelError(f"ONNX shape inference failed: {str(exc).splitlines()[0]}") from exc
         g = inferred.graph
         for vi in itertools.chain(g.input, g.value_info, g.output):
@@ -134,7 +134,7 @@ class GraphIndex:
             feeds[vi.name] = np.zeros(list(input_shapes[vi.name]), dtype=dtype)
         try:
             values = make_session(probe).run(None, feeds)
-        except Exception:  # noqa: BLE001 - leave them unknown; the analysis reports what it needs
+        except Exception:
             return
         for n, v in zip(names, values):
             self.shapes[n] = tuple(int(d) for d in np.asarray(v).shape)
@@ -273,7 +273,7 @@ class GraphIndex:
         model.ir_version = self.model.ir_version
         try:
             (out,) = ReferenceEvaluator(model).run(None, {})
-        except Exception:  # noqa: BLE001 - an op the reference runtime lacks: treat as non-constant
+        except Exception:
             return None
         return np.asarray(out)
 

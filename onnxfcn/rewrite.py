@@ -70,6 +70,7 @@ class Plan:
     outputs: dict[str, Mapped] = field(default_factory=dict)
     windows: list[tuple[int, int]] = field(default_factory=list)  # feature-map window per head
     features: list[str] = field(default_factory=list)
+    pools_dropped: int = 0  # dense mode: global pools removed (none: the head slides windows anyway)
 
 
 class _Reject(Exception):
@@ -248,6 +249,7 @@ class HeadRewriter:
             after = f"{pool_op} {h}x{w}, stride 1 (one cell per {h}x{w} feature window)"
         else:
             self.plan.windows.append((1, 1))
+            self.plan.pools_dropped += 1
             pooled = src
             after = "removed (dense mode: every feature cell is scored on its own)"
         if kind == "pool+flatten":
@@ -364,7 +366,7 @@ class HeadRewriter:
         if shape is None:
             raise _Reject(node, f"bias '{c_name}' has no static shape")
         numel = int(np.prod(shape)) if shape else 1
-        if numel == k and all(s in (1, k) for s in shape) and k > 1 or (k == 1 and numel == 1 and len(shape) >= 1):
+        if (numel == k and all(s in (1, k) for s in shape) and k > 1) or (k == 1 and numel == 1 and len(shape) >= 1):
             kind_scalar = False
         elif numel == 1:
             kind_scalar = True
@@ -630,10 +632,9 @@ class HeadRewriter:
         m = self._m(node.input[0], node)
         if self.a.info[node.input[0]].state is not State.POOLED or m.layout is None:
             raise _Reject(node, "transposes a flattened feature vector")
-        perm = list(attr(node, "perm", []))
         lay = self.a.info[node.output[0]].layout
         self._keep(node, b, Mapped(node.output[0], lay, None))
-        return None if len(perm) == 4 else None
+        return None
 
     def _pooled_conv(self, node: onnx.NodeProto, b: _Builder) -> str | None:
         m = self._m(node.input[0], node)

@@ -111,7 +111,7 @@ def run_batched(sess: ort.InferenceSession, input_name: str, x: np.ndarray, chun
             outs = sess.run(None, {input_name: x[k:k + n]})
             # A baked batch of 1 can also run silently and return one sample (dynamo's as_strided).
             ok = all(o.ndim and o.shape[0] == n for o in outs)
-        except Exception:  # noqa: BLE001 - onnxruntime raises several types
+        except Exception:
             if size == 1:
                 raise
             ok = False
@@ -254,7 +254,7 @@ def self_check(original: onnx.ModelProto, converted: onnx.ModelProto, image: Ima
     dtype = _input_dtype(converted, image.name)
     try:
         conv_sess = make_session(converted)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise SelfCheckError(f"onnxruntime cannot load the converted model: {_first_line(exc)}",
                              _node_from_error(exc)) from exc
     out_names = [o.name for o in converted.graph.output]
@@ -263,9 +263,9 @@ def self_check(original: onnx.ModelProto, converted: onnx.ModelProto, image: Ima
         want = run_batched(make_session(original), image.name, x)
         got = _run(conv_sess, image.name, x, "the reference size")
         worst = 0.0
-        for name, g, w in zip(out_names, got, want):
-            rtol, atol = tolerance_for(w.dtype, None, None)
-            cmp = compare(name, g.reshape(w.shape) if g.size == w.size else g, w, rtol, atol)
+        for name, g, ref in zip(out_names, got, want):
+            rtol, atol = tolerance_for(ref.dtype, None, None)
+            cmp = compare(name, g.reshape(ref.shape) if g.size == ref.size else g, ref, rtol, atol)
             worst = max(worst, cmp.needed_rtol)
             if not cmp.passed:
                 raise SelfCheckError(
@@ -295,7 +295,7 @@ def self_check(original: onnx.ModelProto, converted: onnx.ModelProto, image: Ima
 def _run(sess: ort.InferenceSession, name: str, x: np.ndarray, where: str) -> list[np.ndarray]:
     try:
         return sess.run(None, {name: x})
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
+    except Exception as exc:
         node = _node_from_error(exc)
         raise SelfCheckError(f"converted model fails at {where}: {_first_line(exc)}", node) from exc
 
@@ -323,7 +323,7 @@ def sample_positions(gh: int, gw: int, positions: int | str, seed: int) -> list[
             pick.append(c)
     rest = [c for c in cells if c not in pick]
     rng = np.random.default_rng(seed)
-    rng.shuffle(rest)  # type: ignore[arg-type]
+    rng.shuffle(rest)
     return (pick + rest)[:max(n, 1)] if n < len(pick) else pick + rest[: n - len(pick)]
 
 
@@ -344,9 +344,9 @@ def verify(
 ) -> VerifyReport:
     """Prove ``converted`` against ``original``; the report is truthy when every check passed."""
     from .convert import prepare, read_metadata
+    from .geometry import compute_geometry
     from .head import find_image_input
     from .rewrite import plan_head_rewrite
-    from .geometry import compute_geometry
 
     t0 = time.perf_counter()
     orig, _ = load_model(original)
@@ -400,7 +400,7 @@ def verify(
             details = {"size": [image.height, image.width], "batch": batch}
             try:
                 got = run_batched(conv_sess[p], image.name, x)[:len(out_names)]
-            except Exception as exc:  # noqa: BLE001 - cannot run at the reference size: failed
+            except Exception as exc:
                 checks.append(CheckResult("reference" + tag, False, True, [], details,
                                           f"converted model fails at the reference size: {_first_line(exc)}"))
             else:
@@ -487,7 +487,7 @@ def _sliding_and_feature(orig: onnx.ModelProto, conv: onnx.ModelProto, orig_sess
     note = ""
     try:
         *ys, fmap = conv_sess.run(None, {image.name: x})
-    except Exception as exc:  # noqa: BLE001 - a converted model that cannot run there has failed
+    except Exception as exc:
         node = _node_from_error(exc)
         note = f"converted model fails at {h}x{w}" + (f" in node '{node}'" if node else "") + f": {_first_line(exc)}"
     else:
@@ -535,7 +535,7 @@ def _cell_check(name: str, ys: list[np.ndarray], want: list[np.ndarray], cells: 
         if ax is None:
             continue
         got = np.stack([_cell(ys[k], ax, i, j) for i, j in cells], axis=0)  # cells x batch x ...
-        ref = want[k].reshape((len(cells), batch) + got.shape[2:]) if want[k].size == got.size else want[k]
+        ref = want[k].reshape((len(cells), batch, *got.shape[2:])) if want[k].size == got.size else want[k]
         r, a = tolerance_for(ref.dtype, rtol, atol)
         cmp = compare(oname, got, ref, r, a, class_axis=2 if got.ndim >= 3 else None)
         emap: list[list[float | None]] = [[None] * gw for _ in range(gh)]

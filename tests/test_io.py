@@ -81,28 +81,38 @@ def test_save_keeps_caller_model_in_memory(tmp_path: Path) -> None:
 
 
 def test_over_2gb_model_uses_external_data(tmp_path: Path) -> None:
-    """A dense weight over 2 GB: converted and saved with external data, and it runs."""
+    """Two VGG-like dense heads of 1.2 GB each (one tensor cannot pass 2 GB): converted, saved
+    with external data next to the output, and the result runs."""
     from onnx import TensorProto, helper, numpy_helper
 
-    k, c, h, w = 16, 64, 768, 768  # weight 16 x 37.7M floats = 2.4 GB
+    k, c, h, w = 12000, 512, 7, 7
     rng = np.random.default_rng(0)
-    weight = rng.standard_normal((k, c * h * w), dtype=np.float32) * np.float32(1e-3)
+    inits = [numpy_helper.from_array(rng.standard_normal((k, c * h * w), dtype=np.float32), name)
+             for name in ("w1", "w2")]
     graph = helper.make_graph(
         [helper.make_node("Flatten", ["image"], ["flat"], axis=1),
-         helper.make_node("Gemm", ["flat", "w"], ["scores"], transB=1)],
+         helper.make_node("Gemm", ["flat", "w1"], ["scores"], transB=1),
+         helper.make_node("Gemm", ["flat", "w2"], ["boxes"], transB=1)],
         "big", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, c, h, w])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, k])],
-        [numpy_helper.from_array(weight, "w")],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, k]),
+         helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, k])],
+        inits,
     )
-    del weight
+    del inits
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     src = tmp_path / "big.onnx"
     onnx.save_model(model, src, save_as_external_data=True, location="big.data")
-    del model
+    del model, graph
     converted, report = onnxfcn.convert(src, self_check=False)
-    assert report.geometry.window == (h, w)
+    assert report.external_data and report.geometry.window == (h, w)
     written = save_model(converted, tmp_path / "big_fcn.onnx")
+    del converted
     assert {p.name for p in written} == {"big_fcn.onnx", "big_fcn.onnx.data"}
     assert (tmp_path / "big_fcn.onnx").stat().st_size < 1_000_000
     assert (tmp_path / "big_fcn.onnx.data").stat().st_size > 2**31
+    from onnxfcn.verify import make_session
+
+    x = np.ones((1, c, h + 2, w), dtype=np.float32)
+    scores, boxes = make_session(str(tmp_path / "big_fcn.onnx")).run(None, {"image": x})
+    assert scores.shape == (1, k, 3, 1) and boxes.shape == (1, k, 3, 1)

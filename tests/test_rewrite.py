@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 import pytest
-from builders import C_FEAT, REF, Builder, feature_hw, flatten_gemm, gemm, image_shape, trunk
+from builders import C_FEAT, REF, Builder, flatten_gemm, gemm, image_shape, trunk
 from conftest import assert_close, cells_vs_crops, rand, run
 
 import onnxfcn
@@ -399,3 +399,10 @@ def test_input_model_object_is_not_modified() -> None:
     snapshot = original.SerializeToString()
     onnxfcn.convert(original)
     assert original.SerializeToString() == snapshot
+
+
+def test_dense_mode_on_a_flatten_head_slides_windows() -> None:
+    """No global pool to drop: dense mode means the same as window mode, and says so."""
+    converted, report = onnxfcn.convert(flatten_gemm(), mode="dense")
+    assert report.mode == "window" and report.geometry.exact
+    assert {p.key: p.value for p in converted.metadata_props}["onnxfcn.mode"] == "window"

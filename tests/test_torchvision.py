@@ -18,9 +18,9 @@ import pytest
 pytest.importorskip("torchvision")
 pytest.importorskip("onnxscript")
 
-from tv_export import export  # noqa: E402
+from tv_export import export
 
-import onnxfcn  # noqa: E402
+import onnxfcn
 
 pytestmark = pytest.mark.torchvision
 
