@@ -393,7 +393,8 @@ class HeadRewriter:
     def _unary(self, node: onnx.NodeProto, b: _Builder) -> str | None:
         m = self._m(node.input[0], node)
         replace: dict[str, str] = {}
-        if node.op_type == "PRelu" and len(node.input) > 1:
+        pooled = self.a.info[node.input[0]].state is State.POOLED  # 4-D already: slopes broadcast
+        if node.op_type == "PRelu" and len(node.input) > 1 and not pooled:
             replace[node.input[1]] = self._per_feature_const(node, b, node.input[1], m)
         self._keep(node, b, m, replace)
         return None if not replace else f"{node.op_type} with slope reshaped per channel"
@@ -408,10 +409,6 @@ class HeadRewriter:
         numel = int(np.prod(shape)) if shape else 1
         if numel == 1:
             return name
-        if self.a.info[m.name if m.name in self.a.info else node.input[0]].state is State.POOLED or (
-                m.name not in self.mapped and self.a.info.get(node.input[0], None) is not None
-                and self.a.info[node.input[0]].state is State.POOLED):
-            return name  # a pooled map: the constant already broadcasts over 4-D
         if m.fold is not None:
             raise _Reject(node, "per-feature constant on the flattened window before the first dense layer cannot slide")
         if len(shape) > 2 or shape[-1] != numel:

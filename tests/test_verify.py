@@ -239,3 +239,25 @@ def test_cuda_provider_verifies_and_compares_with_cpu() -> None:
     assert result, result.reason
     assert result.provider == ["cpu", "cuda"]
     assert any(c.name.startswith("providers") and c.passed for c in result.checks)
+
+
+def test_image_input_with_preprocessing(tmp_path: Path) -> None:
+    """An image file plus --scale/--mean/--std, on the shipped digits model (1 channel)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from conftest import ROOT
+
+    digits = load_digits().images[:6]  # six 8x8 digits side by side in two rows: 16 x 24
+    strip = np.vstack([np.hstack(list(digits[:3])), np.hstack(list(digits[3:]))]) * (255.0 / 16.0)
+    img = tmp_path / "digits.png"
+    Image.fromarray(strip.astype(np.uint8), mode="L").save(img)
+    model = ROOT / "models" / "digits_cnn.onnx"
+    out = tmp_path / "fcn.onnx"
+    assert runner.invoke(app, ["convert", str(model), "-o", str(out), "-q"]).exit_code == 0
+    res = runner.invoke(app, ["verify", str(model), str(out), "--image", str(img), "--scale", str(1 / 255),
+                              "--mean", "0", "--std", "1", "--positions", "all", "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "r.json").read_text())
+    sliding = next(c for c in data["checks"] if c["name"] == "sliding")
+    assert sliding["details"]["size"] == [16, 24] and sliding["details"]["grid"] == [5, 9]
