@@ -367,7 +367,9 @@ def verify(
     exact = meta.get("exact") == "true"
     dtype = _input_dtype(conv, image.name)
     checks: list[CheckResult] = []
-    orig_sess = {p: make_session(orig, p) for p in providers}
+    # A path goes to onnxruntime as it is: serializing a 500 MB model again costs a second.
+    orig_src: onnx.ModelProto | str = orig if isinstance(original, onnx.ModelProto) else str(original)
+    orig_sess = {p: make_session(orig_src, p) for p in providers}
     feature = meta.get("features", "").split(",")[0]
     probe = _with_feature_output(conv, feature, analysis)  # one session gives outputs and feature map
     conv_sess = {p: make_session(probe, p) for p in providers}
@@ -559,10 +561,16 @@ def _cell_check(name: str, ys: list[np.ndarray], want: list[np.ndarray], cells: 
 
 
 def _head_model(orig: onnx.ModelProto, feature: str, analysis: Any) -> onnx.ModelProto:
-    """The original's head alone, cut out at ``feature`` with onnx-graphsurgeon."""
+    """The original's head alone, cut out at ``feature`` with onnx-graphsurgeon.
+
+    The surgery runs on the weightless skeleton (no weight bytes pass through numpy); the head's
+    weights are then attached as the original TensorProtos.
+    """
     import onnx_graphsurgeon as gs
 
-    graph = gs.import_onnx(orig)
+    from .graph import skeleton
+
+    graph = gs.import_onnx(skeleton(orig, {}))
     tensors = graph.tensors()
     fmap = tensors[feature]
     fmap.inputs.clear()  # detach the trunk: cleanup() then drops it
@@ -574,6 +582,11 @@ def _head_model(orig: onnx.ModelProto, feature: str, analysis: Any) -> onnx.Mode
     graph.inputs = [fmap]
     graph.cleanup(remove_unused_graph_inputs=True).toposort()
     model = gs.export_onnx(graph, do_type_check=False)
+    weights = analysis.index.initializers
+    used = {i for n in model.graph.node for i in n.input}
+    model.graph.initializer.extend(weights[name] for name in used if name in weights
+                                   and name not in {t.name for t in model.graph.initializer})
+    del model.graph.value_info[:]
     model.ir_version = max(orig.ir_version, 4)
     del model.opset_import[:]
     model.opset_import.extend(orig.opset_import)
