@@ -177,7 +177,3 @@ def convert(
     report.seconds = time.perf_counter() - t0
     log.info("converted in %.2fs: %d changes", report.seconds, len(plan.changes))
     return model, report
-
-
-def is_exact(model: onnx.ModelProto) -> bool:
-    return read_metadata(model).get("exact") == "true"

@@ -295,9 +295,6 @@ class GraphIndex:
                 stack.extend(node.input)
         return out
 
-    def topo_nodes(self) -> list[onnx.NodeProto]:
-        return list(self.graph.node)
-
 
 def skeleton(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]],
              keep_output_shapes: bool = False) -> onnx.ModelProto:

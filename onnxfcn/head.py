@@ -18,7 +18,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
 
 from .errors import AlreadyConvolutionalError, UnsupportedModelError
@@ -333,7 +332,3 @@ def flatten_order(a: Analysis, feature: str) -> tuple[str, tuple[int, int, int]]
     c, h, w = shape[lay[1]], shape[lay[2]], shape[lay[3]]
     order = "".join("CHW"[[lay[1], lay[2], lay[3]].index(p)] for p in (1, 2, 3))
     return order, (int(c), int(h), int(w))
-
-
-def array_of(index: GraphIndex, name: str) -> np.ndarray | None:
-    return index.const_value(name)

@@ -118,13 +118,6 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], external_da
         raise
 
 
-def serialize_for_runtime(model: onnx.ModelProto, folder: str | os.PathLike[str]) -> str:
-    """A path onnxruntime can open: the model saved in ``folder`` (external data if needed)."""
-    target = Path(folder) / "model.onnx"
-    save_model(model, target)
-    return str(target)
-
-
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")

@@ -243,10 +243,9 @@ def test_cuda_provider_verifies_and_compares_with_cpu() -> None:
 
 def test_image_input_with_preprocessing(tmp_path: Path) -> None:
     """An image file plus --scale/--mean/--std, on the shipped digits model (1 channel)."""
+    from conftest import ROOT
     from PIL import Image
     from sklearn.datasets import load_digits
-
-    from conftest import ROOT
 
     digits = load_digits().images[:6]  # six 8x8 digits side by side in two rows: 16 x 24
     strip = np.vstack([np.hstack(list(digits[:3])), np.hstack(list(digits[3:]))]) * (255.0 / 16.0)
