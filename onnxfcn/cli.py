@@ -141,7 +141,7 @@ def print_verify(report: Any) -> None:
                 if len(o.error_map) <= 12 and len(o.error_map[0]) <= 12:
                     for row in o.error_map:
                         typer.echo("      " + " ".join("   .    " if e is None else f"{e:8.1e}" for e in row))
-    typer.echo(("PASSED" if report.passed else "FAILED") + f": {report.reason} ({report.seconds:.1f} s)")
+    typer.echo(("PASSED" if report.passed else "FAILED") + f": {report.reason} ({report.seconds:.2f} s)")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -137,8 +137,10 @@ def convert(
     t0 = time.perf_counter()
     model, external = load_model(model_or_path)
     before = ModelStats.of(model)
-    original = onnx.ModelProto()
-    if self_check:
+    # The self-check runs the original too: from its file when there is one (no copy in memory).
+    original: onnx.ModelProto | str = "" if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
+    if self_check and not original:
+        original = onnx.ModelProto()
         original.CopyFrom(model)
     analysis = prepare(model, input_name, size)
     plan = plan_head_rewrite(analysis, mode)

@@ -247,7 +247,7 @@ def self_check_sizes(image: ImageInput, geo: Geometry) -> list[tuple[int, int]]:
     return [(h + sh, w + 2 * sw), (h + sh + max(1, sh // 2) + 1, w + max(1, sw // 3) + 2)]
 
 
-def self_check(original: onnx.ModelProto, converted: onnx.ModelProto, image: ImageInput, geo: Geometry,
+def self_check(original: onnx.ModelProto | str, converted: onnx.ModelProto, image: ImageInput, geo: Geometry,
                seed: int = 0, batch: int = 2) -> list[dict[str, Any]]:
     """Run the converted model at the reference size and at two larger sizes, batch 2."""
     results: list[dict[str, Any]] = []
