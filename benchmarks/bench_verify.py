@@ -31,7 +31,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import onnxfcn
-    from onnxfcn.verify import make_session, sample_positions
+    from onnxfcn.runtime import make_session
+    from onnxfcn.verify import sample_positions
 
     with tempfile.TemporaryDirectory() as tmp:
         src = args.model

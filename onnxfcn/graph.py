@@ -118,7 +118,7 @@ class GraphIndex:
     def _probe(self, input_shapes: dict[str, Sequence[int]], names: list[str]) -> None:
         """Shapes that inference left open (Slice ends computed from Shape, say), read off one
         onnxruntime run at the reference size with zero inputs."""
-        from .verify import make_session
+        from .runtime import make_session
 
         inputs = [vi for vi in self.graph.input if vi.name not in self.initializers]
         if any(vi.name not in input_shapes for vi in inputs):

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +28,8 @@ import onnxruntime as ort
 from .errors import OnnxFcnError, SelfCheckError
 from .geometry import Geometry
 from .head import ImageInput
-from .io import load_model, needs_external_data, save_model
+from .io import load_model
+from .runtime import Progress, first_line, make_session, node_from_error, resolve_providers, run_batched
 
 log = logging.getLogger(__name__)
 
@@ -41,91 +40,6 @@ TOLERANCES: dict[str, tuple[float, float]] = {
     "float16": (1e-2, 1e-4),
     "bfloat16": (4e-2, 1e-3),
 }
-
-Progress = Callable[[int, int], None]
-
-
-# ---- sessions -----------------------------------------------------------------------------
-def available_providers() -> list[str]:
-    return list(ort.get_available_providers())
-
-
-def cuda_available() -> bool:
-    return "CUDAExecutionProvider" in available_providers()
-
-
-def resolve_providers(provider: str) -> list[str]:
-    """'cpu' | 'cuda' | 'auto' -> the providers to check on, CPU always first."""
-    if provider not in ("cpu", "cuda", "auto"):
-        raise OnnxFcnError(f"provider must be cpu, cuda or auto, not {provider!r}")
-    if provider == "cuda" and not cuda_available():
-        raise OnnxFcnError("CUDA provider asked for, but onnxruntime has no CUDAExecutionProvider "
-                           f"(available: {', '.join(available_providers())}; install onnxruntime-gpu)")
-    if provider == "cpu" or not cuda_available():
-        return ["cpu"]
-    return ["cpu", "cuda"]
-
-
-def make_session(model: onnx.ModelProto | str, provider: str = "cpu") -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4  # failures surface as exceptions; no console noise
-    if provider == "cuda":
-        # TF32 would make CUDA convolutions differ from fp32 by ~1e-3: off for strict checks.
-        providers: list[Any] = [("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]
-    else:
-        providers = ["CPUExecutionProvider"]
-    if isinstance(model, str):
-        return ort.InferenceSession(model, opts, providers=providers)
-    if needs_external_data(model):
-        with tempfile.TemporaryDirectory(prefix="onnxfcn-") as tmp:
-            path = os.path.join(tmp, "model.onnx")
-            save_model(model, path, external_data=True)
-            return ort.InferenceSession(path, opts, providers=providers)
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
-
-
-def _node_from_error(exc: Exception) -> str | None:
-    m = re.search(r"Name:'([^']*)'", str(exc))
-    return m.group(1) if m else None
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def run_batched(sess: ort.InferenceSession, input_name: str, x: np.ndarray, chunk: int | None = None,
-                progress: Progress | None = None) -> list[np.ndarray]:
-    """Run ``sess`` on ``x`` in chunks along the batch axis.
-
-    Exporters often bake batch 1 into a Reshape even when the input's batch dim is symbolic; if
-    a chunk fails, the rest runs one sample at a time.
-    """
-    dim0 = next((i.shape[0] for i in sess.get_inputs() if i.name == input_name), None)
-    size = 1 if dim0 == 1 else max(1, chunk or len(x))
-    parts: list[list[np.ndarray]] = []
-    k = 0
-    while k < len(x):
-        n = min(size, len(x) - k)
-        try:
-            outs = sess.run(None, {input_name: x[k:k + n]})
-            # A baked batch of 1 can also run silently and return one sample (dynamo's as_strided).
-            ok = all(o.ndim and o.shape[0] == n for o in outs)
-        except Exception:
-            if size == 1:
-                raise
-            ok = False
-        if not ok:
-            if size == 1:
-                raise OnnxFcnError("the original model returns a batch size other than its input's")
-            size = 1
-            continue
-        parts.append(outs)
-        k += size
-        if progress is not None:
-            progress(min(k, len(x)), len(x))
-    return [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(parts[0]))]
-
 
 # ---- comparison ---------------------------------------------------------------------------
 @dataclass
@@ -255,8 +169,8 @@ def self_check(original: onnx.ModelProto | str, converted: onnx.ModelProto, imag
     try:
         conv_sess = make_session(converted)
     except Exception as exc:
-        raise SelfCheckError(f"onnxruntime cannot load the converted model: {_first_line(exc)}",
-                             _node_from_error(exc)) from exc
+        raise SelfCheckError(f"onnxruntime cannot load the converted model: {first_line(exc)}",
+                             node_from_error(exc)) from exc
     out_names = [o.name for o in converted.graph.output]
     if geo.mode == "window":
         x = random_input(image, batch, image.height, image.width, seed, dtype)
@@ -296,8 +210,8 @@ def _run(sess: ort.InferenceSession, name: str, x: np.ndarray, where: str) -> li
     try:
         return sess.run(None, {name: x})
     except Exception as exc:
-        node = _node_from_error(exc)
-        raise SelfCheckError(f"converted model fails at {where}: {_first_line(exc)}", node) from exc
+        node = node_from_error(exc)
+        raise SelfCheckError(f"converted model fails at {where}: {first_line(exc)}", node) from exc
 
 
 # ---- verify ---------------------------------------------------------------------------------
@@ -393,6 +307,8 @@ def verify(
         if h < image.height or w < image.width:
             raise OnnxFcnError(f"size {h}x{w} is smaller than the reference window {image.height}x{image.width}")
 
+    ctx = _Context(orig, analysis, geo, mode, out_names, spatial_axes, positions, seed, rtol, atol, exact, strict,
+                   progress)
     for p in providers:
         tag = "" if len(providers) == 1 else f" [{p}]"
         # 1. reference size
@@ -404,7 +320,7 @@ def verify(
                 got = run_batched(conv_sess[p], image.name, x)[:len(out_names)]
             except Exception as exc:
                 checks.append(CheckResult("reference" + tag, False, True, [], details,
-                                          f"converted model fails at the reference size: {_first_line(exc)}"))
+                                          f"converted model fails at the reference size: {first_line(exc)}"))
             else:
                 cmps = []
                 for name, g, wnt in zip(out_names, got, want):
@@ -417,9 +333,7 @@ def verify(
                                       "not applicable in dense mode: cells score single feature positions"))
         for k, (h, w) in enumerate(size_list):
             xb = x_big if x_big is not None else random_input(image, batch, h, w, seed + 1 + k, dtype)
-            checks.extend(_sliding_and_feature(orig, conv, orig_sess[p], conv_sess[p], analysis, geo, xb, h, w,
-                                               out_names, spatial_axes, positions, seed, rtol, atol, exact,
-                                               strict, mode, tag, progress))
+            checks.extend(_sliding_and_feature(ctx, p, orig_sess[p], conv_sess[p], xb, tag))
     if len(providers) == 2:
         xb = x_big if x_big is not None else random_input(image, batch, *size_list[0], seed + 1, dtype)
         a_out = conv_sess["cpu"].run(None, {image.name: xb})[:len(out_names)]
@@ -475,11 +389,38 @@ def _cell(y: np.ndarray, ax: int | None, i: int, j: int) -> np.ndarray:
     return y[tuple(idx)]
 
 
-def _sliding_and_feature(orig: onnx.ModelProto, conv: onnx.ModelProto, orig_sess: ort.InferenceSession,
-                         conv_sess: ort.InferenceSession, analysis: Any, geo: Geometry, x: np.ndarray,
-                         h: int, w: int, out_names: list[str], spatial_axes: dict[str, int | None],
-                         positions: int | str, seed: int, rtol: float | None, atol: float | None, exact: bool,
-                         strict: bool, mode: str, tag: str, progress: Progress | None) -> list[CheckResult]:
+@dataclass
+class _Context:
+    """What every sliding and feature check of one verify run shares."""
+
+    orig: onnx.ModelProto
+    analysis: Any
+    geo: Geometry
+    mode: str
+    out_names: list[str]
+    spatial_axes: dict[str, int | None]
+    positions: int | str
+    seed: int
+    rtol: float | None
+    atol: float | None
+    exact: bool
+    strict: bool
+    progress: Progress | None
+    _head: dict[str, ort.InferenceSession] = field(default_factory=dict)
+
+    def head_session(self, provider: str) -> ort.InferenceSession:
+        """The original's head alone, built once per provider."""
+        if provider not in self._head:
+            feature = self.analysis.heads[0].features[0]
+            self._head[provider] = make_session(_head_model(self.orig, feature, self.analysis), provider)
+        return self._head[provider]
+
+
+def _sliding_and_feature(ctx: _Context, provider: str, orig_sess: ort.InferenceSession,
+                         conv_sess: ort.InferenceSession, x: np.ndarray, tag: str) -> list[CheckResult]:
+    analysis, geo, out_names, spatial_axes = ctx.analysis, ctx.geo, ctx.out_names, ctx.spatial_axes
+    exact = ctx.exact
+    h, w = (x.shape[2], x.shape[3]) if analysis.image.layout == "NCHW" else (x.shape[1], x.shape[2])
     image = analysis.image
     batch = x.shape[0]
     gh, gw = geo.grid(h, w)
@@ -490,8 +431,8 @@ def _sliding_and_feature(orig: onnx.ModelProto, conv: onnx.ModelProto, orig_sess
     try:
         *ys, fmap = conv_sess.run(None, {image.name: x})
     except Exception as exc:
-        node = _node_from_error(exc)
-        note = f"converted model fails at {h}x{w}" + (f" in node '{node}'" if node else "") + f": {_first_line(exc)}"
+        node = node_from_error(exc)
+        note = f"converted model fails at {h}x{w}" + (f" in node '{node}'" if node else "") + f": {first_line(exc)}"
     else:
         y0 = ys[out_names.index(next(n for n in out_names if spatial_axes[n] is not None))]
         if (y0.shape[first_ax], y0.shape[first_ax + 1]) != (gh, gw):
@@ -506,34 +447,32 @@ def _sliding_and_feature(orig: onnx.ModelProto, conv: onnx.ModelProto, orig_sess
     # 2. sliding windows: crops that lie fully inside the image
     sh, sw = geo.stride
     oh, ow = geo.offset
-    if mode == "window":
+    if ctx.mode == "window":
         fit = [(i, j) for i in range(gh) for j in range(gw)
                if oh + i * sh + image.height <= h and ow + j * sw + image.width <= w and oh + i * sh >= 0
                and ow + j * sw >= 0]
-        cells = [c for c in sample_positions(gh, gw, positions, seed) if c in fit]
+        cells = [c for c in sample_positions(gh, gw, ctx.positions, ctx.seed) if c in fit]
         crops = np.concatenate([_crop(x, image.layout, oh + i * sh, ow + j * sw, image.height, image.width)
                                 for i, j in cells], axis=0)
-        want = run_batched(orig_sess, image.name, crops, chunk=max(batch, 8), progress=progress)
-        checks.append(_cell_check("sliding" + tag, ys, want, cells, batch, gh, gw, out_names, spatial_axes,
-                                  rtol, atol, exact, strict,
+        want = run_batched(orig_sess, image.name, crops, chunk=max(batch, 8), progress=ctx.progress)
+        checks.append(_cell_check(ctx, "sliding" + tag, ys, want, cells, batch, gh, gw, exact, ctx.strict,
                                   {"size": [h, w], "grid": [gh, gw], "cells_checked": len(cells),
                                    "cells_outside_image": gh * gw - len(fit)}))
     else:
         checks.append(CheckResult("sliding" + tag, True, False, [], {"size": [h, w]},
                                   "not applicable in dense mode: cells are not reference-size crops"))
     # 3. feature windows: converted trunk, original head
-    checks.append(_feature_check(orig, fmap, analysis, geo, x, ys, gh, gw, out_names, spatial_axes, positions,
-                                 seed, rtol, atol, tag, h, w))
+    checks.append(_feature_check(ctx, ctx.head_session(provider), fmap, ys, gh, gw, tag, (h, w)))
     return checks
 
 
-def _cell_check(name: str, ys: list[np.ndarray], want: list[np.ndarray], cells: list[tuple[int, int]], batch: int,
-                gh: int, gw: int, out_names: list[str], spatial_axes: dict[str, int | None],
-                rtol: float | None, atol: float | None, exact: bool, strict: bool,
+def _cell_check(ctx: _Context, name: str, ys: list[np.ndarray], want: list[np.ndarray],
+                cells: list[tuple[int, int]], batch: int, gh: int, gw: int, exact: bool, strict: bool,
                 details: dict[str, Any]) -> CheckResult:
+    rtol, atol = ctx.rtol, ctx.atol
     cmps = []
-    for k, oname in enumerate(out_names):
-        ax = spatial_axes[oname]
+    for k, oname in enumerate(ctx.out_names):
+        ax = ctx.spatial_axes[oname]
         if ax is None:
             continue
         got = np.stack([_cell(ys[k], ax, i, j) for i, j in cells], axis=0)  # cells x batch x ...
@@ -606,18 +545,15 @@ def _with_feature_output(conv: onnx.ModelProto, feature: str, analysis: Any) -> 
     return probe
 
 
-def _feature_check(orig: onnx.ModelProto, fmap: np.ndarray, analysis: Any, geo: Geometry, x: np.ndarray,
-                   ys: list[np.ndarray], gh: int, gw: int, out_names: list[str],
-                   spatial_axes: dict[str, int | None], positions: int | str, seed: int, rtol: float | None,
-                   atol: float | None, tag: str, h: int, w: int) -> CheckResult:
+def _feature_check(ctx: _Context, head_sess: ort.InferenceSession, fmap: np.ndarray, ys: list[np.ndarray],
+                   gh: int, gw: int, tag: str, size: tuple[int, int]) -> CheckResult:
+    analysis = ctx.analysis
     feature = analysis.heads[0].features[0]
     lay = analysis.layout(feature)
     ref_shape = analysis.index.static_shape(feature)
     fh, fw = int(ref_shape[lay[2]]), int(ref_shape[lay[3]])
-    kh, kw = geo.feature_window
-    head = _head_model(orig, feature, analysis)
-    head_sess = make_session(head)
-    cells = sample_positions(gh, gw, positions, seed)
+    kh, kw = ctx.geo.feature_window
+    cells = sample_positions(gh, gw, ctx.positions, ctx.seed)
     windows = []
     for i, j in cells:
         idx: list[Any] = [slice(None)] * 4
@@ -629,8 +565,7 @@ def _feature_check(orig: onnx.ModelProto, fmap: np.ndarray, analysis: Any, geo: 
             reps[lay[2]], reps[lay[3]] = fh // kh, fw // kw
             win = np.tile(win, reps)
         windows.append(win)
-    batch = x.shape[0]
+    batch = fmap.shape[0]
     want = run_batched(head_sess, feature, np.concatenate(windows, axis=0), chunk=max(batch, 8))
-    return _cell_check("feature" + tag, ys, want, cells, batch, gh, gw, out_names, spatial_axes, rtol, atol,
-                       True, True, {"size": [h, w], "grid": [gh, gw], "cells_checked": len(cells),
-                                    "feature": feature})
+    return _cell_check(ctx, "feature" + tag, ys, want, cells, batch, gh, gw, True, True,
+                       {"size": list(size), "grid": [gh, gw], "cells_checked": len(cells), "feature": feature})

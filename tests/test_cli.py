@@ -159,3 +159,17 @@ def test_readme_example_commands_run(tmp_path: Path) -> None:
         res = subprocess.run([sys.executable, "-m", "onnxfcn", *argv[1:]], cwd=tmp_path, capture_output=True,
                              text=True, check=False)
         assert res.returncode == expected, f"{cmd}\n{res.stdout}\n{res.stderr}"
+
+
+def test_dynamic_input_needs_size_then_converts(tmp_path: Path) -> None:
+    b = Builder(13)
+    y = b.node("GlobalAveragePool", [trunk(b)])
+    y = b.node("Gemm", [b.node("Flatten", [y], axis=1), b.weight("w", (4, 8)), b.weight("b", (4,))], transB=1)
+    src = tmp_path / "dyn.onnx"
+    onnx.save(b.model(["N", 3, "H", "W"], [y]), src)
+    res = runner.invoke(app, ["convert", str(src), "-o", str(tmp_path / "o.onnx")])
+    assert res.exit_code == 2 and "--size" in res.output
+    res = runner.invoke(app, ["convert", str(src), "-o", str(tmp_path / "o.onnx"), "--size", "18x18", "--verify", "-q"])
+    assert res.exit_code == 0, res.output
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "o.onnx").metadata_props}
+    assert meta["onnxfcn.window"] == "18,18"

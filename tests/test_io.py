@@ -111,7 +111,7 @@ def test_over_2gb_model_uses_external_data(tmp_path: Path) -> None:
     assert {p.name for p in written} == {"big_fcn.onnx", "big_fcn.onnx.data"}
     assert (tmp_path / "big_fcn.onnx").stat().st_size < 1_000_000
     assert (tmp_path / "big_fcn.onnx.data").stat().st_size > 2**31
-    from onnxfcn.verify import make_session
+    from onnxfcn.runtime import make_session
 
     x = np.ones((1, c, h + 2, w), dtype=np.float32)
     scores, boxes = make_session(str(tmp_path / "big_fcn.onnx")).run(None, {"image": x})

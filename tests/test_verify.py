@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 import onnxfcn
 from onnxfcn.cli import app
-from onnxfcn.verify import cuda_available, sample_positions
+from onnxfcn.runtime import cuda_available
+from onnxfcn.verify import sample_positions
 
 runner = CliRunner()
 

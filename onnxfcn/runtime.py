@@ -1,0 +1,99 @@
+"""onnxruntime sessions: providers, loading models of any size, batched runs, readable errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .errors import OnnxFcnError
+from .io import needs_external_data, save_model
+
+Progress = Callable[[int, int], None]
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+def cuda_available() -> bool:
+    return "CUDAExecutionProvider" in available_providers()
+
+
+def resolve_providers(provider: str) -> list[str]:
+    """'cpu' | 'cuda' | 'auto' -> the providers to check on, CPU always first."""
+    if provider not in ("cpu", "cuda", "auto"):
+        raise OnnxFcnError(f"provider must be cpu, cuda or auto, not {provider!r}")
+    if provider == "cuda" and not cuda_available():
+        raise OnnxFcnError("CUDA provider asked for, but onnxruntime has no CUDAExecutionProvider "
+                           f"(available: {', '.join(available_providers())}; install onnxruntime-gpu)")
+    if provider == "cpu" or not cuda_available():
+        return ["cpu"]
+    return ["cpu", "cuda"]
+
+
+def make_session(model: onnx.ModelProto | str, provider: str = "cpu") -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # failures surface as exceptions; no console noise
+    if provider == "cuda":
+        # TF32 would make CUDA convolutions differ from fp32 by ~1e-3: off for strict checks.
+        providers: list[Any] = [("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    if isinstance(model, str):
+        return ort.InferenceSession(model, opts, providers=providers)
+    if needs_external_data(model):
+        with tempfile.TemporaryDirectory(prefix="onnxfcn-") as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            save_model(model, path, external_data=True)
+            return ort.InferenceSession(path, opts, providers=providers)
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+
+
+def node_from_error(exc: Exception) -> str | None:
+    m = re.search(r"Name:'([^']*)'", str(exc))
+    return m.group(1) if m else None
+
+
+def first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def run_batched(sess: ort.InferenceSession, input_name: str, x: np.ndarray, chunk: int | None = None,
+                progress: Progress | None = None) -> list[np.ndarray]:
+    """Run ``sess`` on ``x`` in chunks along the batch axis.
+
+    Exporters often bake batch 1 into a Reshape even when the input's batch dim is symbolic; if
+    a chunk fails, the rest runs one sample at a time.
+    """
+    dim0 = next((i.shape[0] for i in sess.get_inputs() if i.name == input_name), None)
+    size = 1 if dim0 == 1 else max(1, chunk or len(x))
+    parts: list[list[np.ndarray]] = []
+    k = 0
+    while k < len(x):
+        n = min(size, len(x) - k)
+        try:
+            outs = sess.run(None, {input_name: x[k:k + n]})
+            # A baked batch of 1 can also run silently and return one sample (dynamo's as_strided).
+            ok = all(o.ndim and o.shape[0] == n for o in outs)
+        except Exception:
+            if size == 1:
+                raise
+            ok = False
+        if not ok:
+            if size == 1:
+                raise OnnxFcnError("the original model returns a batch size other than its input's")
+            size = 1
+            continue
+        parts.append(outs)
+        k += size
+        if progress is not None:
+            progress(min(k, len(x)), len(x))
+    return [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(parts[0]))]
