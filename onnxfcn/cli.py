@@ -22,6 +22,7 @@ from . import __version__
 from .errors import AlreadyConvolutionalError, OnnxFcnError, SelfCheckError
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_ALREADY_FCN = 0, 1, 2, 3
+_STATE = {"verbose": False}
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
@@ -53,6 +54,14 @@ def _errors() -> Iterator[None]:
         _fail(f"self-check failed, nothing written: {exc}", EXIT_MISMATCH)
     except OnnxFcnError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # anything else is a bug: one line here, the traceback with -v
+        if _STATE["verbose"]:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _fail(f"unexpected {type(exc).__name__}: {first} (run with -v for the traceback, and please report it)",
+              EXIT_BAD_INPUT)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -376,6 +385,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log what the library does.")] = False,
 ) -> None:
+    _STATE["verbose"] = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
 
 

@@ -166,7 +166,7 @@ def convert(
         # The checker on the skeleton (weights as typed inputs) checks the graph without
         # serializing the weights; the tests run it on whole models too.
         onnx.checker.check_model(skeleton(model, {}, keep_output_shapes=True), full_check=True)
-    except Exception as exc:
+    except Exception as exc:  # the checker raises several types
         raise SelfCheckError(f"converted model fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
     report = ConversionReport(
         image=analysis.image, mode=mode, geometry=geo, changes=trunk.changes + plan.changes,

@@ -88,7 +88,7 @@ class GraphIndex:
                     skel.graph.value_info.append(helper.make_tensor_value_info(name, self.dtypes[name], list(dims)))
         try:
             inferred = shape_inference.infer_shapes(skel, strict_mode=False, data_prop=True)
-        except Exception as exc:
+        except Exception as exc:  # inference errors come in many types
             raise UnsupportedModelError(f"ONNX shape inference failed: {str(exc).splitlines()[0]}") from exc
         g = inferred.graph
         for vi in itertools.chain(g.input, g.value_info, g.output):
@@ -134,7 +134,7 @@ class GraphIndex:
             feeds[vi.name] = np.zeros(list(input_shapes[vi.name]), dtype=dtype)
         try:
             values = make_session(probe).run(None, feeds)
-        except Exception:
+        except Exception:  # leave them unknown; the analysis names what it needs
             return
         for n, v in zip(names, values):
             self.shapes[n] = tuple(int(d) for d in np.asarray(v).shape)
@@ -273,7 +273,7 @@ class GraphIndex:
         model.ir_version = self.model.ir_version
         try:
             (out,) = ReferenceEvaluator(model).run(None, {})
-        except Exception:
+        except Exception:  # an op the reference runtime lacks: not a foldable constant
             return None
         return np.asarray(out)
 

@@ -83,7 +83,7 @@ def run_batched(sess: ort.InferenceSession, input_name: str, x: np.ndarray, chun
             outs = sess.run(None, {input_name: x[k:k + n]})
             # A baked batch of 1 can also run silently and return one sample (dynamo's as_strided).
             ok = all(o.ndim and o.shape[0] == n for o in outs)
-        except Exception:
+        except Exception:  # onnxruntime raises several types
             if size == 1:
                 raise
             ok = False

@@ -168,7 +168,7 @@ def self_check(original: onnx.ModelProto | str, converted: onnx.ModelProto, imag
     dtype = _input_dtype(converted, image.name)
     try:
         conv_sess = make_session(converted)
-    except Exception as exc:
+    except Exception as exc:  # onnxruntime raises several types
         raise SelfCheckError(f"onnxruntime cannot load the converted model: {first_line(exc)}",
                              node_from_error(exc)) from exc
     out_names = [o.name for o in converted.graph.output]
@@ -209,7 +209,7 @@ def self_check(original: onnx.ModelProto | str, converted: onnx.ModelProto, imag
 def _run(sess: ort.InferenceSession, name: str, x: np.ndarray, where: str) -> list[np.ndarray]:
     try:
         return sess.run(None, {name: x})
-    except Exception as exc:
+    except Exception as exc:  # onnxruntime raises several types
         node = node_from_error(exc)
         raise SelfCheckError(f"converted model fails at {where}: {first_line(exc)}", node) from exc
 
@@ -318,7 +318,7 @@ def verify(
             details = {"size": [image.height, image.width], "batch": batch}
             try:
                 got = run_batched(conv_sess[p], image.name, x)[:len(out_names)]
-            except Exception as exc:
+            except Exception as exc:  # cannot run at the reference size: a failed check
                 checks.append(CheckResult("reference" + tag, False, True, [], details,
                                           f"converted model fails at the reference size: {first_line(exc)}"))
             else:
@@ -430,7 +430,7 @@ def _sliding_and_feature(ctx: _Context, provider: str, orig_sess: ort.InferenceS
     note = ""
     try:
         *ys, fmap = conv_sess.run(None, {image.name: x})
-    except Exception as exc:
+    except Exception as exc:  # cannot run there: a failed check
         node = node_from_error(exc)
         note = f"converted model fails at {h}x{w}" + (f" in node '{node}'" if node else "") + f": {first_line(exc)}"
     else:
