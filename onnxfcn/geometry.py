@@ -140,6 +140,39 @@ def _keeps_spatial_size(analysis: Analysis, node: onnx.NodeProto) -> bool:
     return a is None or b is None or a == b
 
 
+def _padded_size_fn(prev: SizeFn, extra: int) -> SizeFn:
+    return lambda n: prev(n) + extra
+
+
+def _pad_amounts(analysis: Analysis, node: onnx.NodeProto, h: _Axis, w: _Axis) -> list[tuple[str, _Axis, int, int]]:
+    """(axis name, axis, pad begin, pad end) for H and W of a Pad node on the trunk."""
+    index = analysis.index
+    rank = index.rank(node.input[0]) or 4
+    pads = attr(node, "pads")
+    if pads is None:
+        pads = index.int_list(node.input[1]) if len(node.input) > 1 and index.is_const(node.input[1]) else None
+    if pads is None:
+        raise UnsupportedModelError("Pad amounts are computed, not constant", node_label(node))
+    axes = list(range(rank))
+    if len(node.input) > 3 and node.input[3]:
+        given = index.int_list(node.input[3])
+        if given is None:
+            raise UnsupportedModelError("Pad axes are computed, not constant", node_label(node))
+        axes = [a % rank for a in given]
+    n = len(axes)
+    by_axis = {a: (int(pads[k]), int(pads[k + n])) for k, a in enumerate(axes)}
+    lay = analysis.layout(node.input[0])
+    if by_axis.get(lay[0], (0, 0)) != (0, 0):
+        raise UnsupportedModelError("Pad on the batch axis", node_label(node))
+    out = []
+    for name, axis, pos in (("H", h, lay[2]), ("W", w, lay[3])):
+        pb, pe = by_axis.get(pos, (0, 0))
+        if pb < 0 or pe < 0:
+            raise UnsupportedModelError(f"negative Pad (a crop) on {name} at fixed positions", node_label(node))
+        out.append((name, axis, pb, pe))
+    return out
+
+
 def _size_fn(prev: SizeFn, ke: int, s: int, pb: int, pe: int, ceil: bool, auto: str) -> SizeFn:
     if auto.startswith("SAME"):
         return lambda n: math.ceil(prev(n) / s)
@@ -206,13 +239,18 @@ def compute_geometry(analysis: Analysis, features: list[str], feature_window: tu
                     reasons.append(f"zero padding at {node_label(node)} ({node.op_type} pads {pb},{pe})")
                 elif ceil and ref_in and (ref_in - ke) % s:
                     reasons.append(f"ceil_mode window past the edge at {node_label(node)}")
+        elif node.op_type == "Pad" and analysis.info[node.input[0]].state is State.SPATIAL:
+            pad_mode = attr(node, "mode", b"constant")
+            pad_mode = pad_mode.decode() if isinstance(pad_mode, bytes) else pad_mode
+            for axis_name, axis, pb, pe in _pad_amounts(analysis, node, h, w):
+                axis.start -= pb * axis.jump
+                axis.size = _padded_size_fn(axis.size, pb + pe)
+                if pb or pe:
+                    reasons.append(f"zero padding at {node_label(node)} (Pad {pad_mode} {pb},{pe} on {axis_name})")
         elif not _keeps_spatial_size(analysis, node):
             raise UnsupportedModelError(
                 f"{node.op_type} changes or moves the spatial axes {_hw(analysis, node.input[0])} -> "
                 f"{_hw(analysis, node.output[0])}; sliding-window geometry is undefined", node_label(node))
-        elif node.op_type == "Pad":
-            reasons.append(f"explicit Pad at {node_label(node)}")
-            raise UnsupportedModelError("explicit Pad on the feature map is not supported yet", node_label(node))
         elif node.op_type in _SCALE_OPS:
             raise UnsupportedModelError(f"{node.op_type} changes the spatial scale; sliding-window geometry is undefined",
                                         node_label(node))

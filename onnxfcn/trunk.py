@@ -52,59 +52,60 @@ def _slice(index: GraphIndex, plan: TrunkPlan, nodes: list[onnx.NodeProto], src:
 
 
 def plan_trunk_rewrite(analysis: Analysis) -> TrunkPlan:
-    """Plan the generalization of every trunk Reshape whose shape constant holds the batch or H, W."""
-    index = analysis.index
+    """Plan the generalization of trunk nodes that hold the batch or H, W as constants."""
     plan = TrunkPlan()
     head_ids = {id(n) for h in analysis.heads for n in h.nodes}
-    for node in index.graph.node:
+    for node in analysis.index.graph.node:
         if id(node) in head_ids:
             continue
         if node.op_type == "Slice":
             _plan_slice(analysis, plan, node)
-            continue
-        if node.op_type in ("Expand", "Tile", "ConstantOfShape", "Resize", "Upsample"):
+        elif node.op_type in ("Expand", "Tile", "ConstantOfShape", "Resize", "Upsample"):
             _refuse_baked(analysis, node)
-            continue
-        _refuse_spatial_constant(analysis, node)
-        if node.op_type != "Reshape":
-            continue
-        src = analysis.info.get(node.input[0])
-        out = analysis.info.get(node.output[0])
-        if src is None or src.state is not State.SPATIAL or out is None or out.state is not State.SPATIAL:
-            continue
-        if not index.is_const(node.input[1]):
-            continue  # computed from Shape already: follows the input size
-        target = index.int_list(node.input[1])
-        in_shape = index.static_shape(node.input[0])
-        out_shape = index.static_shape(node.output[0])
-        if target is None or in_shape is None or out_shape is None:
-            raise UnsupportedModelError("Reshape in the trunk has no static shape to generalize", node_label(node))
-        lay_in, lay_out = src.layout, out.layout
-        r_in, r_out = len(in_shape), len(out_shape)
-        if lay_in is None or lay_out is None or lay_in[2:] != (r_in - 2, r_in - 1) or lay_out[2:] != (r_out - 2, r_out - 1) \
-                or out_shape[-2:] != in_shape[-2:] or out_shape[0] != in_shape[0]:
-            raise UnsupportedModelError(
-                f"Reshape {list(in_shape)} -> {list(out_shape)} moves the batch or spatial axes; cannot generalize",
-                node_label(node))
-        middle = [int(d) for d in out_shape[1:-2]]
-        if -1 in target[1:-2] or 0 in target[1:-2]:
-            middle = [int(d) for d in out_shape[1:-2]]
-        nodes: list[onnx.NodeProto] = []
-        shp = index.fresh("shape")
-        nodes.append(helper.make_node("Shape", [node.input[0]], [shp], name=index.fresh("shape")))
-        n = _slice(index, plan, nodes, shp, 0, 1)
-        hw = _slice(index, plan, nodes, shp, r_in - 2, _INT_MAX)
-        mid = _const(index, plan, middle)
-        new_shape = index.fresh("dyn_shape")
-        nodes.append(helper.make_node("Concat", [n, mid, hw], [new_shape], name=index.fresh("concat"), axis=0))
-        new = onnx.NodeProto()
-        new.CopyFrom(node)
-        new.input[1] = new_shape
-        nodes.append(new)
-        plan.replacements[id(node)] = nodes
-        plan.changes.append(Change(node_label(node), f"Reshape(to {target})",
-                                   f"Reshape(to [N, {', '.join(map(str, middle))}, H, W] from Shape)"))
+        else:
+            _refuse_spatial_constant(analysis, node)
+            if node.op_type == "Reshape":
+                _plan_reshape(analysis, plan, node)
     return plan
+
+
+def _plan_reshape(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProto) -> None:
+    """A constant-shape Reshape that keeps batch first and H, W last: rebuild its shape from Shape."""
+    index = analysis.index
+    src = analysis.info.get(node.input[0])
+    out = analysis.info.get(node.output[0])
+    if src is None or src.state is not State.SPATIAL or out is None or out.state is not State.SPATIAL:
+        return
+    if not index.is_const(node.input[1]):
+        return  # computed from Shape already: follows the input size
+    target = index.int_list(node.input[1])
+    in_shape = index.static_shape(node.input[0])
+    out_shape = index.static_shape(node.output[0])
+    if target is None or in_shape is None or out_shape is None:
+        raise UnsupportedModelError("Reshape in the trunk has no static shape to generalize", node_label(node))
+    lay_in, lay_out = src.layout, out.layout
+    r_in, r_out = len(in_shape), len(out_shape)
+    if lay_in is None or lay_out is None or lay_in[2:] != (r_in - 2, r_in - 1) or lay_out[2:] != (r_out - 2, r_out - 1) \
+            or out_shape[-2:] != in_shape[-2:] or out_shape[0] != in_shape[0]:
+        raise UnsupportedModelError(
+            f"Reshape {list(in_shape)} -> {list(out_shape)} moves the batch or spatial axes; cannot generalize",
+            node_label(node))
+    middle = [int(d) for d in out_shape[1:-2]]  # channel dims: independent of the input size
+    nodes: list[onnx.NodeProto] = []
+    shp = index.fresh("shape")
+    nodes.append(helper.make_node("Shape", [node.input[0]], [shp], name=index.fresh("shape")))
+    n = _slice(index, plan, nodes, shp, 0, 1)
+    hw = _slice(index, plan, nodes, shp, r_in - 2, _INT_MAX)
+    new_shape = index.fresh("dyn_shape")
+    nodes.append(helper.make_node("Concat", [n, _const(index, plan, middle), hw], [new_shape],
+                                  name=index.fresh("concat"), axis=0))
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    new.input[1] = new_shape
+    nodes.append(new)
+    plan.replacements[id(node)] = nodes
+    plan.changes.append(Change(node_label(node), f"Reshape(to {target})",
+                               f"Reshape(to [N, {', '.join(map(str, middle))}, H, W] from Shape)"))
 
 
 def _spatial_axes(analysis: Analysis, name: str) -> tuple[int, int, int] | None:

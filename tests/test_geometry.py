@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from builders import REF, Builder, flatten_gemm, gemm, image_shape, trunk
+from builders import C_FEAT, REF, Builder, flatten_gemm, gemm, image_shape, trunk
 from conftest import LIGHT, assert_close, cells_vs_crops, rand, run
 
 import onnxfcn
@@ -82,3 +82,22 @@ def test_below_reference_size_fails_with_clear_message() -> None:
     converted, _ = onnxfcn.convert(original)
     with pytest.raises(onnxfcn.OnnxFcnError, match="smaller than the reference window"):
         onnxfcn.verify(original, converted, sizes=[(REF - 2, REF)])
+
+
+@pytest.mark.parametrize("opset", [9, 13, 18])
+def test_explicit_pad_in_the_trunk(opset: int) -> None:
+    """tf2onnx writes SAME padding as a Pad before a VALID conv: geometry follows it, not exact."""
+    b = Builder(opset)
+    pads = [0, 0, 1, 2, 0, 0, 1, 2]  # H: 1 before, 1 after; W: 2 before, 2 after
+    if opset >= 11:
+        x = b.node("Pad", ["image", b.ints("pads", pads)], name="pad_in")
+    else:
+        x = b.node("Pad", ["image"], pads=pads, name="pad_in")
+    y = gemm(b, b.node("Flatten", [trunk(b, x)], axis=1), C_FEAT * 7 * 8, 5)
+    original = b.model(image_shape(), [y])
+    converted, report = onnxfcn.convert(original)
+    g = report.geometry
+    assert not g.exact and any("pad_in" in r for r in g.reasons)
+    assert g.offset == (0, 0) and g.grid(REF, REF) == (1, 1)
+    result = onnxfcn.verify(original, converted)
+    assert result, result.reason
