@@ -65,6 +65,16 @@ def nhwc_keras() -> onnx.ModelProto:
     return _finish(b, y, "NHWC")
 
 
+def nhwc_keras_gap() -> onnx.ModelProto:
+    """tf2onnx's GlobalAveragePooling2D: ReduceMean over axes 1, 2 of the NHWC map, keepdims=0."""
+    b = Builder(13)
+    x = b.node("Transpose", ["image"], perm=[0, 3, 1, 2])
+    t = b.node("Transpose", [trunk(b, x)], perm=[0, 2, 3, 1])
+    y = b.node("ReduceMean", [t], axes=[1, 2], keepdims=0)
+    y = b.node("Add", [b.node("MatMul", [y, b.weight("w", (C_FEAT, K))]), b.weight("b", (K,), 0.5)])
+    return _finish(b, b.node("Softmax", [y], axis=-1), "NHWC")
+
+
 def reduce_flat(op: str = "ReduceMean", opset: int = 13, keepdims: int = 0) -> Callable[[], onnx.ModelProto]:
     def build() -> onnx.ModelProto:
         b = Builder(opset)
@@ -213,6 +223,7 @@ PATTERNS: dict[str, Callable[[], onnx.ModelProto]] = {
     "view_subgraph": flat_point("view"),
     "view_subgraph_opset11": flat_point("view", 11),
     "nhwc_keras": nhwc_keras,
+    "nhwc_keras_gap": nhwc_keras_gap,
     "reducemean_keepdims0": reduce_flat("ReduceMean", 13, 0),
     "reducemean_keepdims0_opset18": reduce_flat("ReduceMean", 18, 0),
     "reducemean_attr": reduce_flat("ReduceMean", 13, 1),
@@ -263,7 +274,7 @@ PATTERNS: dict[str, Callable[[], onnx.ModelProto]] = {
 @pytest.mark.parametrize("pattern", sorted(PATTERNS))
 def test_pattern_converts_and_matches(pattern: str) -> None:
     original = PATTERNS[pattern]()
-    layout = "NHWC" if pattern == "nhwc_keras" else "NCHW"
+    layout = "NHWC" if pattern.startswith("nhwc") else "NCHW"
     converted, report = onnxfcn.convert(original)
     onnx.checker.check_model(converted, full_check=True)
     # Reference size, batch 2: equal to the original (reshaped N x K x 1 x 1 -> N x K).

@@ -261,3 +261,15 @@ def test_image_input_with_preprocessing(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "r.json").read_text())
     sliding = next(c for c in data["checks"] if c["name"] == "sliding")
     assert sliding["details"]["size"] == [16, 24] and sliding["details"]["grid"] == [5, 9]
+
+
+@pytest.mark.parametrize("build", ["nhwc_keras", "nhwc_keras_gap"])
+def test_verify_nhwc_models(build: str) -> None:
+    """TF/Keras layout: crops are cut in NHWC, the feature map is read before the exporter's Transpose."""
+    import test_rewrite
+
+    original = getattr(test_rewrite, build)()
+    converted, report = onnxfcn.convert(original)
+    result = onnxfcn.verify(original, converted, positions="all")
+    assert result, result.reason
+    assert report.geometry.exact and all(c.exact for c in result.checks)
