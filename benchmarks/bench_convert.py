@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _models import model_or_vgg16
+
 CHILD = r"""
 import json, resource, sys, time
 import onnx
@@ -42,12 +44,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        src = args.model
-        if src is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-            from tv_export import export
-
-            src = export("vgg16", "legacy", 17, Path(tmp))
+        src = model_or_vgg16(args.model, Path(tmp))
         rows: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
         for _ in range(args.repeat):
             for v in VARIANTS:  # interleaved, so that machine noise hits every variant alike

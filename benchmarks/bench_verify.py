@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _models import model_or_vgg16
 
 
 def main() -> None:
@@ -35,28 +35,24 @@ def main() -> None:
     from onnxfcn.verify import sample_positions
 
     with tempfile.TemporaryDirectory() as tmp:
-        src = args.model
-        if src is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-            from tv_export import export
-
-            src = export("vgg16", "legacy", 17, Path(tmp))
+        src = model_or_vgg16(args.model, Path(tmp))
         converted, report = onnxfcn.convert(src, self_check=False)
         geo = report.geometry
         positions: int | str = args.positions if args.positions == "all" else int(args.positions)
         gh, gw = geo.grid(args.size, args.size)
         cells = sample_positions(gh, gw, positions, 0)
         wh, ww = geo.window
+        c = report.image.channels
         raw_times, verify_times = [], []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
             so, sc = make_session(str(src)), make_session(converted)
             name = so.get_inputs()[0].name
-            ref = np.random.default_rng(0).standard_normal((2, 3, wh, ww)).astype(np.float32)
+            ref = np.random.default_rng(0).standard_normal((2, c, wh, ww)).astype(np.float32)
             for n in range(2):
                 so.run(None, {name: ref[n:n + 1]})
             sc.run(None, {name: ref})
-            x = np.random.default_rng(1).standard_normal((2, 3, args.size, args.size)).astype(np.float32)
+            x = np.random.default_rng(1).standard_normal((2, c, args.size, args.size)).astype(np.float32)
             sc.run(None, {name: x})
             crops = np.concatenate([x[:, :, i * geo.stride[0]:i * geo.stride[0] + wh,
                                       j * geo.stride[1]:j * geo.stride[1] + ww] for i, j in cells])

@@ -8,7 +8,7 @@ bytes (a VGG16 carries 500 MB of them).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -283,17 +283,24 @@ class GraphIndex:
 
     def ancestors(self, names: Iterable[str]) -> set[str]:
         """Every tensor the given tensors depend on, themselves included."""
-        out: set[str] = set()
-        stack = list(names)
-        while stack:
-            n = stack.pop()
-            if not n or n in out:
-                continue
-            out.add(n)
-            node = self.producer.get(n)
-            if node is not None:
-                stack.extend(node.input)
-        return out
+        return walk_back(names, self.producer)
+
+
+def walk_back(starts: Iterable[str], producer: Mapping[str, onnx.NodeProto],
+              follow: Callable[[str], bool] = lambda _: True,
+              inputs_of: Callable[[onnx.NodeProto], Iterable[str]] = lambda n: n.input) -> set[str]:
+    """Tensors reached from ``starts`` through their producers, entering only where ``follow``."""
+    seen: set[str] = set()
+    stack = list(starts)
+    while stack:
+        t = stack.pop()
+        if not t or t in seen or not follow(t):
+            continue
+        seen.add(t)
+        node = producer.get(t)
+        if node is not None:
+            stack.extend(inputs_of(node))
+    return seen
 
 
 def skeleton(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]],

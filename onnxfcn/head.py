@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from .errors import AlreadyConvolutionalError, UnsupportedModelError
-from .graph import GraphIndex, attr, node_label
+from .graph import GraphIndex, attr, node_label, walk_back
 
 
 class State(enum.Enum):
@@ -269,29 +269,12 @@ def analyze(model: onnx.ModelProto, image: ImageInput) -> Analysis:
         st = info.get(out_name)
         if st is None or st.state not in (State.POOLED, State.FLAT):
             continue
-        nodes: set[int] = set()
-        feats: set[str] = set()
-        stack = [out_name]
-        seen: set[str] = set()
-        while stack:
-            t = stack.pop()
-            if t in seen:
-                continue
-            seen.add(t)
-            ti = info.get(t)
-            if ti is None:
-                continue
-            if ti.state is State.SPATIAL:
-                feats.add(t)
-                continue
-            if ti.state not in (State.POOLED, State.FLAT):
-                continue
-            node = index.producer.get(t)
-            if node is None:
-                continue
-            nodes.add(id(node))
-            head_nodes[id(node)] = node
-            stack.extend(i for i in node.input if i)
+        reached = walk_back([out_name], index.producer,
+                            follow=lambda t: t in info and info[t].state in (State.POOLED, State.FLAT))
+        found = [index.producer[t] for t in reached if t in index.producer]
+        nodes = {id(n) for n in found}
+        head_nodes.update((id(n), n) for n in found)
+        feats = {i for n in found for i in n.input if i in info and info[i].state is State.SPATIAL}
         # Heads sharing nodes (fan-out from one flatten) are merged into one.
         merged = False
         for g in groups:

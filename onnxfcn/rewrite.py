@@ -20,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import UnsupportedModelError
-from .graph import GraphIndex, attr, node_label
+from .graph import GraphIndex, attr, node_label, walk_back
 from .head import NCHW, Analysis, Head, Layout, State, collapse_kind, flatten_order
 
 log = logging.getLogger(__name__)
@@ -703,23 +703,14 @@ def _node_key(n: onnx.NodeProto) -> tuple[str, tuple[str, ...]]:
 
 def _live_nodes(g: onnx.GraphProto) -> set[tuple[str, tuple[str, ...]]]:
     producer = {o: n for n in g.node for o in n.output if o}
-    live: set[tuple[str, tuple[str, ...]]] = set()
-    stack = [o.name for o in g.output]
-    seen: set[str] = set()
-    while stack:
-        t = stack.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        n = producer.get(t)
-        if n is None:
-            continue
-        live.add(_node_key(n))
-        stack.extend(i for i in n.input if i)
-        for a in n.attribute:  # subgraphs (If/Loop) read outer tensors too
-            if a.type == onnx.AttributeProto.GRAPH:
-                stack.extend(i for sn in a.g.node for i in sn.input if i)
-    return live
+
+    def inputs_of(n: onnx.NodeProto) -> list[str]:
+        # Subgraphs (If/Loop bodies) read outer tensors too.
+        inner = [i for a in n.attribute if a.type == onnx.AttributeProto.GRAPH for sn in a.g.node for i in sn.input]
+        return [*n.input, *inner]
+
+    reached = walk_back([o.name for o in g.output], producer, inputs_of=inputs_of)
+    return {_node_key(producer[t]) for t in reached if t in producer}
 
 
 def _sync_ir3_inputs(model: onnx.ModelProto) -> None:
