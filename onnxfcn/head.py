@@ -73,11 +73,6 @@ class Head:
     features: list[str]  # SPATIAL tensors the head reads (usually one)
     outputs: list[str]
 
-    @property
-    def collapse_nodes(self) -> list[onnx.NodeProto]:
-        feats = set(self.features)
-        return [n for n in self.nodes if any(i in feats for i in n.input)]
-
 
 @dataclass
 class Analysis:
@@ -178,6 +173,8 @@ def _covers_whole_map(index: GraphIndex, node: onnx.NodeProto, lay: Layout) -> b
         return False
     k = list(attr(node, "kernel_shape", []))
     pads = list(attr(node, "pads", [0, 0, 0, 0]))
+    if node.op_type == "AveragePool" and attr(node, "count_include_pad", 0) and any(pads):
+        return False  # divides by the padded window: not a plain mean, the trunk geometry handles it
     if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
         return k[0] >= hw[0] and k[1] >= hw[1]
     return all(pads[i] <= 0 and k[i] - pads[i] >= hw[i] for i in range(2))
