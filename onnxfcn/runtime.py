@@ -67,8 +67,8 @@ def first_line(exc: Exception) -> str:
 
 
 def run_batched(sess: ort.InferenceSession, input_name: str, x: np.ndarray, chunk: int | None = None,
-                progress: Progress | None = None) -> list[np.ndarray]:
-    """Run ``sess`` on ``x`` in chunks along the batch axis.
+                progress: Progress | None = None, extra: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """Run ``sess`` on ``x`` in chunks along the batch axis (``extra``: feeds every run shares).
 
     Exporters often bake batch 1 into a Reshape even when the input's batch dim is symbolic; if
     a chunk fails, the rest runs one sample at a time.
@@ -80,7 +80,7 @@ def run_batched(sess: ort.InferenceSession, input_name: str, x: np.ndarray, chun
     while k < len(x):
         n = min(size, len(x) - k)
         try:
-            outs = sess.run(None, {input_name: x[k:k + n]})
+            outs = sess.run(None, {input_name: x[k:k + n], **(extra or {})})
             # A baked batch of 1 can also run silently and return one sample (dynamo's as_strided).
             ok = all(o.ndim and o.shape[0] == n for o in outs)
         except Exception:  # onnxruntime raises several types

@@ -406,13 +406,14 @@ class _Context:
     exact: bool
     strict: bool
     progress: Progress | None
-    _head: dict[str, ort.InferenceSession] = field(default_factory=dict)
+    _head: dict[str, tuple[ort.InferenceSession, dict[str, np.ndarray]]] = field(default_factory=dict)
 
-    def head_session(self, provider: str) -> ort.InferenceSession:
-        """The original's head alone, built once per provider."""
+    def head_session(self, provider: str) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
+        """The original's head alone and its weight feeds, built once per provider."""
         if provider not in self._head:
             feature = self.analysis.heads[0].features[0]
-            self._head[provider] = make_session(_head_model(self.orig, feature, self.analysis), provider)
+            model, feeds = _head_model(self.orig, feature, self.analysis)
+            self._head[provider] = (make_session(model, provider), feeds)
         return self._head[provider]
 
 
@@ -499,13 +500,15 @@ def _cell_check(ctx: _Context, name: str, ys: list[np.ndarray], want: list[np.nd
     return CheckResult(name, True, False, cmps, details, note if not ok else "matched within tolerance")
 
 
-def _head_model(orig: onnx.ModelProto, feature: str, analysis: Any) -> onnx.ModelProto:
+def _head_model(orig: onnx.ModelProto, feature: str, analysis: Any) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The original's head alone, cut out at ``feature`` with onnx-graphsurgeon.
 
-    The surgery runs on the weightless skeleton (no weight bytes pass through numpy); the head's
-    weights are then attached as the original TensorProtos.
+    The surgery runs on the weightless skeleton, where large weights are typed graph inputs; they
+    stay inputs, fed as arrays, so a 500 MB head is neither copied into a new proto nor serialized.
+    Returns the model and those weight feeds.
     """
     import onnx_graphsurgeon as gs
+    from onnx import numpy_helper
 
     from .graph import skeleton
 
@@ -518,18 +521,17 @@ def _head_model(orig: onnx.ModelProto, feature: str, analysis: Any) -> onnx.Mode
         dims[0] = "batch"
     elem = analysis.index.dtypes.get(feature) or onnx.TensorProto.FLOAT
     fmap.to_variable(dtype=onnx.helper.tensor_dtype_to_np_dtype(elem), shape=dims or None)
+    weights = analysis.index.initializers
     graph.inputs = [fmap]
     graph.cleanup(remove_unused_graph_inputs=True).toposort()
+    used = [t.name for n in graph.nodes for t in n.inputs if t.name in weights and not isinstance(t, gs.Constant)]
+    graph.inputs = [fmap, *(tensors[name] for name in dict.fromkeys(used))]
     model = gs.export_onnx(graph, do_type_check=False)
-    weights = analysis.index.initializers
-    used = {i for n in model.graph.node for i in n.input}
-    model.graph.initializer.extend(weights[name] for name in used if name in weights
-                                   and name not in {t.name for t in model.graph.initializer})
     del model.graph.value_info[:]
     model.ir_version = max(orig.ir_version, 4)
     del model.opset_import[:]
     model.opset_import.extend(orig.opset_import)
-    return model
+    return model, {name: numpy_helper.to_array(weights[name]) for name in dict.fromkeys(used)}
 
 
 def _with_feature_output(conv: onnx.ModelProto, feature: str, analysis: Any) -> onnx.ModelProto:
@@ -545,8 +547,8 @@ def _with_feature_output(conv: onnx.ModelProto, feature: str, analysis: Any) -> 
     return probe
 
 
-def _feature_check(ctx: _Context, head_sess: ort.InferenceSession, fmap: np.ndarray, ys: list[np.ndarray],
-                   gh: int, gw: int, tag: str, size: tuple[int, int]) -> CheckResult:
+def _feature_check(ctx: _Context, head: tuple[ort.InferenceSession, dict[str, np.ndarray]], fmap: np.ndarray,
+                   ys: list[np.ndarray], gh: int, gw: int, tag: str, size: tuple[int, int]) -> CheckResult:
     analysis = ctx.analysis
     feature = analysis.heads[0].features[0]
     lay = analysis.layout(feature)
@@ -566,6 +568,7 @@ def _feature_check(ctx: _Context, head_sess: ort.InferenceSession, fmap: np.ndar
             win = np.tile(win, reps)
         windows.append(win)
     batch = fmap.shape[0]
-    want = run_batched(head_sess, feature, np.concatenate(windows, axis=0), chunk=max(batch, 8))
+    head_sess, weights = head
+    want = run_batched(head_sess, feature, np.concatenate(windows, axis=0), chunk=max(batch, 8), extra=weights)
     return _cell_check(ctx, "feature" + tag, ys, want, cells, batch, gh, gw, True, True,
                        {"size": list(size), "grid": [gh, gw], "cells_checked": len(cells), "feature": feature})
