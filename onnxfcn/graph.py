@@ -24,6 +24,7 @@ _SKELETON_KEEP_BYTES = 4096
 # A computed constant is folded to an initializer only if it is not much larger than what it is
 # computed from; otherwise (ConstantOfShape weights in the light zoo graphs) it stays computed.
 _FOLD_SLACK_BYTES = 1024
+_RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
 def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
@@ -64,6 +65,14 @@ class GraphIndex:
         self.graph_outputs = [o.name for o in self.graph.output]
         self.graph_inputs = [i.name for i in self.graph.input if i.name not in self.initializers]
         self._names = set(self.producer) | set(self.initializers) | {i.name for i in self.graph.input}
+        # One forward pass (nodes are in topological order) instead of a recursive walk per query,
+        # which would recurse as deep as the graph when asked about a trunk tensor.
+        self._const: set[str] = set(self.initializers)
+        for node in self.graph.node:
+            if node.op_type in _RANDOM_OPS:
+                continue
+            if node.op_type == "Constant" or all(not i or i in self._const for i in node.input):
+                self._const.update(o for o in node.output if o)
         self._counter = itertools.count()
         self._const_cache: dict[str, np.ndarray | None] = {}
         self.shapes: dict[str, Shape] = {}
@@ -174,20 +183,9 @@ class GraphIndex:
         return None if s is None else len(s)
 
     # ---- constants ---------------------------------------------------------------------
-    def is_const(self, name: str, _seen: set[str] | None = None) -> bool:
+    def is_const(self, name: str) -> bool:
         """True when the tensor depends on no graph input (initializers excepted)."""
-        if not name:
-            return True
-        if name in self.initializers:
-            return True
-        node = self.producer.get(name)
-        if node is None:
-            return False
-        if node.op_type == "Constant":
-            return True
-        if node.op_type in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"):
-            return False
-        return all(self.is_const(i) for i in node.input)
+        return not name or name in self._const
 
     def const_leaves_nbytes(self, name: str) -> int:
         total, stack, seen = 0, [name], set()
