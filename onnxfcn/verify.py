@@ -30,6 +30,7 @@ from .geometry import Geometry
 from .head import ImageInput
 from .io import load_model
 from .runtime import Progress, first_line, make_session, node_from_error, resolve_providers, run_batched
+from .shapes import OUT_H, OUT_W
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ class OutputComparison:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def describe(self) -> str:
+        """Why it failed, in one phrase."""
+        return self.note or f"max abs error {self.max_abs:.3g} > {self.atol:.1g} + {self.rtol:.1g} * {self.ref_max:.3g}"
 
 
 def compare(name: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: float,
@@ -135,6 +140,23 @@ class VerifyReport:
                 "seconds": round(self.seconds, 3), "checks": [c.to_dict() for c in self.checks]}
 
 
+def compare_outputs(names: Sequence[str], got: Sequence[np.ndarray], want: Sequence[np.ndarray],
+                    rtol: float | None, atol: float | None) -> list[OutputComparison]:
+    """Each output against its reference; N x K x 1 x 1 cells are compared as the original N x K."""
+    cmps = []
+    for name, g, ref in zip(names, got, want):
+        r, a = tolerance_for(ref.dtype, rtol, atol)
+        cmps.append(compare(name, g.reshape(ref.shape) if g.size == ref.size else g, ref, r, a,
+                            class_axis=1 if ref.ndim >= 2 else None))
+    return cmps
+
+
+def spatial_axis(output: onnx.ValueInfoProto) -> int | None:
+    """Axis of the ``out_height`` dim convert gives head outputs (``out_width`` follows it)."""
+    dims = [d.dim_param for d in output.type.tensor_type.shape.dim]
+    return dims.index(OUT_H) if OUT_H in dims else None
+
+
 def tolerance_for(dtype: np.dtype[Any], rtol: float | None, atol: float | None) -> tuple[float, float]:
     d_rtol, d_atol = TOLERANCES.get(np.dtype(dtype).name, TOLERANCES["float32"])
     return (d_rtol if rtol is None else rtol), (d_atol if atol is None else atol)
@@ -176,25 +198,21 @@ def self_check(original: onnx.ModelProto | str, converted: onnx.ModelProto, imag
         x = random_input(image, batch, image.height, image.width, seed, dtype)
         want = run_batched(make_session(original), image.name, x)
         got = _run(conv_sess, image.name, x, "the reference size")
-        worst = 0.0
-        for name, g, ref in zip(out_names, got, want):
-            rtol, atol = tolerance_for(ref.dtype, None, None)
-            cmp = compare(name, g.reshape(ref.shape) if g.size == ref.size else g, ref, rtol, atol)
-            worst = max(worst, cmp.needed_rtol)
+        cmps = compare_outputs(out_names, got, want, None, None)
+        for cmp in cmps:
             if not cmp.passed:
-                raise SelfCheckError(
-                    f"output '{name}' differs from the original at the reference size: " + (cmp.note or
-                    f"max abs error {cmp.max_abs:.3g} > {atol:.1g} + {rtol:.1g} * {cmp.ref_max:.3g}"))
-        results.append({"size": [image.height, image.width], "batch": batch, "max_rel_error": worst})
+                raise SelfCheckError(f"output '{cmp.name}' differs from the original at the reference size: "
+                                     + cmp.describe())
+        results.append({"size": [image.height, image.width], "batch": batch,
+                        "max_rel_error": max(c.needed_rtol for c in cmps)})
     for h, w in self_check_sizes(image, geo):
         x = random_input(image, batch, h, w, seed + 1, dtype)
         got = _run(conv_sess, image.name, x, f"{h}x{w}")
         cells = list(geo.grid(h, w))
         shapes = {}
         for name, y, o in zip(out_names, got, converted.graph.output):
-            dims = [d.dim_param for d in o.type.tensor_type.shape.dim]
-            if "out_height" in dims:
-                ax = dims.index("out_height")
+            ax = spatial_axis(o)
+            if ax is not None:
                 if [y.shape[ax], y.shape[ax + 1]] != cells:
                     raise SelfCheckError(
                         f"output '{name}' has a {y.shape[ax]}x{y.shape[ax + 1]} grid at input {h}x{w}; the geometry "
@@ -218,7 +236,6 @@ def _run(sess: ort.InferenceSession, name: str, x: np.ndarray, where: str) -> li
 def default_size(image: ImageInput, geo: Geometry) -> tuple[int, int]:
     """A larger size that gives a grid of at least 3 x 4 windows, all inside the image."""
     sh, sw = geo.stride
-    kh, kw = geo.feature_window
     if geo.mode == "dense":
         return image.height + 2 * sh, image.width + 3 * sw
     return image.height + 2 * sh + geo.offset[0], image.width + 3 * sw + geo.offset[1]
@@ -238,7 +255,7 @@ def sample_positions(gh: int, gw: int, positions: int | str, seed: int) -> list[
     rest = [c for c in cells if c not in pick]
     rng = np.random.default_rng(seed)
     rng.shuffle(rest)
-    return (pick + rest)[:max(n, 1)] if n < len(pick) else pick + rest[: n - len(pick)]
+    return (pick + rest)[:max(n, 1)]
 
 
 def verify(
@@ -289,10 +306,7 @@ def verify(
     conv_sess = {p: make_session(probe, p) for p in providers}
     del probe
     out_names = [o.name for o in conv.graph.output]
-    spatial_axes = {}
-    for o in conv.graph.output:
-        dims = [d.dim_param for d in o.type.tensor_type.shape.dim]
-        spatial_axes[o.name] = dims.index("out_height") if "out_height" in dims else None
+    spatial_axes = {o.name: spatial_axis(o) for o in conv.graph.output}
 
     if inputs is not None:
         x_big = np.asarray(inputs, dtype=dtype)
@@ -322,11 +336,7 @@ def verify(
                 checks.append(CheckResult("reference" + tag, False, True, [], details,
                                           f"converted model fails at the reference size: {first_line(exc)}"))
             else:
-                cmps = []
-                for name, g, wnt in zip(out_names, got, want):
-                    r, a = tolerance_for(wnt.dtype, rtol, atol)
-                    cmps.append(compare(name, g.reshape(wnt.shape) if g.size == wnt.size else g, wnt, r, a,
-                                        class_axis=1 if wnt.ndim >= 2 else None))
+                cmps = compare_outputs(out_names, got, want, rtol, atol)
                 checks.append(CheckResult("reference" + tag, all(c.passed for c in cmps), True, cmps, details))
         else:
             checks.append(CheckResult("reference" + tag, True, True, [], {},
@@ -338,10 +348,7 @@ def verify(
         xb = x_big if x_big is not None else random_input(image, batch, *size_list[0], seed + 1, dtype)
         a_out = conv_sess["cpu"].run(None, {image.name: xb})[:len(out_names)]
         b_out = conv_sess["cuda"].run(None, {image.name: xb})[:len(out_names)]
-        cmps = []
-        for name, g, wnt in zip(out_names, b_out, a_out):
-            r, a = tolerance_for(wnt.dtype, rtol, atol)
-            cmps.append(compare(name, g, wnt, r, a, class_axis=1 if wnt.ndim >= 2 else None))
+        cmps = compare_outputs(out_names, b_out, a_out, rtol, atol)
         checks.append(CheckResult("providers (cuda vs cpu)", all(c.passed for c in cmps), True, cmps,
                                   {"size": list(size_list[0])}))
     report = VerifyReport(checks, providers, exact, time.perf_counter() - t0)
@@ -349,10 +356,7 @@ def verify(
     if failed:
         worst = failed[0]
         outs = [o for o in worst.outputs if not o.passed]
-        detail = worst.note
-        if outs:
-            detail = f"output '{outs[0].name}' " + (outs[0].note or f"max abs error {outs[0].max_abs:.3g} > "
-                                                    f"{outs[0].atol:.1g} + {outs[0].rtol:.1g} * {outs[0].ref_max:.3g}")
+        detail = f"output '{outs[0].name}' {outs[0].describe()}" if outs else worst.note
         report.reason = f"{worst.name} check failed: {detail}"
     else:
         report.reason = "every check passed" + ("" if exact else f" (sliding windows approximate: "
@@ -427,7 +431,7 @@ def _sliding_and_feature(ctx: _Context, provider: str, orig_sess: ort.InferenceS
     gh, gw = geo.grid(h, w)
     first_ax = next((spatial_axes[n] for n in out_names if spatial_axes[n] is not None), None)
     if first_ax is None:
-        raise OnnxFcnError("converted model has no output with out_height/out_width dims")
+        raise OnnxFcnError(f"converted model has no output with {OUT_H}/{OUT_W} dims")
     note = ""
     try:
         *ys, fmap = conv_sess.run(None, {image.name: x})
