@@ -111,8 +111,7 @@ def _kernel_axis(node: onnx.NodeProto, analysis: Analysis, ax: int, ref_in: int)
     s = int((attr(node, "strides") or [1, 1])[ax])
     d = int((attr(node, "dilations") or [1, 1])[ax])
     ke = d * (k - 1) + 1
-    auto = attr(node, "auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
+    auto = attr(node, "auto_pad", "NOTSET")
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         total = max((math.ceil(ref_in / s) - 1) * s + ke - ref_in, 0)
         pb = total // 2 if auto == "SAME_UPPER" else total - total // 2
@@ -240,8 +239,7 @@ def compute_geometry(analysis: Analysis, features: list[str], feature_window: tu
                 elif ceil and ref_in and (ref_in - ke) % s:
                     reasons.append(f"ceil_mode window past the edge at {node_label(node)}")
         elif node.op_type == "Pad" and analysis.info[node.input[0]].state is State.SPATIAL:
-            pad_mode = attr(node, "mode", b"constant")
-            pad_mode = pad_mode.decode() if isinstance(pad_mode, bytes) else pad_mode
+            pad_mode = attr(node, "mode", "constant")
             for axis_name, axis, pb, pe in _pad_amounts(analysis, node, h, w):
                 axis.start -= pb * axis.jump
                 axis.size = _padded_size_fn(axis.size, pb + pe)

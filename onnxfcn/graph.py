@@ -28,9 +28,11 @@ _RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUnifo
 
 
 def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """An attribute's value; string attributes come back as str, not bytes."""
     for a in node.attribute:
         if a.name == name:
-            return helper.get_attribute_value(a)
+            value = helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else value
     return default
 
 

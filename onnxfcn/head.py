@@ -175,7 +175,7 @@ def _covers_whole_map(index: GraphIndex, node: onnx.NodeProto, lay: Layout) -> b
     pads = list(attr(node, "pads", [0, 0, 0, 0]))
     if node.op_type == "AveragePool" and attr(node, "count_include_pad", 0) and any(pads):
         return False  # divides by the padded window: not a plain mean, the trunk geometry handles it
-    if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+    if attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         return k[0] >= hw[0] and k[1] >= hw[1]
     return all(pads[i] <= 0 and k[i] - pads[i] >= hw[i] for i in range(2))
 

@@ -101,3 +101,18 @@ def test_explicit_pad_in_the_trunk(opset: int) -> None:
     assert g.offset == (0, 0) and g.grid(REF, REF) == (1, 1)
     result = onnxfcn.verify(original, converted)
     assert result, result.reason
+
+
+def test_auto_pad_same_conv() -> None:
+    """auto_pad=SAME_UPPER (string attribute): padded, and the grid formula matches onnxruntime."""
+    b = Builder(13)
+    y = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3))], kernel_shape=[3, 3], strides=[2, 2],
+               auto_pad="SAME_UPPER", name="same_conv")
+    y = gemm(b, b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1), C_FEAT, 5)
+    original = b.model(image_shape(), [y])
+    converted, report = onnxfcn.convert(original)
+    g = report.geometry
+    assert not g.exact and any("same_conv" in r for r in g.reasons)
+    for size in [(REF + 3, REF + 8), (31, 40)]:
+        out = run(converted, rand([1, 3, *size]))[0]
+        assert out.shape[2:] == g.grid(*size)
