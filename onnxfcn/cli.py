@@ -160,11 +160,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, float) and (o != o or o in (float("inf"), float("-inf"))):
-        return str(o)
-    return str(o)
+    """numpy scalars as numbers, anything else json cannot write as its str."""
+    return o.item() if isinstance(o, (np.floating, np.integer)) else str(o)
 
 
 def _progress() -> Callable[[int, int], None]:
