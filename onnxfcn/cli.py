@@ -56,6 +56,8 @@ def _errors() -> Iterator[None]:
         _fail(str(exc), EXIT_BAD_INPUT)
     except (typer.Exit, KeyboardInterrupt):
         raise
+    except MemoryError as exc:  # a resource limit, not a bug
+        _fail(f"out of memory: {str(exc).strip() or 'an allocation failed'}", EXIT_BAD_INPUT)
     except Exception as exc:  # anything else is a bug: one line here, the traceback with -v
         if _STATE["verbose"]:
             raise
@@ -124,6 +126,10 @@ def print_conversion(report: Any, out_path: Path | None) -> None:
     if report.self_check:
         sizes = ", ".join(f"{r['size'][0]}x{r['size'][1]}" for r in report.self_check)
         typer.echo(f"check  ran on onnxruntime at {sizes} (batch {report.self_check[0]['batch']}): ok")
+        for out in report.self_check[0].get("outputs", []):
+            if out.get("ratio") is not None:
+                typer.echo(f"       {out['name']} at the reference size: error {out['error']:.3g} from the exact head, "
+                           f"rounding bound {out['bound']:.3g} (error/bound {out['ratio']:.3g})")
     if out_path is not None:
         typer.echo(f"wrote  {out_path}")
 
@@ -136,14 +142,12 @@ def print_verify(report: Any) -> None:
         extra = ""
         if "cells_checked" in c.details:
             extra = f", {c.details['cells_checked']} of {c.details['grid'][0]}x{c.details['grid'][1]} cells"
-        typer.echo(f"[{c.name}] {kind}{where}{extra}: {'ok' if c.passed else 'MISMATCH'}"
-                   + (f" ({c.note})" if c.note else ""))
+        if c.skipped:
+            typer.echo(f"[{c.name}] skipped: {c.note}")
+            continue
+        typer.echo(f"[{c.name}] {kind}{where}{extra}: {c.status}" + (f" ({c.note})" if c.note else ""))
         for o in c.outputs:
-            top1 = f" top1 {o.top1 * 100:.1f}%" if o.top1 is not None else ""
-            typer.echo(f"    {o.name}: max abs {o.max_abs:.3g}, mean abs {o.mean_abs:.3g}, max rel {o.max_rel:.3g}, "
-                       f"mean rel {o.mean_rel:.3g}{top1}")
-            typer.echo(f"      tolerance atol {o.atol:.1g} + rtol {o.rtol:.1g} * {o.ref_max:.3g}; "
-                       f"would pass with rtol >= {o.needed_rtol:.3g}")
+            typer.echo("    " + describe_output(o))
             if o.border_max_abs is not None and o.error_map is not None:
                 inter = "n/a" if o.interior_max_abs is None else f"{o.interior_max_abs:.3g}"
                 typer.echo(f"      border cells max abs {o.border_max_abs:.3g}, interior {inter}")
@@ -151,6 +155,22 @@ def print_verify(report: Any) -> None:
                     for row in o.error_map:
                         typer.echo("      " + " ".join("   .    " if e is None else f"{e:8.1e}" for e in row))
     typer.echo(("PASSED" if report.passed else "FAILED") + f": {report.reason} ({report.seconds:.2f} s)")
+
+
+def describe_output(o: Any) -> str:
+    """One output's numbers: against the reference, then the bound (or tolerance) that judged it."""
+    top1 = f" top1 {o.top1 * 100:.1f}%" if o.top1 is not None else ""
+    head = f"{o.name}: max abs {o.max_abs:.3g}, mean abs {o.mean_abs:.3g}, max rel {o.max_rel:.3g}{top1}"
+    if o.note and not np.isfinite(o.max_abs):
+        return f"{o.name}: {o.note}"
+    if o.method == "bound" and o.ratio is not None:
+        orig = "" if o.original_ratio is None else f", original's own {o.original_ratio:.3g}"
+        return (f"{head}\n      vs exact float64 head: error {o.error_vs_exact:.3g}, rounding bound {o.bound:.3g}, "
+                f"error/bound {o.ratio:.3g}{orig}")
+    if o.method == "exact":
+        return f"{head}\n      integers: must be equal"
+    return (f"{head}\n      tolerance atol {o.atol:.1g} + rtol {o.rtol:.1g} * {o.ref_max:.3g}; "
+            f"would pass with rtol >= {o.needed_rtol:.3g}")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -15,11 +15,11 @@ from . import __version__
 from .errors import AlreadyConvolutionalError, OnnxFcnError, SelfCheckError
 from .geometry import Geometry, compute_geometry
 from .graph import GraphIndex, skeleton
-from .head import Analysis, ImageInput, analyze, find_image_input
+from .head import NCHW, Analysis, ImageInput, analyze, find_image_input
 from .io import load_model, model_nbytes
-from .rewrite import Change, apply, plan_head_rewrite
+from .rewrite import MODES, Change, Plan, apply, plan_head_rewrite
 from .shapes import make_dynamic
-from .trunk import plan_trunk_rewrite
+from .trunk import TrunkPlan, plan_trunk_rewrite
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class ConversionReport:
 
 
 def metadata(geo: Geometry, features: list[str]) -> dict[str, str]:
+    """The geometry, and the converted graph's NCHW tensor the head reads (for verify)."""
     def pair(p: tuple[int, int]) -> str:
         return f"{p[0]},{p[1]}"
 
@@ -93,6 +94,7 @@ def metadata(geo: Geometry, features: list[str]) -> dict[str, str]:
         META_PREFIX + "reasons": "; ".join(geo.reasons),
         META_PREFIX + "feature_window": pair(geo.feature_window),
         META_PREFIX + "features": ",".join(features),
+        META_PREFIX + "feature_layout": "NCHW",
         META_PREFIX + "version": __version__,
     }
 
@@ -116,6 +118,48 @@ def prepare(model: onnx.ModelProto, input_name: str | None = None,
         raise AlreadyConvolutionalError("already converted by onnxfcn (metadata onnxfcn.mode is set)")
     image = find_image_input(model, input_name, size)
     return analyze(model, image)
+
+
+@dataclass
+class Planned:
+    """Everything convert would do to a model, before it does it (inspect stops here)."""
+
+    analysis: Analysis
+    plan: Plan
+    trunk: TrunkPlan
+    geometry: Geometry
+    mode: str  # the mode that applies: dense falls back to window when there is no pool to drop
+
+
+def plan_conversion(model: onnx.ModelProto, *, mode: str = "window", input_name: str | None = None,
+                    size: tuple[int, int] | None = None) -> Planned:
+    """Analyse and plan the rewrite; convert, inspect and verify all start here."""
+    if mode not in MODES:
+        raise OnnxFcnError(f"mode must be window or dense, not {mode!r}")
+    analysis = prepare(model, input_name, size)
+    plan = plan_head_rewrite(analysis, mode)
+    if mode == "dense" and not plan.pools_dropped:
+        log.info("dense mode: the head has no global pool to drop; it slides whole windows")
+        mode = "window"
+    windows = set(plan.windows)
+    if len(windows) != 1:
+        raise OnnxFcnError(f"heads read feature windows of different sizes: {sorted(windows)}")
+    geo = compute_geometry(analysis, plan.features, windows.pop(), mode)
+    trunk = plan_trunk_rewrite(analysis)
+    return Planned(analysis, plan, trunk, geo, mode)
+
+
+def check_subject(planned: Planned, model: onnx.ModelProto) -> Any:
+    """What the self-check needs, read from the original before the graph is rewritten in place."""
+    from .verify import Subject, _grid_axes, _perm_to, make_evaluator
+
+    analysis, plan = planned.analysis, planned.plan
+    evaluator, why = make_evaluator(analysis)
+    feature = plan.features[0]
+    layouts = {name: m.layout for name, m in plan.outputs.items()}
+    return Subject(analysis, planned.geometry, planned.mode, [o.name for o in model.graph.output],
+                   _grid_axes(analysis, layouts), feature, plan.sources[0], _perm_to(NCHW, analysis.layout(feature)),
+                   evaluator, why)
 
 
 def convert(
@@ -142,16 +186,9 @@ def convert(
     if self_check and not original:
         original = onnx.ModelProto()
         original.CopyFrom(model)
-    analysis = prepare(model, input_name, size)
-    plan = plan_head_rewrite(analysis, mode)
-    if mode == "dense" and not plan.pools_dropped:
-        log.info("dense mode: the head has no global pool to drop; it slides whole windows")
-        mode = "window"
-    windows = set(plan.windows)
-    if len(windows) != 1:
-        raise OnnxFcnError(f"heads read feature windows of different sizes: {sorted(windows)}")
-    geo = compute_geometry(analysis, plan.features, windows.pop(), mode)
-    trunk = plan_trunk_rewrite(analysis)
+    planned = plan_conversion(model, mode=mode, input_name=input_name, size=size)
+    analysis, plan, trunk, geo, mode = planned.analysis, planned.plan, planned.trunk, planned.geometry, planned.mode
+    subject = check_subject(planned, model) if self_check else None
     apply(model, analysis, plan, trunk.replacements, trunk.initializers)
     ref_index = GraphIndex(model, {analysis.image.name: analysis.image.shape_at(1, analysis.image.height,
                                                                                   analysis.image.width)})
@@ -161,7 +198,7 @@ def convert(
         dim = shape[m.layout[1]] if shape and m.layout is not None else None
         channels[name] = dim if isinstance(dim, int) else None
     make_dynamic(model, analysis.image, plan.outputs, channels)
-    _set_metadata(model, metadata(geo, sorted(set(plan.features))))
+    _set_metadata(model, metadata(geo, list(dict.fromkeys(plan.sources))))
     try:
         # The checker on the skeleton (weights as typed inputs) checks the graph without
         # serializing the weights; the tests run it on whole models too.
@@ -172,10 +209,10 @@ def convert(
         image=analysis.image, mode=mode, geometry=geo, changes=trunk.changes + plan.changes,
         features=sorted(set(plan.features)), before=before, after=ModelStats.of(model), external_data=external,
     )
-    if self_check:
+    if subject is not None:
         from .verify import self_check as run_self_check
 
-        report.self_check = run_self_check(original, model, analysis.image, geo, seed=seed)
+        report.self_check = run_self_check(original, model, subject, seed=seed)
     report.seconds = time.perf_counter() - t0
     log.info("converted in %.2fs: %d changes", report.seconds, len(plan.changes))
     return model, report

@@ -26,3 +26,12 @@ class AlreadyConvolutionalError(OnnxFcnError):
 
 class SelfCheckError(OnnxFcnError):
     """The rewritten model failed to run at a size it must support."""
+
+
+class ResourceError(OnnxFcnError):
+    """A run needed more memory (or another resource) than there is: not a numerical mismatch."""
+
+
+class InvalidConversionError(OnnxFcnError):
+    """The model given as converted carries metadata that is missing, malformed, or disagrees with
+    the original's graph: it cannot be checked as a conversion of that original."""

@@ -296,11 +296,43 @@ def analyze(model: onnx.ModelProto, image: ImageInput) -> Analysis:
     if not heads:
         outs = ", ".join(f"{o} ({info[o].state.value if o in info else '?'})" for o in index.graph_outputs)
         if all(info.get(o, TensorInfo(State.CONST)).state is State.SPATIAL for o in index.graph_outputs):
+            _refuse_lost_map(model, index, info)
             raise AlreadyConvolutionalError(
                 f"already fully convolutional: no dense head or global pool before the outputs ({outs})"
             )
         raise UnsupportedModelError(f"no convertible head: no output is computed from pooled or flattened features ({outs})")
     return a
+
+
+def _declared_rank(model: onnx.ModelProto, name: str) -> int | None:
+    for vi in model.graph.output:
+        if vi.name == name and vi.type.tensor_type.HasField("shape"):
+            return len(vi.type.tensor_type.shape.dim)
+    return None
+
+
+def _refuse_lost_map(model: onnx.ModelProto, index: GraphIndex, info: dict[str, TensorInfo]) -> None:
+    """'Already fully convolutional' only when every output is a 4-D map. An output of another
+    rank (N x K scores, say) went through a node whose effect on the map the tool cannot follow
+    (a custom or quantized op with no shape inference): refuse it, naming that node."""
+    flat = [o for o in index.graph_outputs
+            if (index.rank(o) if index.rank(o) is not None else _declared_rank(model, o)) not in (None, 4)]
+    if not flat:
+        return
+    needed = index.ancestors(flat)
+    for node in model.graph.node:
+        if not any(o in needed for o in node.output):
+            continue
+        if not any(info.get(i) is not None and info[i].state is State.SPATIAL for i in node.input if i):
+            continue
+        out = node.output[0] if node.output else ""
+        if index.rank(out) is None or index.rank(out) != index.rank(node.input[0]):
+            domain = f" ({node.domain})" if node.domain else ""
+            raise UnsupportedModelError(
+                f"{node.op_type}{domain}: op not supported: the tool cannot follow what it does to the feature map "
+                f"(output '{flat[0]}' is not a 4-D map, so the model is not fully convolutional)", node_label(node))
+    raise UnsupportedModelError(f"output '{flat[0]}' is not a 4-D map, and no node that collapses the feature map "
+                                "was recognized")
 
 
 def flatten_order(a: Analysis, feature: str) -> tuple[str, tuple[int, int, int]]:

@@ -26,6 +26,7 @@ from .head import NCHW, Analysis, Head, Layout, State, collapse_kind, flatten_or
 log = logging.getLogger(__name__)
 
 MODES = ("window", "dense")
+_INT_MAX = 2**63 - 1
 
 _UNARY = {
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish",
@@ -70,6 +71,8 @@ class Plan:
     outputs: dict[str, Mapped] = field(default_factory=dict)
     windows: list[tuple[int, int]] = field(default_factory=list)  # feature-map window per head
     features: list[str] = field(default_factory=list)
+    # The tensor each head reads in the converted graph (NCHW): verify's feature check reads it there.
+    sources: list[str] = field(default_factory=list)
     pools_dropped: int = 0  # dense mode: global pools removed (none: the head slides windows anyway)
 
 
@@ -231,6 +234,7 @@ class HeadRewriter:
         order, (c, h, w) = flatten_order(self.a, feat)
         lay = self.a.layout(feat)
         src = self._as_nchw(feat, lay, b)
+        self.plan.sources.append(src)
         if kind == "flatten":
             out = self.index.static_shape(node.output[0])
             if out is None or out[1] != c * h * w:
@@ -244,8 +248,7 @@ class HeadRewriter:
         self.plan.features.append(feat)
         if self.mode == "window":
             self.plan.windows.append((h, w))
-            (pooled,) = b.node(pool_op, [src], "window_pool", kernel_shape=[h, w], strides=[1, 1],
-                               pads=[0, 0, 0, 0])
+            pooled = self._window_pool(b, pool_op, src, h, w)
             after = f"{pool_op} {h}x{w}, stride 1 (one cell per {h}x{w} feature window)"
         else:
             self.plan.windows.append((1, 1))
@@ -259,6 +262,28 @@ class HeadRewriter:
                 (pooled,) = b.node("Transpose", [pooled], "to_layout", perm=_perm_to(NCHW, lay))
             self.mapped[node.output[0]] = Mapped(pooled, lay, None)
         return after
+
+    def _window_pool(self, b: _Builder, pool_op: str, src: str, h: int, w: int) -> str:
+        """A stride-1 h x w pool whose own output is never empty.
+
+        onnxruntime's NCHWc pooling kernel divides by zero (SIGFPE, the host process dies) when a
+        pool's output size is exactly 0, i.e. when the map is one cell short of the window. So
+        the pool pads h-1, w-1 at the top and left, which makes its output as large as its input,
+        and a Slice then drops the windows that reach into the padding. A map smaller than the
+        window gives an empty slice; nothing divides by zero.
+        """
+        if (h, w) == (1, 1):
+            (out,) = b.node(pool_op, [src], "window_pool", kernel_shape=[1, 1], strides=[1, 1], pads=[0, 0, 0, 0])
+            return out
+        (padded,) = b.node(pool_op, [src], "window_pool", kernel_shape=[h, w], strides=[1, 1],
+                           pads=[h - 1, w - 1, 0, 0])
+        if self.index.opset >= 10:
+            (out,) = b.node("Slice", [padded, b.ints("starts", [h - 1, w - 1]), b.ints("ends", [_INT_MAX, _INT_MAX]),
+                                      b.ints("axes", [2, 3])], "window_valid")
+        else:
+            (out,) = b.node("Slice", [padded], "window_valid", starts=[h - 1, w - 1], ends=[_INT_MAX, _INT_MAX],
+                            axes=[2, 3])
+        return out
 
     def _as_nchw(self, name: str, lay: Layout, b: _Builder) -> str:
         if lay == NCHW:

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import OnnxFcnError
+from .errors import OnnxFcnError, ResourceError
 from .io import needs_external_data, save_model
 
 Progress = Callable[[int, int], None]
@@ -38,9 +38,15 @@ def resolve_providers(provider: str) -> list[str]:
     return ["cpu", "cuda"]
 
 
-def make_session(model: onnx.ModelProto | str, provider: str = "cpu") -> ort.InferenceSession:
+def make_session(model: onnx.ModelProto | str, provider: str = "cpu",
+                 pin: dict[str, int] | None = None) -> ort.InferenceSession:
+    """A session on ``provider``. ``pin`` fixes named free dims: at the reference size the
+    converted model then gets the same kernels as the original (with symbolic H and W,
+    onnxruntime picks other grouped-convolution kernels, whose rounding differs)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # failures surface as exceptions; no console noise
+    for dim, value in (pin or {}).items():
+        opts.add_free_dimension_override_by_name(dim, value)
     if provider == "cuda":
         # TF32 would make CUDA convolutions differ from fp32 by ~1e-3: off for strict checks.
         providers: list[Any] = [("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]
@@ -61,9 +67,24 @@ def node_from_error(exc: Exception) -> str | None:
     return m.group(1) if m else None
 
 
-def first_line(exc: Exception) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+_OOM_MARKS = ("failed to allocate memory", "bad_alloc", "out of memory", "cudaerrormemoryallocation",
+              "cuda_error_out_of_memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or any(m in str(exc).lower() for m in _OOM_MARKS)
+
+
+def resource_error(exc: BaseException, where: str) -> ResourceError | None:
+    """A ResourceError when ``exc`` is an allocation failure: never to be reported as a mismatch."""
+    if not is_out_of_memory(exc):
+        return None
+    return ResourceError(f"out of memory at {where}: {first_line(exc)}")
 
 
 def run_batched(sess: ort.InferenceSession, input_name: str, x: np.ndarray, chunk: int | None = None,
@@ -83,8 +104,8 @@ def run_batched(sess: ort.InferenceSession, input_name: str, x: np.ndarray, chun
             outs = sess.run(None, {input_name: x[k:k + n], **(extra or {})})
             # A baked batch of 1 can also run silently and return one sample (dynamo's as_strided).
             ok = all(o.ndim and o.shape[0] == n for o in outs)
-        except Exception:  # onnxruntime raises several types
-            if size == 1:
+        except Exception as exc:  # onnxruntime raises several types
+            if size == 1 or is_out_of_memory(exc):
                 raise
             ok = False
         if not ok:

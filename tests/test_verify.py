@@ -81,9 +81,12 @@ def broken_softmax_axis() -> tuple[onnx.ModelProto, onnx.ModelProto]:
 
 
 def broken_pool_off_by_one() -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """A 5x5 window pool (padded to match) where the map is 6x6: a consistent, loadable mistake."""
     original = gap_softmax()
     conv, _ = onnxfcn.convert(original)
-    _set_attr(_node(conv, "AveragePool"), "kernel_shape", [5, 5])  # the map is 6x6
+    pool = _node(conv, "AveragePool")
+    _set_attr(pool, "kernel_shape", [5, 5])
+    _set_attr(pool, "pads", [4, 4, 0, 0])
     return original, conv
 
 
@@ -94,6 +97,12 @@ def broken_only_at_reference() -> tuple[onnx.ModelProto, onnx.ModelProto]:
     pool = _node(conv, "AveragePool")
     pool.op_type = "GlobalAveragePool"
     del pool.attribute[:]
+    cut = next(n for n in conv.graph.node if n.op_type == "Slice" and n.input[0] == pool.output[0])
+    for n in conv.graph.node:
+        for k, i in enumerate(n.input):
+            if i == cut.output[0]:
+                n.input[k] = pool.output[0]
+    conv.graph.node.remove(cut)
     return original, conv
 
 
@@ -109,6 +118,7 @@ BROKEN = {
 @pytest.mark.parametrize("kind", sorted(BROKEN))
 def test_broken_conversion_is_caught(kind: str, tmp_path: Path) -> None:
     original, broken = BROKEN[kind]()
+    onnx.checker.check_model(broken)  # each is a valid model that computes the wrong thing
     report = onnxfcn.verify(original, broken)
     assert not report, f"{kind} passed verify"
     assert not report.passed
@@ -120,6 +130,108 @@ def test_broken_conversion_is_caught(kind: str, tmp_path: Path) -> None:
 def test_broken_catalogue_all_caught() -> None:
     caught = sum(not onnxfcn.verify(*make()) for make in BROKEN.values())
     assert caught == len(BROKEN) == 5
+
+
+# ---- converted models that lie: verify trusts nothing in them ------------------------------------
+def two_outputs() -> onnx.ModelProto:
+    """logits and probs, so that outputs can go missing, be renamed or be swapped."""
+    b = Builder(13)
+    y = gemm(b, b.node("Flatten", [trunk(b)], axis=1), 8 * 6 * 6, 5)
+    return b.model(image_shape(), [y, b.node("Softmax", [y], axis=1)], out_names=["logits", "probs"])
+
+
+def _output_names(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
+    """Rename graph outputs (and the tensors behind them) by ``mapping``; swaps allowed."""
+    tmp = {old: f"__tmp_{old}" for old in mapping}
+    for step in (tmp, {f"__tmp_{old}": new for old, new in mapping.items()}):
+        for n in model.graph.node:
+            n.output[:] = [step.get(o, o) for o in n.output]
+            n.input[:] = [step.get(i, i) for i in n.input]
+        for o in model.graph.output:
+            o.name = step.get(o.name, o.name)
+
+
+def _meta(model: onnx.ModelProto, key: str, value: str) -> None:
+    for p in model.metadata_props:
+        if p.key == f"onnxfcn.{key}":
+            p.value = value
+
+
+def lie_missing_output(conv: onnx.ModelProto) -> None:
+    conv.graph.output.remove(next(o for o in conv.graph.output if o.name == "probs"))
+
+
+def lie_renamed_output(conv: onnx.ModelProto) -> None:
+    _output_names(conv, {"probs": "probabilities"})
+
+
+def lie_swapped_outputs(conv: onnx.ModelProto) -> None:
+    _output_names(conv, {"probs": "logits", "logits": "probs"})
+
+
+def lie_feature_producer_deleted(conv: onnx.ModelProto) -> None:
+    feature = next(p.value for p in conv.metadata_props if p.key == "onnxfcn.features")
+    conv.graph.node.remove(next(n for n in conv.graph.node if feature in n.output))
+
+
+def lie_feature_name_dangling(conv: onnx.ModelProto) -> None:
+    _meta(conv, "features", "no_such_tensor")
+
+
+def lie_window_metadata(conv: onnx.ModelProto) -> None:
+    _meta(conv, "stride", "4,4")
+
+
+def lie_feature_is_another_tensor(conv: onnx.ModelProto) -> None:
+    """The metadata points the feature check at the first convolution's output, not the map."""
+    _meta(conv, "features", _node(conv, "Conv", 0).output[0])
+
+
+LIES = {f.__name__[len("lie_"):]: f for f in (
+    lie_missing_output, lie_renamed_output, lie_swapped_outputs, lie_feature_producer_deleted,
+    lie_feature_name_dangling, lie_window_metadata, lie_feature_is_another_tensor)}
+
+
+@pytest.mark.parametrize("kind", sorted(LIES))
+def test_lying_conversion_fails(kind: str, tmp_path: Path) -> None:
+    original = two_outputs()
+    conv, _ = onnxfcn.convert(original)
+    LIES[kind](conv)
+    o, c = _save(tmp_path, original, "o.onnx"), _save(tmp_path, conv, "c.onnx")
+    res = runner.invoke(app, ["verify", str(o), str(c)])
+    assert res.exit_code in (1, 2), res.output
+    assert "error:" in res.output or res.output.strip().splitlines()[-1].startswith("FAILED"), res.output
+
+
+def test_outputs_are_matched_by_name_not_position(tmp_path: Path) -> None:
+    """Reordering the graph's output list changes nothing a pipeline sees: verify passes."""
+    original = two_outputs()
+    conv, _ = onnxfcn.convert(original)
+    outs = list(conv.graph.output)
+    del conv.graph.output[:]
+    conv.graph.output.extend(reversed(outs))
+    assert onnxfcn.verify(original, conv)
+
+
+def test_dense_mode_says_skipped_not_ok(tmp_path: Path) -> None:
+    original = gap_softmax(padded=True)
+    converted, _ = onnxfcn.convert(original, mode="dense")
+    o, c = _save(tmp_path, original, "o.onnx"), _save(tmp_path, converted, "c.onnx")
+    res = runner.invoke(app, ["verify", str(o), str(c)])
+    assert res.exit_code == 0, res.output
+    assert "[reference] skipped: not applicable in dense mode" in res.output
+    assert "[sliding] skipped: not applicable in dense mode" in res.output
+    assert "[feature] exact" in res.output
+
+
+def test_out_of_memory_is_a_resource_error_not_a_mismatch(tmp_path: Path) -> None:
+    """A size whose input alone cannot be allocated: exit 2 and 'out of memory', never FAILED."""
+    original = flatten_gemm()
+    converted, _ = onnxfcn.convert(original)
+    o, c = _save(tmp_path, original, "o.onnx"), _save(tmp_path, converted, "c.onnx")
+    res = runner.invoke(app, ["verify", str(o), str(c), "--size", "3000000x3000000"])
+    assert res.exit_code == 2, res.output
+    assert "out of memory at 3000000x3000000" in res.output and "FAILED" not in res.output
 
 
 # ---- correct conversions ------------------------------------------------------------------------
@@ -198,7 +310,7 @@ def test_json_report_schema(tmp_path: Path) -> None:
     assert set(data) == {"passed", "reason", "exact", "providers", "seconds", "checks"}
     assert data["passed"] is True and data["providers"] == ["cpu"]
     check = data["checks"][1]
-    assert set(check) == {"name", "passed", "exact", "note", "details", "outputs"}
+    assert set(check) == {"name", "passed", "skipped", "exact", "note", "details", "outputs"}
     assert {"max_abs", "mean_abs", "max_rel", "mean_rel", "needed_rtol", "top1", "error_map",
             "interior_max_abs", "border_max_abs"} <= set(check["outputs"][0])
 
