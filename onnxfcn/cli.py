@@ -114,7 +114,8 @@ def print_conversion(report: Any, out_path: Path | None) -> None:
                f"  (e.g. {geo.window[0] + 2 * geo.stride[0]}x{geo.window[1] + 2 * geo.stride[1]} -> "
                f"{'x'.join(str(c) for c in geo.grid(geo.window[0] + 2 * geo.stride[0], geo.window[1] + 2 * geo.stride[1]))})")
     mh, mw = geo.min_size()
-    typer.echo(f"min    input at least {mh}x{mw}; smaller inputs give no cell")
+    typer.echo(f"min    input at least {mh}x{mw}; smaller inputs fit no window: onnxruntime raises an error "
+               "(never a crash)")
     if geo.exact:
         typer.echo("exact  yes: each cell equals the original classifier on its crop (no padding inside a window)")
     else:
@@ -386,6 +387,8 @@ def _print_inspect(report: Any) -> None:
         if "grid_at" in g:
             typer.echo(f"       input {g['grid_at']['input'][0]}x{g['grid_at']['input'][1]} -> "
                        f"{g['grid_at']['cells'][0]}x{g['grid_at']['cells'][1]} cells")
+            if "note" in g["grid_at"]:
+                typer.echo(f"       {g['grid_at']['note']}")
         typer.echo("exact  " + ("yes" if g["exact"] else "no: " + "; ".join(g["reasons"][:3])))
     typer.echo("\n" + ("convertible" if report.convertible else
                        "already fully convolutional" if report.already_convolutional else "NOT convertible"))

@@ -84,15 +84,26 @@ class Geometry:
             return f"floor(({sym} - {lo}) / {s}) + 1"
         return f"cells({sym}) (irregular; {sym}={self.window[axis]} gives {self._cells(axis, self.window[axis])})"
 
+    def below_min(self) -> str:
+        """What the converted model does on an input smaller than ``min_size``."""
+        mh, mw = self.min_size()
+        return (f"inputs under {mh}x{mw} fit no window: onnxruntime raises a runtime error (the window pool "
+                "is emitted so that it never divides by zero; no size crashes the process)")
+
     def summary(self, height: int | None = None, width: int | None = None) -> dict[str, object]:
         d: dict[str, object] = {
             "window": list(self.window), "stride": list(self.stride), "offset": list(self.offset),
             "receptive_field": list(self.receptive_field), "feature_window": list(self.feature_window),
             "mode": self.mode, "exact": self.exact, "reasons": list(self.reasons),
             "grid_formula": [self.formula(0), self.formula(1)], "min_size": list(self.min_size()),
+            "below_min": self.below_min(),
         }
         if height and width:
-            d["grid_at"] = {"input": [height, width], "cells": list(self.grid(height, width))}
+            cells = [max(c, 0) for c in self.grid(height, width)]
+            grid_at: dict[str, object] = {"input": [height, width], "cells": cells}
+            if min(cells) == 0:
+                grid_at["note"] = self.below_min()
+            d["grid_at"] = grid_at
         return d
 
 

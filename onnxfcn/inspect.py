@@ -9,7 +9,6 @@ from typing import Any
 import onnx
 
 from .errors import AlreadyConvolutionalError, OnnxFcnError
-from .geometry import compute_geometry
 from .graph import node_label
 from .io import load_model
 
@@ -40,10 +39,8 @@ class InspectReport:
 def inspect(model_or_path: str | os.PathLike[str] | onnx.ModelProto, *, mode: str = "window",
             input_name: str | None = None, size: tuple[int, int] | None = None,
             at: tuple[int, int] | None = None) -> InspectReport:
-    """Analyse the model as ``convert`` would; ``at`` gives an input size for the grid example."""
-    from .convert import prepare
-    from .rewrite import plan_head_rewrite
-    from .trunk import plan_trunk_rewrite
+    """Plan the conversion exactly as ``convert`` does, and stop; ``at``: an input size for the grid."""
+    from .convert import plan_conversion, prepare
 
     model, _ = load_model(model_or_path)
     report = InspectReport(mode=mode)
@@ -65,13 +62,13 @@ def inspect(model_or_path: str | os.PathLike[str] | onnx.ModelProto, *, mode: st
             "nodes": [f"{n.op_type} {node_label(n)}" for n in head.nodes],
         })
     try:
-        plan = plan_head_rewrite(analysis, mode)
-        trunk_plan = plan_trunk_rewrite(analysis)
-        geo = compute_geometry(analysis, plan.features, plan.windows[0], mode)
+        planned = plan_conversion(model, mode=mode, input_name=input_name, size=size)
     except OnnxFcnError as exc:
         report.blockers.append({"node": exc.node, "reason": exc.reason})
         return report
-    report.changes = [c.__dict__ for c in plan.changes] + [c.__dict__ for c in trunk_plan.changes]
+    geo = planned.geometry
+    report.mode = planned.mode
+    report.changes = [c.__dict__ for c in planned.plan.changes] + [c.__dict__ for c in planned.trunk.changes]
     h, w = at or (img.height + 2 * geo.stride[0], img.width + 2 * geo.stride[1])
     report.geometry = geo.summary(h, w)
     return report

@@ -274,6 +274,20 @@ class Subject:
     def image(self) -> ImageInput:
         return self.analysis.image
 
+    def check_feature_shape(self, fmap: np.ndarray, size: tuple[int, int]) -> None:
+        """The converted tensor named as the feature map must have its shape at this input size."""
+        lay = self.analysis.layout(self.feature)
+        ref = self.analysis.index.static_shape(self.feature)
+        assert ref is not None
+        want = [fmap.shape[self.conv_to_orig[lay[0]]], int(ref[lay[1]]),
+                self.geo._size_h(size[0]), self.geo._size_w(size[1])]
+        conv_axes = [self.conv_to_orig[lay[c]] for c in range(4)]
+        got = [fmap.shape[a] if a < fmap.ndim else None for a in conv_axes]
+        if fmap.ndim != 4 or got != want:
+            raise InvalidConversionError(
+                f"metadata onnxfcn.features names '{self.conv_feature}', whose shape {list(fmap.shape)} at input "
+                f"{size[0]}x{size[1]} is not the feature map's (N, C, H, W = {want})")
+
     def exact_head(self, fmap: np.ndarray, outputs: list[str], errors: np.ndarray | None = None) -> dict[str, Bounded]:
         """The original head in float64 on feature windows laid out as the converted tensor."""
         assert self.evaluator is not None
@@ -385,6 +399,7 @@ def reference_check(subject: Subject, original: ort.InferenceSession, converted:
                            f"converted model fails at the reference size: {first_line(exc)}")
     got_by_name = dict(zip([o.name for o in converted.get_outputs()], got))
     fmap = got_by_name[subject.conv_feature]
+    subject.check_feature_shape(fmap, (h, w))
     heads = head_outputs(subject.analysis)
     exact = _exact_or_none(subject, fmap, heads, details)
     cmps = []
@@ -445,7 +460,7 @@ def self_check(original: onnx.ModelProto | str, converted: onnx.ModelProto, subj
         conv_sess = _session(probe, "cpu", "the converted model", reference_pins(image, converted))
         del probe
         pinned = _CachedOriginal(want)
-        check = reference_check(subject, pinned, conv_sess, x, None, None)  # type: ignore[arg-type]
+        check = reference_check(subject, pinned, conv_sess, x, None, None)
         del conv_sess
         for cmp in check.outputs:
             if not cmp.passed:
@@ -820,6 +835,7 @@ def _sliding_and_feature(ctx: _Context, provider: str, orig_sess: ort.InferenceS
         cmp = OutputComparison(subject.out_names[0], inf, inf, inf, inf, 0.0, inf, None, None, False, note=note)
         return [CheckResult("sliding" + tag, False, geo.exact, [cmp], {"size": [h, w]}, note),
                 CheckResult("feature" + tag, False, True, [cmp], {"size": [h, w]}, note)]
+    subject.check_feature_shape(fmap, (h, w))
     checks: list[CheckResult] = []
     # 2. sliding windows: crops that lie fully inside the image
     sh, sw = geo.stride
