@@ -54,6 +54,9 @@ TOLERANCES: dict[str, tuple[float, float]] = {
 # that round differently. Each feature value may differ by this many ulps of the sample's largest
 # feature (measured: 0 to 3 on this suite's padding-free models); the head carries it to the logits.
 TRUNK_ULPS = 64.0
+# Reported, never failed: a converted output this many times further from the exact head than the
+# original's own float output (both within the bound) is flagged in the note.
+SUSPECT_FACTOR = 16.0
 
 
 # ---- comparison ---------------------------------------------------------------------------
@@ -175,6 +178,10 @@ def compare_bounded(name: str, got: np.ndarray, exact: Bounded, original: np.nda
     if vacuous:
         cmp.note = (f"{vacuous} of {exact.value.size} values not judged: their rounding bound is infinite "
                     "(errors upstream too large for the bound to say anything)")
+    if (cmp.passed and original is not None and cmp.original_ratio and cmp.ratio > SUSPECT_FACTOR * cmp.original_ratio
+            and cmp.ratio > 1e-3):
+        cmp.note = (f"within the rounding bound, but {cmp.ratio / cmp.original_ratio:.0f}x further from the exact head "
+                    "than the original's own float output: worth a look")
     if cmp.ratio <= 1.0 and cmp.original_ratio is not None and cmp.original_ratio > 1.0:
         cmp.note = (f"the original's own output is {cmp.original_ratio:.3g}x the rounding bound away from its exact "
                     "head on the converted model's feature map: the converted trunk computes other features")

@@ -56,6 +56,20 @@ def cells_vs_crops(original: onnx.ModelProto, converted: onnx.ModelProto, x: np.
     return np.stack(cells), np.stack(crops)
 
 
+@pytest.fixture(scope="session")
+def tier_table() -> Any:
+    """Rows of the realistic-scale tiers (error and bound per model); written as JSON to the file
+    ONNXFCN_TIER_JSON names, if set, at the end of the session (numbers for a closing note)."""
+    import json
+    import os
+
+    rows: list[dict[str, Any]] = []
+    yield rows
+    target = os.environ.get("ONNXFCN_TIER_JSON")
+    if target and rows:
+        Path(target).write_text(json.dumps(rows, indent=1))
+
+
 @pytest.fixture
 def tmp_model(tmp_path: Path):
     def save(model: onnx.ModelProto, name: str = "model.onnx") -> Path:

@@ -9,8 +9,6 @@ are reported: all of these networks pad, so cells match crops only approximately
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +33,6 @@ CASES = [(a, e, o) for a in ISSUE2 + ISSUE4 for e, o in EXPORTS]
 @pytest.fixture(scope="session")
 def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("torchvision_exports")
-
-
-@pytest.fixture(scope="session")
-def tier_table() -> Any:
-    """Collects each model's numbers; written to ONNXFCN_TIER_JSON (if set) at the end of the session."""
-    rows: list[dict[str, Any]] = []
-    yield rows
-    target = os.environ.get("ONNXFCN_TIER_JSON")
-    if target and rows:
-        Path(target).write_text(json.dumps(rows, indent=1))
 
 
 def ratio(check: Any) -> float:

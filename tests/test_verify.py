@@ -350,7 +350,7 @@ def test_cuda_provider_verifies_and_compares_with_cpu() -> None:
     converted, _ = onnxfcn.convert(original)
     result = onnxfcn.verify(original, converted, provider="auto")
     assert result, result.reason
-    assert result.provider == ["cpu", "cuda"]
+    assert result.providers == ["cpu", "cuda"]
     assert any(c.name.startswith("providers") and c.passed for c in result.checks)
 
 
