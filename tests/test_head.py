@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import onnx
 import pytest
 from builders import Builder, flatten_gemm, gemm, image_shape, trunk
@@ -64,3 +67,35 @@ def test_no_image_input() -> None:
                                    [onnx.helper.make_tensor_value_info("y", 1, [2, 5])])
     with pytest.raises(UnsupportedModelError, match="no image input"):
         find_image_input(onnx.helper.make_model(graph))
+
+
+@pytest.mark.parametrize("fmt", ["QOperator", "QDQ"])
+def test_quantized_head_is_refused_not_called_convolutional(fmt: str, tmp_path: Path) -> None:
+    """onnxruntime's quantizer on a global-pool head: refused (exit 2) naming the quantized node,
+    never 'already fully convolutional' (exit 3): its output is N x K, not a map."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from typer.testing import CliRunner
+
+    from onnxfcn.cli import app
+
+    b = Builder(13)
+    y = b.node("GlobalAveragePool", [trunk(b)])
+    y = gemm(b, b.node("Flatten", [y], axis=1), 8, 5)
+    src = tmp_path / "f.onnx"
+    onnx.save(b.model(image_shape(), [y], out_names=["logits"]), src)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.data = iter([{"image": np.random.default_rng(i).standard_normal((1, 3, 18, 18)).astype(np.float32)}
+                              for i in range(4)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.data, None)
+
+    out = tmp_path / f"q_{fmt}.onnx"
+    quantize_static(str(src), str(out), Reader(), quant_format=getattr(QuantFormat, fmt), reduce_range=True)
+    res = CliRunner().invoke(app, ["convert", str(out), "-o", str(tmp_path / "fcn.onnx")])
+    assert res.exit_code == 2, res.output
+    expected = "QLinearGlobalAveragePool" if fmt == "QOperator" else "QuantizeLinear"
+    assert expected in res.output and "already" not in res.output
+    assert not (tmp_path / "fcn.onnx").exists()

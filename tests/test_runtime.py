@@ -28,3 +28,24 @@ def test_provider_names() -> None:
     assert resolve_providers("auto")[0] == "cpu"
     with pytest.raises(OnnxFcnError, match="cpu, cuda or auto"):
         resolve_providers("tpu")
+
+
+def test_onnxruntime_allocation_failure_is_a_resource_error() -> None:
+    """A real onnxruntime allocation failure (a 64 TiB ConstantOfShape): out of memory, never a mismatch."""
+    import onnx
+    from onnx import helper
+
+    from onnxfcn.errors import ResourceError
+    from onnxfcn.runtime import is_out_of_memory, make_session
+    from onnxfcn.verify import _run
+
+    graph = helper.make_graph([helper.make_node("ConstantOfShape", ["s"], ["y"])], "g",
+                              [helper.make_tensor_value_info("s", onnx.TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    sess = make_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    feeds = {"s": np.array([1 << 42], np.int64)}
+    with pytest.raises(Exception) as raw:
+        sess.run(None, feeds)
+    assert is_out_of_memory(raw.value)
+    with pytest.raises(ResourceError, match="out of memory at 9x9"):
+        _run(sess, feeds, "9x9")
