@@ -7,8 +7,10 @@ Exit codes: 0 success; 1 a numerical mismatch (verify, or convert's self-check);
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,6 +38,50 @@ MODE_HELP = (
     "cell is scored on its own (a class activation map, with a finer grid). Heads that flatten "
     "without pooling always work as 'window'."
 )
+
+
+class Mode(str, enum.Enum):
+    window = "window"
+    dense = "dense"
+
+
+class Provider(str, enum.Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"
+
+
+Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Log what the library does; tracebacks for bugs.")]
+
+EXITS = {
+    "convert": "0 converted; 1 the self-check (or --verify) found a wrong result; 2 bad input, unsupported node, "
+               "bad option or out of memory; 3 already fully convolutional or already converted. Nothing is "
+               "written unless the exit code is 0.",
+    "verify": "0 every check passed; 1 a check failed (a value beyond its rounding bound, an output missing or "
+              "renamed, a model onnxruntime cannot load); 2 bad input, metadata that disagrees with the original, "
+              "bad option or out of memory.",
+    "inspect": "0 convertible; 2 not convertible (the blockers are listed) or bad input; 3 already fully "
+               "convolutional.",
+}
+
+
+def _epilog(command: str, examples: list[str]) -> str:
+    # "\b" keeps click from re-wrapping the lines that follow it.
+    lines = ["\b", "Examples:", *[f"  {e}" for e in examples], "", "\b", "Exit codes:"]
+    words = EXITS[command].split()
+    line = " "
+    for w in words:
+        if len(line) + len(w) > 76:
+            lines.append(line)
+            line = " "
+        line += " " + w
+    return "\n".join([*lines, line])
+
+
+def _set_verbose(verbose: bool) -> None:
+    if verbose:
+        _STATE["verbose"] = True
+        logging.getLogger().setLevel(logging.INFO)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -66,14 +112,18 @@ def _errors() -> Iterator[None]:
               EXIT_BAD_INPUT)
 
 
-def _size(text: str) -> tuple[int, int]:
+def _size(text: str, option: str = "--size") -> tuple[int, int]:
+    """'384x320', '384,320' or '384' (square)."""
+    parts = text.strip().lower().replace("×", "x").replace(",", "x").split("x")
     try:
-        h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
+        values = [int(v) for v in parts]
     except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected HxW, e.g. 384x384") from None
-    if h <= 0 or w <= 0:
-        raise typer.BadParameter(f"{text!r}: sizes must be positive")
-    return h, w
+        raise OnnxFcnError(f"{option} {text!r}: expected HxW (e.g. 384x320), or one number for a square") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) <= 0:
+        raise OnnxFcnError(f"{option} {text!r}: expected two positive sizes HxW, e.g. 384x320")
+    return values[0], values[1]
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> str:
@@ -174,10 +224,28 @@ def describe_output(o: Any) -> str:
             f"would pass with rtol >= {o.needed_rtol:.3g}")
 
 
+def _strict(o: Any) -> Any:
+    """Strict JSON: infinities and NaN become null (the report's notes say why)."""
+    if isinstance(o, float) and not np.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _strict(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_strict(v) for v in o]
+    return o
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    return json.dumps(_strict(json.loads(json.dumps(data, default=_json_default))), indent=2, allow_nan=False)
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     from .io import write_text_atomic
 
-    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default))
+    try:
+        write_text_atomic(path, _dumps(data))
+    except OSError as exc:
+        raise OnnxFcnError(f"{path}: cannot write the JSON report: {exc.strerror or exc}") from None
 
 
 def _json_default(o: Any) -> Any:
@@ -205,29 +273,35 @@ def _progress() -> Callable[[int, int], None]:
     return update
 
 
-@app.command()
+@app.command(short_help="Rewrite the dense head into convolutions (writes MODEL.fcn.onnx).",
+             epilog=_epilog("convert", ["onnxfcn convert vgg16.onnx", "onnxfcn convert resnet50.onnx -o r50_fcn.onnx --mode dense",
+                                        "onnxfcn convert model.onnx --size 224x224 --verify --json report.json"]))
 def convert(
-    model: Annotated[Path, typer.Argument(help="The classifier to convert (.onnx).")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Where to write the result [default: MODEL.fcn.onnx].")] = None,
-    mode: Annotated[str, typer.Option(help=MODE_HELP)] = "window",
-    input_name: Annotated[Optional[str], typer.Option("--input", help="The image input, if there are several.")] = None,
-    size: Annotated[Optional[str], typer.Option(help="Reference size HxW, for models whose input size is dynamic.")] = None,
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="The classifier to convert (.onnx).", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="FILE", help="Where to write the result [default: MODEL.fcn.onnx].")] = None,
+    mode: Annotated[Mode, typer.Option(case_sensitive=False, help=MODE_HELP)] = Mode.window,
+    input_name: Annotated[Optional[str], typer.Option("--input", metavar="NAME", help="The image input, if there are several.")] = None,
+    size: Annotated[Optional[str], typer.Option(metavar="HxW", help="Reference size, for models whose input size is dynamic.")] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Run the full verify checks after converting.")] = False,
     self_check: Annotated[bool, typer.Option(help="Run the result on onnxruntime before writing it.")] = True,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON to this file.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", metavar="FILE", help="Write the report as JSON to this file.")] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only errors.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Rewrite the dense head into convolutions so the model runs on larger images."""
     from .convert import convert as do_convert
-    from .io import save_model
+    from .io import check_output_path, save_model
 
-    if mode not in ("window", "dense"):
-        _fail(f"--mode must be window or dense, not {mode!r}", EXIT_BAD_INPUT)
+    _set_verbose(verbose)
     out = output or model.with_name(model.name.removesuffix(".onnx") + ".fcn.onnx")
     if out.resolve() == model.resolve():
         _fail("output path is the input path; the input is never overwritten", EXIT_BAD_INPUT)
     with _errors():
-        new, report = do_convert(model, mode=mode, input_name=input_name, size=_size(size) if size else None,
+        # Every output path is checked before any work is done.
+        check_output_path(out)
+        if json_path is not None:
+            check_output_path(json_path, what="JSON")
+        new, report = do_convert(model, mode=mode.value, input_name=input_name, size=_size(size) if size else None,
                                  self_check=self_check)
         vreport = None
         if verify:
@@ -238,12 +312,14 @@ def convert(
             if not quiet:
                 print_verify(vreport)
             _fail(f"verify failed, nothing written: {vreport.reason}", EXIT_MISMATCH)
-        save_model(new, out, external_data=True if report.external_data else None)
+        save_model(new, out, external_data=True if report.external_data else None,
+                   protect={Path(f) for f in report.input_files})
     if json_path is not None:
         data = report.to_dict() | {"output": str(out)}
         if vreport is not None:
             data["verify"] = vreport.to_dict()
-        _write_json(json_path, data)
+        with _errors():
+            _write_json(json_path, data)
     if not quiet:
         print_conversion(report, out)
         if vreport is not None:
@@ -251,28 +327,35 @@ def convert(
             print_verify(vreport)
 
 
-@app.command()
+@app.command(short_help="Prove a converted model against the original (exit 0 passed, 1 mismatch).",
+             epilog=_epilog("verify", ["onnxfcn verify vgg16.onnx vgg16.fcn.onnx",
+                                       "onnxfcn verify r50.onnx r50.fcn.onnx --size 384x384 --positions all --json v.json",
+                                       "onnxfcn verify m.onnx m.fcn.onnx --image cat.jpg --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225"]))
 def verify(
-    original: Annotated[Path, typer.Argument(help="The original classifier.")],
-    converted: Annotated[Path, typer.Argument(help="The model onnxfcn convert wrote.")],
-    size: Annotated[Optional[list[str]], typer.Option(help="Larger input size HxW to check; repeatable. Default: a size giving at least 3x4 windows.")] = None,
-    batch: Annotated[int, typer.Option(min=1, help="Batch size of the random inputs.")] = 2,
-    positions: Annotated[str, typer.Option(help="'all', or how many cells to check (corners, edges, centre, then random).")] = "16",
+    original: Annotated[Path, typer.Argument(metavar="ORIGINAL", help="The original classifier.", show_default=False)],
+    converted: Annotated[Path, typer.Argument(metavar="CONVERTED", help="The model onnxfcn convert wrote.", show_default=False)],
+    size: Annotated[Optional[list[str]], typer.Option(metavar="HxW", help="Larger input size to check; repeatable. Default: a size giving at least 3x4 windows.")] = None,
+    batch: Annotated[int, typer.Option(min=1, max=4096, help="Batch size of the random inputs.")] = 2,
+    positions: Annotated[str, typer.Option(metavar="all|N", help="'all', or how many cells to check (corners, edges, centre, then random).")] = "16",
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
-    npy: Annotated[Optional[Path], typer.Option("--npy", help="Your own input: a .npy array, N x C x H x W (or NHWC for NHWC models).")] = None,
-    image: Annotated[Optional[Path], typer.Option(help="Your own input image (needs Pillow); see --mean/--std/--scale.")] = None,
-    mean: Annotated[Optional[str], typer.Option(help="Per-channel mean, e.g. 0.485,0.456,0.406 (after --scale).")] = None,
-    std: Annotated[Optional[str], typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")] = None,
-    scale: Annotated[float, typer.Option(help="Multiply pixel values (0..255) by this first.")] = 1 / 255,
-    provider: Annotated[str, typer.Option(help="cpu, cuda, or auto (CUDA when present; then CPU vs CUDA is compared too).")] = "cpu",
-    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance [default per dtype; fp32 1e-7].")] = None,
-    rtol: Annotated[Optional[float], typer.Option(help="Tolerance relative to max|reference| [default per dtype; fp32 1e-5, fp16 1e-2].")] = None,
+    npy: Annotated[Optional[Path], typer.Option("--npy", metavar="FILE", help="Your own input: a .npy array, N x C x H x W (or NHWC for NHWC models).")] = None,
+    image: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Your own input image (needs Pillow); see --mean/--std/--scale.")] = None,
+    mean: Annotated[Optional[str], typer.Option(metavar="M[,M,M]", help="Per-channel mean, e.g. 0.485,0.456,0.406 (after --scale).")] = None,
+    std: Annotated[Optional[str], typer.Option(metavar="S[,S,S]", help="Per-channel std, e.g. 0.229,0.224,0.225.")] = None,
+    scale: Annotated[float, typer.Option(help="Multiply pixel values (0..255) by this first.", show_default="1/255")] = 1 / 255,
+    provider: Annotated[Provider, typer.Option(case_sensitive=False, help="cpu, cuda, or auto (CUDA when present; each provider is checked, and CUDA is compared with CPU).")] = Provider.cpu,
+    atol: Annotated[Optional[float], typer.Option(help="Replace the rounding bound by atol + rtol * max|reference|.")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Replace the rounding bound by atol + rtol * max|reference|.")] = None,
     strict: Annotated[bool, typer.Option(help="Fail on sliding-window differences even when the model is only approximately exact.")] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON to this file.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", metavar="FILE", help="Write the report as JSON to this file.")] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only the final line.")] = False,
+    verbose: Verbose = False,
 ) -> None:
-    """Prove a converted model against the original on onnxruntime (exit 0 passed, 1 mismatch, 2 bad input)."""
+    """Prove a converted model against the original on onnxruntime."""
+    from .io import check_output_path
     from .verify import verify as do_verify
+
+    _set_verbose(verbose)
 
     pos: int | str
     if positions == "all":
@@ -285,12 +368,14 @@ def verify(
         if pos < 1:
             _fail("--positions must be at least 1", EXIT_BAD_INPUT)
     with _errors():
+        if json_path is not None:
+            check_output_path(json_path, what="JSON")
         arr = _load_input(npy, image, mean, std, scale, original)
         report = do_verify(original, converted, sizes=[_size(s) for s in size] if size else None, batch=batch,
-                           inputs=arr, positions=pos, seed=seed, provider=provider, rtol=rtol, atol=atol,
+                           inputs=arr, positions=pos, seed=seed, provider=provider.value, rtol=rtol, atol=atol,
                            strict=strict, progress=None if quiet else _progress())
-    if json_path is not None:
-        _write_json(json_path, report.to_dict())
+        if json_path is not None:
+            _write_json(json_path, report.to_dict())
     if quiet:
         typer.echo(("PASSED" if report.passed else "FAILED") + f": {report.reason}")
     else:
@@ -346,23 +431,27 @@ def _load_input(npy: Path | None, image: Path | None, mean: str | None, std: str
     return arr if img_in.layout == "NHWC" else arr.transpose(0, 3, 1, 2).copy()
 
 
-@app.command()
+@app.command(short_help="Dry run: the head, the planned changes, blockers and geometry.",
+             epilog=_epilog("inspect", ["onnxfcn inspect resnet50.onnx", "onnxfcn inspect vgg16.onnx --at 384x512",
+                                        "onnxfcn inspect model.onnx --size 224 --json"]))
 def inspect(
-    model: Annotated[Path, typer.Argument(help="The classifier to look at (.onnx).")],
-    mode: Annotated[str, typer.Option(help=MODE_HELP)] = "window",
-    input_name: Annotated[Optional[str], typer.Option("--input", help="The image input, if there are several.")] = None,
-    size: Annotated[Optional[str], typer.Option(help="Reference size HxW, for models whose input size is dynamic.")] = None,
-    at: Annotated[Optional[str], typer.Option(help="An input size HxW to compute the output grid for.")] = None,
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="The classifier to look at (.onnx).", show_default=False)],
+    mode: Annotated[Mode, typer.Option(case_sensitive=False, help=MODE_HELP)] = Mode.window,
+    input_name: Annotated[Optional[str], typer.Option("--input", metavar="NAME", help="The image input, if there are several.")] = None,
+    size: Annotated[Optional[str], typer.Option(metavar="HxW", help="Reference size, for models whose input size is dynamic.")] = None,
+    at: Annotated[Optional[str], typer.Option(metavar="HxW", help="An input size to compute the output grid for.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Dry run: the head found, what convert would change, blockers, and the geometry. Changes nothing."""
     from .inspect import inspect as do_inspect
 
+    _set_verbose(verbose)
     with _errors():
-        report = do_inspect(model, mode=mode, input_name=input_name, size=_size(size) if size else None,
-                            at=_size(at) if at else None)
+        report = do_inspect(model, mode=mode.value, input_name=input_name, size=_size(size) if size else None,
+                            at=_size(at, "--at") if at else None)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2, default=_json_default))
+        typer.echo(_dumps(report.to_dict()))
     else:
         _print_inspect(report)
     if report.already_convolutional:
@@ -382,7 +471,11 @@ def _print_inspect(report: Any) -> None:
         typer.echo(f"blocker: {'node ' + repr(b['node']) + ': ' if b['node'] else ''}{b['reason']}")
     g = report.geometry
     if g:
-        typer.echo(f"\nwindow {g['window']}, stride {g['stride']}, offset {g['offset']}, receptive field {g['receptive_field']}")
+        def hw(v: list[int], sep: str = "x") -> str:
+            return f"{v[0]}{sep}{v[1]}"
+
+        typer.echo(f"\nwindow {hw(g['window'])}, stride {hw(g['stride'])}, offset {hw(g['offset'], ',')}, "
+                   f"receptive field {hw(g['receptive_field'])}")
         typer.echo(f"grid   out_height = {g['grid_formula'][0]}, out_width = {g['grid_formula'][1]}")
         if "grid_at" in g:
             typer.echo(f"       input {g['grid_at']['input'][0]}x{g['grid_at']['input'][1]} -> "
@@ -409,5 +502,11 @@ def _root(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    # SIGTERM unwinds like Ctrl-C, so that temporary files are removed on the way out.
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     app()

@@ -7,6 +7,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -16,7 +17,7 @@ from .errors import AlreadyConvolutionalError, OnnxFcnError, SelfCheckError
 from .geometry import Geometry, compute_geometry
 from .graph import GraphIndex, skeleton
 from .head import NCHW, Analysis, ImageInput, analyze, find_image_input
-from .io import load_model, model_nbytes
+from .io import dependency_files, load_model, model_nbytes
 from .rewrite import MODES, Change, Plan, apply, plan_head_rewrite
 from .shapes import make_dynamic
 from .trunk import TrunkPlan, plan_trunk_rewrite
@@ -63,6 +64,7 @@ class ConversionReport:
     seconds: float = 0.0
     self_check: list[dict[str, Any]] = field(default_factory=list)
     external_data: bool = False
+    input_files: list[str] = field(default_factory=list)  # what the input reads: never overwritten
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -180,6 +182,10 @@ def convert(
     """
     t0 = time.perf_counter()
     model, external = load_model(model_or_path)
+    input_files: list[str] = []
+    if not isinstance(model_or_path, onnx.ModelProto):
+        input_files = sorted(str(p) for p in (dependency_files(model_or_path) if external
+                                              else {Path(model_or_path).resolve()}))
     before = ModelStats.of(model)
     # The self-check runs the original too: from its file when there is one (no copy in memory).
     original: onnx.ModelProto | str = "" if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
@@ -208,6 +214,7 @@ def convert(
     report = ConversionReport(
         image=analysis.image, mode=mode, geometry=geo, changes=trunk.changes + plan.changes,
         features=sorted(set(plan.features)), before=before, after=ModelStats.of(model), external_data=external,
+        input_files=input_files,
     )
     if subject is not None:
         from .verify import self_check as run_self_check

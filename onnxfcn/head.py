@@ -128,6 +128,11 @@ def find_image_input(model: onnx.ModelProto, name: str | None = None,
     c = dims[3] if nhwc else dims[1]
     hw = (dims[1], dims[2]) if nhwc else (dims[2], dims[3])
     if size is not None:
+        fixed = tuple(d for d in hw if isinstance(d, int) and d > 0)
+        if len(fixed) == 2 and fixed != tuple(size):
+            raise UnsupportedModelError(
+                f"input '{vi.name}' is fixed at {fixed[0]}x{fixed[1]}; --size {size[0]}x{size[1]} is for inputs "
+                "whose height and width are dynamic")
         hw = size
     if not all(isinstance(d, int) and d > 0 for d in hw):
         raise UnsupportedModelError(

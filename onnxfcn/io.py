@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -32,23 +33,100 @@ def load_model(source: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.M
         model.CopyFrom(source)
         return model, has_external_data(model)
     path = Path(source)
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a directory, not an .onnx file")
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     try:
         model = onnx.load(str(path), load_external_data=False)
-        external = has_external_data(model)
-        if external:
-            load_external_data_for_model(model, str(path.parent))
-    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+    except (DecodeError, RuntimeError, ValueError, OSError, TypeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"{path}: not a readable ONNX model (truncated or another format): {first}") from exc
+    external = has_external_data(model)
+    if external:
+        check_external_data(model, path)
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"{path}: cannot read its external data: {str(exc).splitlines()[0]}") from exc
     if not model.graph.node:
         raise ModelLoadError(f"{path}: not an ONNX model, or an empty one (no graph nodes)")
     return model, external
 
 
+def _all_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Initializers and tensors in node attributes (Constant nodes), subgraphs included."""
+    out: list[onnx.TensorProto] = []
+
+    def graph(g: onnx.GraphProto) -> None:
+        out.extend(g.initializer)
+        for n in g.node:
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    out.append(a.t)
+                elif a.type == onnx.AttributeProto.TENSORS:
+                    out.extend(a.tensors)
+                elif a.type == onnx.AttributeProto.GRAPH:
+                    graph(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for sg in a.graphs:
+                        graph(sg)
+
+    graph(model.graph)
+    return out
+
+
 def has_external_data(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model))
+
+
+def external_files(model: onnx.ModelProto, folder: Path) -> set[Path]:
+    """The files a model's external data lives in."""
+    files = set()
+    for t in _all_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = {e.key: e.value for e in t.external_data}.get("location")
+            if loc:
+                files.add((folder / loc).resolve())
+    return files
+
+
+def check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse external data outside the model's folder, behind links, or past the end of its file,
+    before onnx or onnxruntime reads anything."""
+    folder = path.resolve().parent
+    for t in _all_tensors(model):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        where = f"{path}: tensor '{t.name}' external data"
+        if not loc or os.path.isabs(loc) or ".." in Path(loc).parts:
+            raise ModelLoadError(f"{where}: location {loc!r} is not a file inside the model's folder")
+        file = folder / loc
+        if file.is_symlink() or any(p.is_symlink() for p in file.parents if folder in p.parents):
+            raise ModelLoadError(f"{where}: {loc!r} is a symbolic link; refused")
+        if not file.resolve().is_relative_to(folder) or not file.is_file():
+            raise ModelLoadError(f"{where}: {loc!r} is not a file inside the model's folder")
+        st = file.stat()
+        if st.st_nlink > 1:
+            raise ModelLoadError(f"{where}: {loc!r} has {st.st_nlink} hard links; refused")
+        try:
+            offset = int(info.get("offset", "0"))
+            length = int(info["length"]) if "length" in info else st.st_size - offset
+        except ValueError:
+            raise ModelLoadError(f"{where}: offset or length is not an integer") from None
+        if offset < 0 or length < 0 or offset + length > st.st_size:
+            raise ModelLoadError(f"{where}: bytes {offset}..{offset + length} lie past the end of {loc!r} "
+                                 f"({st.st_size} bytes)")
+        if t.data_type and length != tensor_nbytes_of(t):
+            raise ModelLoadError(f"{where}: {length} bytes for a tensor of {tensor_nbytes_of(t)} bytes")
+
+
+def tensor_nbytes_of(t: onnx.TensorProto) -> int:
+    from .graph import tensor_nbytes
+
+    return tensor_nbytes(t)
 
 
 def model_nbytes(model: onnx.ModelProto) -> int:
@@ -66,29 +144,69 @@ def needs_external_data(model: onnx.ModelProto) -> bool:
     return has_external_data(model) or model_nbytes(model) > _PROTO_LIMIT - 2**24
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bool | None = None) -> list[Path]:
-    """Write ``model`` to ``path`` atomically; returns the files written.
-
-    With external data (forced, or needed because the model is over 2 GB, or because it came
-    with external data) the weights go to ``<name>.data`` next to the model.
-    """
+def check_output_path(path: str | os.PathLike[str], protect: set[Path] | None = None, what: str = "output") -> Path:
+    """Fail before any work if ``path`` cannot be written, or is a file the input depends on."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise ModelLoadError(f"{folder}: output folder does not exist")
+        raise ModelLoadError(f"{folder}: {what} folder does not exist")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: {what} path is a directory")
+    if not os.access(folder, os.W_OK):
+        raise ModelLoadError(f"{folder}: {what} folder is not writable")
+    if len(path.name.encode()) > 255:
+        raise ModelLoadError(f"{path.name[:40]}...: {what} file name is longer than 255 bytes")
+    if path.exists() and protect and path.resolve() in protect:
+        raise ModelLoadError(f"{path}: the input depends on this file; the input is never overwritten")
+    return path
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _data_name(path: Path, protect: set[Path]) -> str:
+    """A data file name next to ``path`` that no existing file has: ``NAME.data``, else ``NAME.N.data``."""
+    folder = path.parent
+    candidates = [f"{path.name}.data"] + [f"{path.name}.{k}.data" for k in range(1, 1000)]
+    for name in candidates:
+        target = (folder / name)
+        if not target.exists() and target.resolve() not in protect:
+            return name
+    raise ModelLoadError(f"{folder}: no free name for the data file of {path.name}")
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], external_data: bool | None = None,
+               protect: set[Path] | None = None) -> list[Path]:
+    """Write ``model`` to ``path`` atomically; returns the files written.
+
+    With external data (forced, or needed because the model is over 2 GB, or because it came with
+    external data) the weights go to a data file next to the model. The pair is switched in one
+    step: the data goes to a name no existing file has (``NAME.data``, or ``NAME.1.data`` while
+    the previous ``NAME.data`` is still in use), the model is renamed into place last, and only
+    then is the previous model's data file removed. A failure at any point leaves the previous
+    pair whole. ``protect``: files the input depends on, never written or removed.
+    """
+    protect = {p.resolve() for p in (protect or set())}
+    path = check_output_path(path, protect)
+    folder = path.parent if str(path.parent) else Path(".")
     use_external = needs_external_data(model) if external_data is None else external_data
-    data_name = path.name + ".data"
-    tmp_model = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    tmp_model.close()
+    mode = _umask_mode()
+    fd, tmp_model = tempfile.mkstemp(dir=folder, prefix=".onnxfcn-", suffix=".tmp")
+    os.close(fd)
     written: list[Path] = []
-    tmp_data: Path | None = None
+    new_data: Path | None = None
+    old_data = _previous_data_files(path) - protect
     try:
         if use_external:
+            data_name = _data_name(path, protect)
             had_location = {t.name for t in model.graph.initializer if t.HasField("data_location")}
             # The location stored in the model must be the final data file name. Save into a
-            # private temporary folder, then move both files into place, data first.
-            with tempfile.TemporaryDirectory(dir=folder, prefix=f".{path.name}.") as tmpdir:
-                staged = Path(tmpdir) / path.name
+            # private temporary folder, then move the data (to its fresh name) and the model.
+            with tempfile.TemporaryDirectory(dir=folder, prefix=".onnxfcn-") as tmpdir:
+                staged = Path(tmpdir) / "model.onnx"
                 onnx.save_model(
                     model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data_name, size_threshold=1024,
@@ -99,31 +217,64 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], external_da
                 for t in model.graph.initializer:
                     if t.name not in had_location:
                         t.ClearField("data_location")
-                tmp_data = Path(tmpdir) / data_name
-                os.replace(tmp_data, folder / data_name)
-                written.append(folder / data_name)
-                tmp_data = folder / data_name
-                os.replace(staged, tmp_model.name)
+                        del t.external_data[:]
+                staged_data = Path(tmpdir) / data_name
+                if staged_data.exists():  # no file at all when every tensor is under the threshold
+                    os.chmod(staged_data, mode)
+                    new_data = folder / data_name
+                    os.replace(staged_data, new_data)
+                    written.append(new_data)
+                os.replace(staged, tmp_model)
         else:
-            onnx.save_model(model, tmp_model.name)
-        os.replace(tmp_model.name, path)
+            onnx.save_model(model, tmp_model)
+        os.chmod(tmp_model, mode)
+        os.replace(tmp_model, path)
         written.insert(0, path)
-        return written
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp_model.name)
-        if tmp_data is not None and path not in written:
+            os.unlink(tmp_model)
+        if new_data is not None:
             with contextlib.suppress(OSError):
-                os.unlink(tmp_data)
+                os.unlink(new_data)
         raise
+    for old in old_data:  # the previous model's data file, now that nothing refers to it
+        if new_data is None or old != new_data.resolve():
+            with contextlib.suppress(OSError):
+                old.unlink()
+    return written
+
+
+def _previous_data_files(path: Path) -> set[Path]:
+    """Data files the model now at ``path`` (if any) keeps its weights in, inside its folder."""
+    if not path.is_file():
+        return set()
+    try:
+        old = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a model we can read: leave every file alone
+        return set()
+    folder = path.resolve().parent
+    ours = re.compile(re.escape(path.name) + r"(\.\d+)?\.data")  # only files named as save_model names them
+    return {f for f in external_files(old, folder)
+            if f.parent == folder and ours.fullmatch(f.name) and f.is_file() and not f.is_symlink()}
+
+
+def dependency_files(path: str | os.PathLike[str]) -> set[Path]:
+    """The model file and the external data files it reads."""
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # unreadable: load_model reports it
+        return {path.resolve()}
+    return {path.resolve()} | external_files(model, path.resolve().parent)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=".onnxfcn-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -681,8 +681,6 @@ def apply(model: onnx.ModelProto, analysis: Analysis, plan: Plan,
     ``extra_*`` carry the trunk plan, keyed like ``plan`` by the analysed graph's node objects.
     """
     g = model.graph
-    index = analysis.index
-    live_before = _live_nodes(g)
     replacements = dict(extra_replacements or {}) | plan.replacements
     new_nodes: list[onnx.NodeProto] = []
     for node in g.node:
@@ -702,15 +700,14 @@ def apply(model: onnx.ModelProto, analysis: Analysis, plan: Plan,
         t.dims.extend(dims)
     g.initializer.extend(plan.initializers)
     g.initializer.extend(extra_initializers)
-    # Drop what the rewrite made dead (the view subgraph, flattens), but nothing that was dead before.
-    live_after = _live_nodes(g)
-    dead_now = {n for n in live_before if n not in live_after}
-    keep = [n for n in g.node if _node_key(n) not in dead_now]
+    # Nothing dead stays: the nodes and weights the rewrite replaced (the view subgraph, flattens,
+    # a MatMul's weight transposed into a Conv weight) would double a file and make onnxruntime warn.
+    live = _live_nodes(g)
+    keep = [n for n in g.node if _node_key(n) in live]
     del g.node[:]
     g.node.extend(keep)
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    was_used = {i for n in index.graph.node for i in n.input}
-    drop = {t.name for t in g.initializer if t.name not in used and t.name in was_used}
+    used = {i for n in g.node for i in _inputs_with_subgraphs(n)} | {o.name for o in g.output}
+    drop = {t.name for t in g.initializer if t.name not in used}
     if drop:
         kept = [t for t in g.initializer if t.name not in drop]
         del g.initializer[:]
@@ -726,15 +723,15 @@ def _node_key(n: onnx.NodeProto) -> tuple[str, tuple[str, ...]]:
     return (n.op_type, tuple(n.output))
 
 
+def _inputs_with_subgraphs(n: onnx.NodeProto) -> list[str]:
+    """A node's inputs and the outer tensors its subgraphs (If/Loop bodies) read."""
+    inner = [i for a in n.attribute if a.type == onnx.AttributeProto.GRAPH for sn in a.g.node for i in sn.input]
+    return [*n.input, *inner]
+
+
 def _live_nodes(g: onnx.GraphProto) -> set[tuple[str, tuple[str, ...]]]:
     producer = {o: n for n in g.node for o in n.output if o}
-
-    def inputs_of(n: onnx.NodeProto) -> list[str]:
-        # Subgraphs (If/Loop bodies) read outer tensors too.
-        inner = [i for a in n.attribute if a.type == onnx.AttributeProto.GRAPH for sn in a.g.node for i in sn.input]
-        return [*n.input, *inner]
-
-    reached = walk_back([o.name for o in g.output], producer, inputs_of=inputs_of)
+    reached = walk_back([o.name for o in g.output], producer, inputs_of=_inputs_with_subgraphs)
     return {_node_key(producer[t]) for t in reached if t in producer}
 
 

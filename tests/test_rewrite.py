@@ -417,3 +417,40 @@ def test_dense_mode_on_a_flatten_head_slides_windows() -> None:
     converted, report = onnxfcn.convert(flatten_gemm(), mode="dense")
     assert report.mode == "window" and report.geometry.exact
     assert {p.key: p.value for p in converted.metadata_props}["onnxfcn.mode"] == "window"
+
+
+def _dead(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """Nodes that reach no output, and initializers no node reads."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output if o}
+    live: set[str] = set()
+    stack = [o.name for o in g.output]
+    while stack:
+        t = stack.pop()
+        if t in live:
+            continue
+        live.add(t)
+        if t in producer:
+            stack.extend(i for i in producer[t].input if i)
+    dead_nodes = [n.name for n in g.node if not any(o in live for o in n.output)]
+    used = {i for n in g.node for i in n.input}
+    return dead_nodes, [t.name for t in g.initializer if t.name not in used]
+
+
+@pytest.mark.parametrize("pattern", sorted(PATTERNS))
+def test_no_dead_weights_and_no_bloat(pattern: str) -> None:
+    """Nothing the rewrite replaced stays behind, and the file grows by at most 1 % + 64 KB."""
+    original = PATTERNS[pattern]()
+    converted, _ = onnxfcn.convert(original, self_check=False)
+    assert _dead(converted) == ([], [])
+    assert converted.ByteSize() <= 1.01 * original.ByteSize() + 64 * 1024
+
+
+def test_matmul_head_does_not_double_the_file() -> None:
+    """A MatMul weight is stored transposed for the Conv: the original copy must go (it doubled files)."""
+    b = Builder(13)
+    y = b.node("MatMul", [b.node("Flatten", [trunk(b)], axis=1), b.weight("w", (D, 512))])
+    original = b.model(image_shape(), [y])
+    converted, _ = onnxfcn.convert(original)
+    assert converted.ByteSize() <= 1.01 * original.ByteSize() + 64 * 1024
+    assert _dead(converted) == ([], [])
