@@ -286,6 +286,7 @@ def convert(
     self_check: Annotated[bool, typer.Option(help="Run the result on onnxruntime before writing it.")] = True,
     json_path: Annotated[Optional[Path], typer.Option("--json", metavar="FILE", help="Write the report as JSON to this file.")] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only errors.")] = False,
+    max_memory: Annotated[Optional[str], typer.Option(metavar="SIZE", help="Memory the self-check may take, e.g. 16G [default: what is available now].")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Rewrite the dense head into convolutions so the model runs on larger images."""
@@ -301,8 +302,10 @@ def convert(
         check_output_path(out)
         if json_path is not None:
             check_output_path(json_path, what="JSON")
+        from .runtime import parse_bytes
+
         new, report = do_convert(model, mode=mode.value, input_name=input_name, size=_size(size) if size else None,
-                                 self_check=self_check)
+                                 self_check=self_check, max_memory=parse_bytes(max_memory) if max_memory else None)
         vreport = None
         if verify:
             from .verify import verify as do_verify
@@ -349,10 +352,12 @@ def verify(
     strict: Annotated[bool, typer.Option(help="Fail on sliding-window differences even when the model is only approximately exact.")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", metavar="FILE", help="Write the report as JSON to this file.")] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only the final line.")] = False,
+    max_memory: Annotated[Optional[str], typer.Option(metavar="SIZE", help="Memory a run may take, e.g. 16G [default: what is available now]. Larger requests are refused up front.")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Prove a converted model against the original on onnxruntime."""
     from .io import check_output_path
+    from .runtime import parse_bytes
     from .verify import verify as do_verify
 
     _set_verbose(verbose)
@@ -373,7 +378,8 @@ def verify(
         arr = _load_input(npy, image, mean, std, scale, original)
         report = do_verify(original, converted, sizes=[_size(s) for s in size] if size else None, batch=batch,
                            inputs=arr, positions=pos, seed=seed, provider=provider.value, rtol=rtol, atol=atol,
-                           strict=strict, progress=None if quiet else _progress())
+                           strict=strict, progress=None if quiet else _progress(),
+                           max_memory=parse_bytes(max_memory) if max_memory else None)
         if json_path is not None:
             _write_json(json_path, report.to_dict())
     if quiet:

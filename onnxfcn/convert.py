@@ -172,13 +172,16 @@ def convert(
     size: tuple[int, int] | None = None,
     self_check: bool = True,
     seed: int = 0,
+    max_memory: int | None = None,
 ) -> tuple[onnx.ModelProto, ConversionReport]:
     """Rewrite a classifier's dense head into convolutions; return the new model and a report.
 
     ``mode="window"`` (default) makes each output cell the classifier applied to one
     reference-size window; ``mode="dense"`` drops a global pool so each feature cell is scored
     on its own. The input model is never modified. With ``self_check`` the result is run on
-    onnxruntime at the reference size (compared with the original) and at two larger sizes.
+    onnxruntime at the reference size (compared with the original) and at two larger sizes; a
+    self-check whose estimated memory exceeds what is available (or ``max_memory`` bytes) is
+    refused before it runs.
     """
     t0 = time.perf_counter()
     model, external = load_model(model_or_path)
@@ -219,7 +222,7 @@ def convert(
     if subject is not None:
         from .verify import self_check as run_self_check
 
-        report.self_check = run_self_check(original, model, subject, seed=seed)
+        report.self_check = run_self_check(original, model, subject, seed=seed, max_memory=max_memory)
     report.seconds = time.perf_counter() - t0
     log.info("converted in %.2fs: %d changes", report.seconds, len(plan.changes))
     return model, report

@@ -24,6 +24,8 @@ _SKELETON_KEEP_BYTES = 4096
 # A computed constant is folded to an initializer only if it is not much larger than what it is
 # computed from; otherwise (ConstantOfShape weights in the light zoo graphs) it stays computed.
 _FOLD_SLACK_BYTES = 1024
+# The shape probe feeds zeros of the declared input size; above this it is skipped.
+_PROBE_LIMIT_BYTES = 256 * 2**20
 _RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
@@ -134,6 +136,9 @@ class GraphIndex:
         inputs = [vi for vi in self.graph.input if vi.name not in self.initializers]
         if any(vi.name not in input_shapes for vi in inputs):
             return
+        nbytes = sum(int(np.prod(input_shapes[vi.name])) * 4 for vi in inputs)
+        if nbytes > _PROBE_LIMIT_BYTES:  # a huge declared input: leave the shapes unknown, allocate nothing
+            return
         probe = onnx.ModelProto()
         probe.CopyFrom(self.model)
         del probe.graph.output[:]
@@ -162,8 +167,10 @@ class GraphIndex:
             target = self.shape_value(node.input[1]) if src is not None else None
             if src is None or target is None:
                 continue
-            dims = [int(src[k]) if int(v) == 0 and not attr(node, "allowzero", 0) else int(v)
-                    for k, v in enumerate(np.asarray(target).reshape(-1))]
+            values = [int(v) for v in np.asarray(target).reshape(-1)]
+            if any(v == 0 for v in values[len(src):]) or any(v < -1 for v in values) or values.count(-1) > 1:
+                continue  # not a valid target for this input: shape inference or the runtime says why
+            dims = [int(src[k]) if v == 0 and not attr(node, "allowzero", 0) else v for k, v in enumerate(values)]
             if dims.count(-1) == 1:
                 known = int(np.prod([d for d in dims if d != -1]))
                 dims[dims.index(-1)] = int(np.prod(src)) // max(known, 1)

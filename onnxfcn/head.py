@@ -143,7 +143,10 @@ def find_image_input(model: onnx.ModelProto, name: str | None = None,
     return ImageInput(vi.name, layout, dims[0], c, int(hw[0]), int(hw[1]))  # type: ignore[arg-type]
 
 
-def _transpose_layout(layout: Layout, perm: list[int]) -> Layout:
+def _transpose_layout(layout: Layout, perm: list[int], node: onnx.NodeProto | None = None) -> Layout:
+    if sorted(perm) != list(range(len(perm))) or len(perm) != 4:
+        raise UnsupportedModelError(f"Transpose perm {perm} is not a permutation of the 4 axes",
+                                    node_label(node) if node is not None else None)
     return tuple(perm.index(p) for p in layout)  # type: ignore[return-value]
 
 
@@ -245,7 +248,7 @@ def analyze(model: onnx.ModelProto, image: ImageInput) -> Analysis:
                 if node.op_type == "Transpose" and first.state is State.SPATIAL:
                     perm = list(attr(node, "perm", []))
                     if perm:
-                        lay = _transpose_layout(lay, perm)
+                        lay = _transpose_layout(lay, perm, node)
                 elif node.op_type == "Reshape" and first.state is State.SPATIAL:
                     lay = _reshape_layout(index, node, lay)
                 out = TensorInfo(State.SPATIAL, lay)
@@ -257,7 +260,7 @@ def analyze(model: onnx.ModelProto, image: ImageInput) -> Analysis:
                 if node.op_type == "Transpose" and first.state is State.POOLED:
                     perm = list(attr(node, "perm", []))
                     if len(perm) == 4:
-                        lay = _transpose_layout(lay, perm)
+                        lay = _transpose_layout(lay, perm, node)
                 out = TensorInfo(State.POOLED, lay)
         for o in node.output:
             if o:

@@ -31,6 +31,9 @@ def load_model(source: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.M
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(source)
+        if not model.graph.node:
+            raise ModelLoadError("the model has no graph nodes")
+        validate_model(model, "the model")
         return model, has_external_data(model)
     path = Path(source)
     if path.is_dir():
@@ -51,7 +54,78 @@ def load_model(source: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.M
             raise ModelLoadError(f"{path}: cannot read its external data: {str(exc).splitlines()[0]}") from exc
     if not model.graph.node:
         raise ModelLoadError(f"{path}: not an ONNX model, or an empty one (no graph nodes)")
+    validate_model(model, str(path))
     return model, external
+
+
+_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
+def validate_model(model: onnx.ModelProto, label: str) -> None:
+    """Refuse a malformed model with one line before any analysis reads it: tensors of unknown
+    type or with data that does not fill their dims, and nodes that break their op's schema
+    (wrong attribute types, missing inputs), as onnx's checker sees them on the weightless graph."""
+    from .graph import skeleton
+
+    for t in _all_tensors(model):
+        where = f"{label}: tensor '{t.name}'"
+        if t.data_type not in onnx.TensorProto.DataType.values() or t.data_type == onnx.TensorProto.UNDEFINED:
+            raise ModelLoadError(f"{where} has unknown data type {t.data_type}")
+        if any(d < 0 for d in t.dims):
+            raise ModelLoadError(f"{where} has negative dims {list(t.dims)}")
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING:
+            continue
+        try:
+            np_type = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        except (KeyError, ValueError):
+            raise ModelLoadError(f"{where} has data type {t.data_type}, which numpy cannot hold") from None
+        n = 1
+        for d in t.dims:
+            n *= d
+        if t.HasField("raw_data"):
+            want = n * np_type.itemsize
+            if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+                want = (n + 1) // 2
+            if len(t.raw_data) != want:
+                raise ModelLoadError(f"{where}: {len(t.raw_data)} bytes of data for dims {list(t.dims)} "
+                                     f"({want} bytes)")
+        else:
+            have = sum(len(getattr(t, f)) for f in _TYPED_FIELDS)
+            per = 2 if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
+            if have and have != per * n:
+                raise ModelLoadError(f"{where}: {have} values for dims {list(t.dims)} ({per * n} values)")
+    if not model.graph.output:
+        raise ModelLoadError(f"{label}: the graph has no outputs")
+    g = model.graph
+    names = [x for n in g.node for x in (n.name, n.op_type, n.domain, *n.input, *n.output)]
+    names += [v.name for v in (*g.input, *g.output, *g.value_info)] + [t.name for t in g.initializer]
+    # protobuf hands back bytes, not str, for a string field that is not UTF-8
+    bad = next((x for x in names if not isinstance(x, str)), None)
+    if bad is not None:
+        raise ModelLoadError(f"{label}: a name in the graph is not UTF-8 text ({bytes(bad)[:40]!r})")
+    for vi in list(model.graph.input) + list(model.graph.output):
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
+        if any(d < 0 for d in dims):
+            raise ModelLoadError(f"{label}: graph {'input' if vi in model.graph.input else 'output'} '{vi.name}' "
+                                 f"has a negative dim")
+    for node in model.graph.node:
+        for a in node.attribute:
+            for raw in ([a.s] if a.type == onnx.AttributeProto.STRING else
+                        list(a.strings) if a.type == onnx.AttributeProto.STRINGS else []):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ModelLoadError(f"{label}: node '{node.name or node.op_type}': attribute '{a.name}' is "
+                                         "not UTF-8 text") from None
+    skel = skeleton(model, {}, keep_output_shapes=True)
+    for vi in (*skel.graph.input, *skel.graph.output):
+        if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
+            vi.type.tensor_type.shape.SetInParent()  # a missing shape is no reason to refuse a model
+    try:
+        onnx.checker.check_model(skel)
+    except Exception as exc:  # the checker raises several types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{label}: not a valid ONNX model: {first[:300]}") from None
 
 
 def _all_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:

@@ -38,6 +38,78 @@ def resolve_providers(provider: str) -> list[str]:
     return ["cpu", "cuda"]
 
 
+def available_memory() -> int:
+    """Bytes of memory available now (MemAvailable), or the physical size where that is unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 2**62
+
+
+def human_bytes(n: float) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def parse_bytes(text: str) -> int:
+    """'8G', '512M', '1.5GiB', '100000' -> bytes."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if scale > 1 else t)
+    except ValueError:
+        raise OnnxFcnError(f"--max-memory {text!r}: expected a size such as 8G or 512M") from None
+    if value <= 0:
+        raise OnnxFcnError(f"--max-memory {text!r}: must be positive")
+    return int(value * scale)
+
+
+def estimate_memory(model: onnx.ModelProto, input_name: str, shape: list[int]) -> int:
+    """Bytes a run at ``shape`` needs, roughly: the weights, the input and the two largest
+    activations (onnxruntime frees and reuses the others), from shape inference at that size."""
+    from onnx import helper, shape_inference
+
+    from .graph import skeleton, tensor_nbytes
+
+    weights = sum(tensor_nbytes(t) for t in model.graph.initializer)
+    elem = next((vi.type.tensor_type.elem_type for vi in model.graph.input if vi.name == input_name), 1)
+    itemsize = helper.tensor_dtype_to_np_dtype(elem).itemsize if elem else 4
+    input_bytes = int(np.prod(shape)) * itemsize
+    sizes = [input_bytes]
+    try:
+        inferred = shape_inference.infer_shapes(skeleton(model, {input_name: shape}), strict_mode=False)
+        for vi in inferred.graph.value_info:
+            dims = vi.type.tensor_type.shape.dim
+            if dims and all(d.HasField("dim_value") for d in dims) and vi.type.tensor_type.elem_type:
+                size = int(np.prod([d.dim_value for d in dims], dtype=np.float64))
+                sizes.append(size * helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).itemsize)
+    except Exception:  # no shapes to be had: the input alone, with the weights
+        pass
+    top = sorted(sizes)[-2:]
+    return weights + input_bytes + 2 * sum(top)
+
+
+def check_memory(model: onnx.ModelProto, input_name: str, shape: list[int], where: str,
+                 max_memory: int | None = None) -> None:
+    """Refuse, before running, a size and batch whose estimate exceeds the memory available."""
+    need = estimate_memory(model, input_name, shape)
+    limit = max_memory if max_memory is not None else available_memory()
+    if need > limit:
+        raise ResourceError(
+            f"{where} needs about {human_bytes(need)} (weights, input and the largest activations), more than "
+            f"the {human_bytes(limit)} {'allowed by --max-memory' if max_memory is not None else 'available'}; "
+            "use a smaller size or batch, or pass --max-memory to raise the limit")
+
+
 def make_session(model: onnx.ModelProto | str, provider: str = "cpu",
                  pin: dict[str, int] | None = None) -> ort.InferenceSession:
     """A session on ``provider``. ``pin`` fixes named free dims: at the reference size the

@@ -37,7 +37,16 @@ from .errors import AlreadyConvolutionalError, InvalidConversionError, OnnxFcnEr
 from .geometry import Geometry
 from .head import NCHW, Analysis, ImageInput, Layout
 from .io import load_model
-from .runtime import Progress, first_line, make_session, node_from_error, resolve_providers, resource_error, run_batched
+from .runtime import (
+    Progress,
+    check_memory,
+    first_line,
+    make_session,
+    node_from_error,
+    resolve_providers,
+    resource_error,
+    run_batched,
+)
 
 log = logging.getLogger(__name__)
 
@@ -451,11 +460,14 @@ def self_check_sizes(image: ImageInput, geo: Geometry) -> list[tuple[int, int]]:
 
 
 def self_check(original: onnx.ModelProto | str, converted: onnx.ModelProto, subject: Subject,
-               seed: int = 0, batch: int = 2) -> list[dict[str, Any]]:
+               seed: int = 0, batch: int = 2, max_memory: int | None = None) -> list[dict[str, Any]]:
     """convert's check: the reference size against the original (window mode), then two larger
     sizes, batch 2, for the output grid the geometry predicts. One session is alive at a time."""
     results: list[dict[str, Any]] = []
     image, geo = subject.image, subject.geo
+    h, w = self_check_sizes(image, geo)[-1]
+    check_memory(converted, image.name, image.shape_at(batch, max(h, image.height + geo.stride[0]), w),
+                 f"the self-check at {h}x{w}, batch {batch},", max_memory)
     dtype = _input_dtype(converted, image.name)
     feat_dtype = subject.analysis.index.dtypes.get(subject.feature) or onnx.TensorProto.FLOAT
     if subject.mode == "window":
@@ -558,6 +570,9 @@ def read_conversion(orig: onnx.ModelProto, conv: onnx.ModelProto) -> Subject:
 
     meta = read_metadata(conv)
     if not meta.get("mode"):
+        if read_metadata(orig).get("mode"):
+            raise InvalidConversionError("the first model is the converted one and the second has no onnxfcn "
+                                         "metadata: the two models look swapped (verify ORIGINAL CONVERTED)")
         raise InvalidConversionError("the second model has no onnxfcn metadata: is it a model converted by onnxfcn?")
     mode = meta["mode"]
     if mode not in ("window", "dense"):
@@ -649,8 +664,12 @@ def verify(
     atol: float | None = None,
     strict: bool = False,
     progress: Progress | None = None,
+    max_memory: int | None = None,
 ) -> VerifyReport:
-    """Prove ``converted`` against ``original``; the report is truthy when every check passed."""
+    """Prove ``converted`` against ``original``; the report is truthy when every check passed.
+
+    Sizes whose estimated memory exceeds what is available (or ``max_memory`` bytes) are refused
+    with :class:`ResourceError` before anything runs."""
     t0 = time.perf_counter()
     orig, _ = load_model(original)
     conv, _ = load_model(converted)
@@ -665,6 +684,9 @@ def verify(
         raise InvalidConversionError(f"the converted model has no input '{image.name}'")
     dtype = _input_dtype(conv, image.name)
     size_list = _sizes(image, geo, sizes, inputs)
+    for h, w in size_list:
+        check_memory(conv, image.name, image.shape_at(batch if inputs is None else len(inputs), h, w),
+                     f"verify at {h}x{w}, batch {batch if inputs is None else len(inputs)},", max_memory)
     x_big = None if inputs is None else np.asarray(inputs, dtype=dtype)
     checks: list[CheckResult] = []
     orig_src: onnx.ModelProto | str = orig if isinstance(original, onnx.ModelProto) else str(original)

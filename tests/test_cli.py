@@ -173,3 +173,109 @@ def test_dynamic_input_needs_size_then_converts(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     meta = {p.key: p.value for p in onnx.load(tmp_path / "o.onnx").metadata_props}
     assert meta["onnxfcn.window"] == "18,18"
+
+
+# ---- papercuts a new user hits ------------------------------------------------------------------
+@pytest.mark.parametrize(("size", "ok"), [("8x8", True), ("8,8", True), ("8", True), ("8X8", True),
+                                          ("8x8x8", False), ("eight", False), ("0x8", False)])
+def test_size_forms(size: str, ok: bool, tmp_path: Path) -> None:
+    """--size takes HxW, H,W or one number; anything else is one clear line, exit 2, never 'unexpected'."""
+    res = runner.invoke(app, ["inspect", str(DIGITS), "--size", size])
+    if ok:
+        assert res.exit_code == 0, res.output
+    else:
+        assert res.exit_code == 2 and "--size" in res.output and "unexpected" not in res.output
+        assert len(res.output.strip().splitlines()) == 1
+
+
+def test_size_on_a_fixed_input_says_so() -> None:
+    res = runner.invoke(app, ["convert", str(DIGITS), "--size", "16x16"])
+    assert res.exit_code == 2
+    assert "fixed at 8x8" in res.output and "dynamic" in res.output
+
+
+def test_directory_as_model(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["convert", str(tmp_path)])
+    assert res.exit_code == 2 and "is a directory" in res.output
+
+
+@pytest.mark.parametrize("command", ["convert", "verify", "inspect"])
+def test_help_has_choices_examples_exit_codes_and_verbose(command: str) -> None:
+    res = runner.invoke(app, [command, "--help"])
+    assert res.exit_code == 0
+    text = res.output
+    assert "Examples:" in text and "Exit codes:" in text and "-v, --verbose" in text
+    assert "<str>" not in text and "{model}" not in text and "0.00392156862745098" not in text
+    if command != "verify":
+        assert "<window|dense>" in text  # the choices are listed
+
+
+def test_root_help_does_not_cut_summaries() -> None:
+    res = runner.invoke(app, ["--help"])
+    commands = res.output.split("Commands:")[1]
+    assert "..." not in commands
+
+
+def test_json_folder_is_checked_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "fcn.onnx"
+    res = runner.invoke(app, ["convert", str(DIGITS), "-o", str(out), "--json", str(tmp_path / "no" / "r.json")])
+    assert res.exit_code == 2 and "JSON folder does not exist" in res.output
+    assert not out.exists()  # nothing written
+
+
+def test_strict_json_has_no_infinity(tmp_path: Path) -> None:
+    """A failed shape comparison has infinite errors: the JSON writes null, which strict parsers accept."""
+    from test_verify import BROKEN
+
+    original, broken = BROKEN["right_only_at_reference"]()
+    o, c = tmp_path / "o.onnx", tmp_path / "c.onnx"
+    onnx.save(original, o)
+    onnx.save(broken, c)
+    res = runner.invoke(app, ["verify", str(o), str(c), "--json", str(tmp_path / "v.json")])
+    assert res.exit_code == 1
+    text = (tmp_path / "v.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+
+
+def test_inspect_prints_geometry_like_convert() -> None:
+    res = runner.invoke(app, ["inspect", str(DIGITS)])
+    assert "window 8x8, stride 2x2, offset 0,0" in res.output
+
+
+def test_verbose_after_the_subcommand() -> None:
+    res = runner.invoke(app, ["inspect", str(DIGITS), "-v"])
+    assert res.exit_code == 0
+
+
+def test_swapped_models_are_pointed_out(tmp_path: Path) -> None:
+    out = tmp_path / "d.onnx"
+    assert runner.invoke(app, ["convert", str(DIGITS), "-o", str(out), "-q"]).exit_code == 0
+    res = runner.invoke(app, ["verify", str(out), str(DIGITS)])
+    assert res.exit_code == 2 and "swapped" in res.output
+
+
+def test_oversized_requests_are_refused_up_front(tmp_path: Path) -> None:
+    out = tmp_path / "d.onnx"
+    assert runner.invoke(app, ["convert", str(DIGITS), "-o", str(out), "-q"]).exit_code == 0
+    res = runner.invoke(app, ["verify", str(DIGITS), str(out), "--size", "100000x100000"])
+    assert res.exit_code == 2 and "needs about" in res.output and "--max-memory" in res.output
+    res = runner.invoke(app, ["verify", str(DIGITS), str(out), "--size", "64x64", "--max-memory", "1M"])
+    assert res.exit_code == 2 and "allowed by --max-memory" in res.output
+    assert runner.invoke(app, ["verify", str(DIGITS), str(out), "--size", "16x16", "--max-memory", "2G"]).exit_code == 0
+
+
+def test_huge_declared_input_allocates_nothing_for_inspect(tmp_path: Path) -> None:
+    """A model that declares 1x3x100000x100000: inspect analyses it without feeding the shape probe
+    (447 GiB), and convert's self-check is refused with its estimate."""
+    from test_verify import gap_softmax
+
+    model = gap_softmax()
+    for k in (2, 3):
+        model.graph.input[0].type.tensor_type.shape.dim[k].dim_value = 100000
+    del model.graph.output[0].type.tensor_type.shape.dim[:]
+    src = tmp_path / "huge.onnx"
+    onnx.save(model, src)
+    assert runner.invoke(app, ["inspect", str(src)]).exit_code == 0
+    res = runner.invoke(app, ["convert", str(src), "-o", str(tmp_path / "o.onnx")])
+    assert res.exit_code == 2 and "self-check" in res.output and "needs about" in res.output

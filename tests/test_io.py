@@ -318,3 +318,26 @@ def test_sigkill_between_data_and_model_keeps_the_old_pair(tmp_path: Path) -> No
     w = numpy_helper.to_array(model.graph.initializer[0])
     assert {p.key: p.value for p in model.metadata_props}["version"] == "3"
     assert round(float(w.mean())) == 3  # the old weights, not the new model's
+
+
+def test_constant_node_with_external_data(tmp_path: Path) -> None:
+    """A dense weight held by a Constant node whose tensor lives in external data is read like an
+    initializer: the model converts and matches."""
+    from onnx import helper, numpy_helper
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    model = flatten_gemm()
+    w = next(t for t in model.graph.initializer if t.name.startswith("fcw"))
+    model.graph.initializer.remove(w)
+    model.graph.node.insert(0, helper.make_node("Constant", [], [w.name], value=numpy_helper.from_array(
+        numpy_helper.to_array(w), w.name)))
+    to_save = onnx.ModelProto()
+    to_save.CopyFrom(model)
+    convert_model_to_external_data(to_save, location="m.data", size_threshold=0, convert_attribute=True)
+    onnx.save_model(to_save, tmp_path / "m.onnx")
+    const = next(n for n in onnx.load(tmp_path / "m.onnx", load_external_data=False).graph.node if n.op_type == "Constant")
+    assert const.attribute[0].t.data_location == onnx.TensorProto.EXTERNAL
+    converted, report = onnxfcn.convert(tmp_path / "m.onnx")
+    assert report.external_data
+    x = rand([1, 3, 18, 18])
+    assert_close(run(converted, x)[0].reshape(1, -1), run(model, x)[0])
