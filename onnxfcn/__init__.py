@@ -7,8 +7,10 @@ __version__ = "0.1.0"
 from .convert import ConversionReport, convert
 from .errors import (
     AlreadyConvolutionalError,
+    InvalidConversionError,
     ModelLoadError,
     OnnxFcnError,
+    ResourceError,
     SelfCheckError,
     UnsupportedModelError,
 )
@@ -19,8 +21,10 @@ __all__ = [
     "AlreadyConvolutionalError",
     "ConversionReport",
     "InspectReport",
+    "InvalidConversionError",
     "ModelLoadError",
     "OnnxFcnError",
+    "ResourceError",
     "SelfCheckError",
     "UnsupportedModelError",
     "VerifyReport",
