@@ -144,8 +144,8 @@ def find_image_input(model: onnx.ModelProto, name: str | None = None,
 
 
 def _transpose_layout(layout: Layout, perm: list[int], node: onnx.NodeProto | None = None) -> Layout:
-    if sorted(perm) != list(range(len(perm))) or len(perm) != 4:
-        raise UnsupportedModelError(f"Transpose perm {perm} is not a permutation of the 4 axes",
+    if sorted(perm) != list(range(len(perm))) or max(layout) >= len(perm):
+        raise UnsupportedModelError(f"Transpose perm {perm} is not a permutation of the tensor's axes",
                                     node_label(node) if node is not None else None)
     return tuple(perm.index(p) for p in layout)  # type: ignore[return-value]
 
