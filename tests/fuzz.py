@@ -261,8 +261,10 @@ def mutate(data: bytes, rng: random.Random) -> tuple[bytes, list[str]]:
 
 
 # ---- one case -------------------------------------------------------------------------------------
-class _Timeout(Exception):
-    pass
+class _Timeout(BaseException):
+    """Not an Exception: the library's own handlers around onnxruntime must not swallow it.
+    The alarm fires between Python bytecodes, so a long onnxruntime call overruns the limit and is
+    reported as a hang when it returns."""
 
 
 def _alarm(signum: int, frame: Any) -> None:
@@ -325,6 +327,16 @@ def run_case(data: bytes, rng: random.Random, folder: Path, via_cli: bool) -> di
     return result
 
 
+def _peak_rss_mb() -> int:
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's high-water
+    mark across fork and exec, so a worker started by a large pytest process would report its size."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
 def worker(cases: int, seed: int, cli_every: int) -> None:
     """Runs in the capped subprocess; prints one JSON line per case."""
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
@@ -340,8 +352,7 @@ def worker(cases: int, seed: int, cli_every: int) -> None:
         data, mutations = mutate(bases[name], rng)
         with tempfile.TemporaryDirectory(prefix="onnxfcn-fuzz-") as tmp:
             res = run_case(data, rng, Path(tmp), via_cli=cli_every > 0 and k % cli_every == 0)
-        res.update({"case": k, "base": name, "mutations": mutations,
-                    "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024})
+        res.update({"case": k, "base": name, "mutations": mutations, "max_rss_mb": _peak_rss_mb()})
         print(json.dumps(res), flush=True)
 
 

@@ -229,9 +229,12 @@ def test_out_of_memory_is_a_resource_error_not_a_mismatch(tmp_path: Path) -> Non
     original = flatten_gemm()
     converted, _ = onnxfcn.convert(original)
     o, c = _save(tmp_path, original, "o.onnx"), _save(tmp_path, converted, "c.onnx")
-    res = runner.invoke(app, ["verify", str(o), str(c), "--size", "3000000x3000000"])
+    # --max-memory lifts the up-front estimate, so the allocation itself is tried and fails
+    res = runner.invoke(app, ["verify", str(o), str(c), "--size", "3000000x3000000", "--max-memory", "100000T"])
     assert res.exit_code == 2, res.output
     assert "out of memory at 3000000x3000000" in res.output and "FAILED" not in res.output
+    res = runner.invoke(app, ["verify", str(o), str(c), "--size", "3000000x3000000"])
+    assert res.exit_code == 2 and "needs about" in res.output  # without it, refused before anything runs
 
 
 # ---- correct conversions ------------------------------------------------------------------------
