@@ -398,14 +398,13 @@ def reference_pins(original_image: ImageInput, converted: onnx.ModelProto) -> di
     return pins
 
 
-def reference_check(subject: Subject, original: ort.InferenceSession, converted: ort.InferenceSession,
-                    x: np.ndarray, rtol: float | None, atol: float | None,
-                    error: type[OnnxFcnError] = SelfCheckError) -> CheckResult:
-    """The converted model (dims pinned to the reference size) against the original at it."""
+def reference_check(subject: Subject, want: list[np.ndarray], converted: ort.InferenceSession,
+                    x: np.ndarray, rtol: float | None, atol: float | None) -> CheckResult:
+    """The converted model (dims pinned to the reference size) on ``x`` against the original's
+    outputs ``want`` on it."""
     image = subject.image
     h, w = image.height, image.width
     details: dict[str, Any] = {"size": [h, w], "batch": int(x.shape[0])}
-    want = _batched(original, image.name, x, f"{h}x{w}")
     try:
         got = run_batched(converted, image.name, x)
     except Exception as exc:  # onnxruntime raises several types
@@ -479,8 +478,7 @@ def self_check(original: onnx.ModelProto | str, converted: onnx.ModelProto, subj
         probe = with_outputs(converted, [subject.conv_feature], feat_dtype)
         conv_sess = _session(probe, "cpu", "the converted model", reference_pins(image, converted))
         del probe
-        pinned = _CachedOriginal(want)
-        check = reference_check(subject, pinned, conv_sess, x, None, None)
+        check = reference_check(subject, want, conv_sess, x, None, None)
         del conv_sess
         for cmp in check.outputs:
             if not cmp.passed:
@@ -510,19 +508,6 @@ def self_check(original: onnx.ModelProto | str, converted: onnx.ModelProto, subj
             shapes[name] = list(y.shape)
         results.append({"size": [h, w], "batch": batch, "output_shapes": shapes})
     return results
-
-
-class _CachedOriginal:
-    """Stands in for the original's session with outputs computed before (one session at a time)."""
-
-    def __init__(self, outputs: list[np.ndarray]) -> None:
-        self.outputs = outputs
-
-    def get_inputs(self) -> list[Any]:
-        return []
-
-    def run(self, names: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.outputs
 
 
 # ---- verify ---------------------------------------------------------------------------------
@@ -702,12 +687,14 @@ def verify(
             try:
                 ref_sess = make_session(probe, p, reference_pins(image, conv))
             except Exception as exc:  # onnxruntime raises several types
-                if resource_error(exc, "loading the converted model"):
-                    raise resource_error(exc, "loading the converted model") from exc  # type: ignore[misc]
+                oom = resource_error(exc, "loading the converted model")
+                if oom is not None:
+                    raise oom from exc
                 checks.append(_load_failure(exc, tag))
                 break
             x = random_input(image, batch, image.height, image.width, seed, dtype)
-            check = reference_check(subject, orig_sess, ref_sess, x, rtol, atol, OnnxFcnError)
+            want = _batched(orig_sess, image.name, x, f"{image.height}x{image.width}")
+            check = reference_check(subject, want, ref_sess, x, rtol, atol)
             check.name += tag
             checks.append(check)
             del ref_sess
@@ -717,8 +704,9 @@ def verify(
         try:
             conv_sess = make_session(probe, p)
         except Exception as exc:  # onnxruntime raises several types
-            if resource_error(exc, "loading the converted model"):
-                raise resource_error(exc, "loading the converted model") from exc  # type: ignore[misc]
+            oom = resource_error(exc, "loading the converted model")
+            if oom is not None:
+                raise oom from exc
             checks.append(_load_failure(exc, tag))
             break
         for k, (h, w) in enumerate(size_list):
@@ -966,10 +954,6 @@ def _cell_check(ctx: _Context, name: str, ys: dict[str, np.ndarray], want: dict[
     return CheckResult(name, True, False, cmps, details, note if not ok else "matched within the bound")
 
 
-def _reorder(subject: Subject, outs: list[np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-    return dict(zip(names, outs))
-
-
 def _sliding_check(ctx: _Context, tag: str, ys: dict[str, np.ndarray], want: list[np.ndarray], fmap: np.ndarray,
                    cells: list[tuple[int, int]], batch: int, grid: tuple[int, int], size: tuple[int, int]) -> CheckResult:
     subject = ctx.subject
@@ -985,7 +969,7 @@ def _sliding_check(ctx: _Context, tag: str, ys: dict[str, np.ndarray], want: lis
         scale = np.abs(wins.astype(np.float64)).reshape(wins.shape[0], -1).max(axis=1)
         errs = np.broadcast_to((TRUNK_ULPS * u * scale).reshape(-1, *([1] * (wins.ndim - 1))), wins.shape)
         exact = _exact_or_none(subject, wins, head_outputs(subject.analysis), details, errs)
-    return _cell_check(ctx, "sliding" + tag, ys, _reorder(subject, want, subject.out_names), exact, cells, batch,
+    return _cell_check(ctx, "sliding" + tag, ys, dict(zip(subject.out_names, want)), exact, cells, batch,
                        grid, judged, details)
 
 
