@@ -16,7 +16,7 @@ from . import __version__
 from .errors import AlreadyConvolutionalError, OnnxFcnError, SelfCheckError
 from .geometry import Geometry, compute_geometry
 from .graph import GraphIndex, skeleton
-from .head import NCHW, Analysis, ImageInput, analyze, find_image_input
+from .head import Analysis, ImageInput, analyze, find_image_input
 from .io import dependency_files, load_model, model_nbytes
 from .rewrite import MODES, Change, Plan, apply, plan_head_rewrite
 from .shapes import make_dynamic
@@ -151,19 +151,6 @@ def plan_conversion(model: onnx.ModelProto, *, mode: str = "window", input_name:
     return Planned(analysis, plan, trunk, geo, mode)
 
 
-def check_subject(planned: Planned, model: onnx.ModelProto) -> Any:
-    """What the self-check needs, read from the original before the graph is rewritten in place."""
-    from .verify import Subject, _grid_axes, _perm_to, make_evaluator
-
-    analysis, plan = planned.analysis, planned.plan
-    evaluator, why = make_evaluator(analysis)
-    feature = plan.features[0]
-    layouts = {name: m.layout for name, m in plan.outputs.items()}
-    return Subject(analysis, planned.geometry, planned.mode, [o.name for o in model.graph.output],
-                   _grid_axes(analysis, layouts), feature, plan.sources[0], _perm_to(NCHW, analysis.layout(feature)),
-                   evaluator, why)
-
-
 def convert(
     model_or_path: str | os.PathLike[str] | onnx.ModelProto,
     *,
@@ -197,7 +184,11 @@ def convert(
         original.CopyFrom(model)
     planned = plan_conversion(model, mode=mode, input_name=input_name, size=size)
     analysis, plan, trunk, geo, mode = planned.analysis, planned.plan, planned.trunk, planned.geometry, planned.mode
-    subject = check_subject(planned, model) if self_check else None
+    subject = None
+    if self_check:
+        from .verify import subject_from_plan
+
+        subject = subject_from_plan(planned, [o.name for o in model.graph.output])
     apply(model, analysis, plan, trunk.replacements, trunk.initializers)
     ref_index = GraphIndex(model, {analysis.image.name: analysis.image.shape_at(1, analysis.image.height,
                                                                                   analysis.image.width)})

@@ -59,6 +59,14 @@ NCHW: Layout = (0, 1, 2, 3)
 NHWC: Layout = (0, 3, 1, 2)
 
 
+def perm_to(layout: Layout, target: Layout) -> list[int]:
+    """Transpose perm taking a tensor in ``layout`` to ``target`` (both as N,C,H,W positions)."""
+    perm = [0, 0, 0, 0]
+    for canon in range(4):
+        perm[target[canon]] = layout[canon]
+    return perm
+
+
 @dataclass
 class TensorInfo:
     state: State

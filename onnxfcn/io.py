@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 from onnx.external_data_helper import load_external_data_for_model
 
 from .errors import ModelLoadError
+from .graph import skeleton, tensor_nbytes
 
 # Protobuf cannot serialize a message of 2 GiB or more; such models must use external data.
 _PROTO_LIMIT = 2**31 - 1
@@ -65,8 +66,6 @@ def validate_model(model: onnx.ModelProto, label: str) -> None:
     """Refuse a malformed model with one line before any analysis reads it: tensors of unknown
     type or with data that does not fill their dims, and nodes that break their op's schema
     (wrong attribute types, missing inputs), as onnx's checker sees them on the weightless graph."""
-    from .graph import skeleton
-
     for t in _all_tensors(model):
         where = f"{label}: tensor '{t.name}'"
         if t.data_type not in onnx.TensorProto.DataType.values() or t.data_type == onnx.TensorProto.UNDEFINED:
@@ -193,20 +192,12 @@ def check_external_data(model: onnx.ModelProto, path: Path) -> None:
         if offset < 0 or length < 0 or offset + length > st.st_size:
             raise ModelLoadError(f"{where}: bytes {offset}..{offset + length} lie past the end of {loc!r} "
                                  f"({st.st_size} bytes)")
-        if t.data_type and length != tensor_nbytes_of(t):
-            raise ModelLoadError(f"{where}: {length} bytes for a tensor of {tensor_nbytes_of(t)} bytes")
-
-
-def tensor_nbytes_of(t: onnx.TensorProto) -> int:
-    from .graph import tensor_nbytes
-
-    return tensor_nbytes(t)
+        if t.data_type and length != tensor_nbytes(t):
+            raise ModelLoadError(f"{where}: {length} bytes for a tensor of {tensor_nbytes(t)} bytes")
 
 
 def model_nbytes(model: onnx.ModelProto) -> int:
     """Serialized size, estimated from dims: ByteSize() or reading raw_data copies every weight."""
-    from .graph import tensor_nbytes
-
     total = sum(n.ByteSize() for n in model.graph.node)
     for t in model.graph.initializer:
         if t.data_location != onnx.TensorProto.EXTERNAL:

@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 
 from .errors import UnsupportedModelError
 from .graph import GraphIndex, attr, node_label, walk_back
-from .head import NCHW, Analysis, Head, Layout, State, collapse_kind, flatten_order
+from .head import NCHW, Analysis, Head, Layout, State, collapse_kind, flatten_order, perm_to
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +102,6 @@ class _Builder:
         outs = list(outputs) if outputs is not None else [self.index.fresh(hint) for _ in range(n_out)]
         self.nodes.append(helper.make_node(op, list(inputs), outs, name=self.index.fresh(hint), **attrs))
         return outs
-
-
-def _perm_to(layout: Layout, target: Layout) -> list[int]:
-    """Transpose perm taking a tensor in ``layout`` to ``target`` (both as N,C,H,W positions)."""
-    perm = [0, 0, 0, 0]
-    for canon in range(4):
-        perm[target[canon]] = layout[canon]
-    return perm
 
 
 def _np_dtype(index: GraphIndex, name: str) -> np.dtype[Any]:
@@ -259,7 +251,7 @@ class HeadRewriter:
             self.mapped[node.output[0]] = Mapped(pooled, NCHW, None)
         else:
             if lay != NCHW:
-                (pooled,) = b.node("Transpose", [pooled], "to_layout", perm=_perm_to(NCHW, lay))
+                (pooled,) = b.node("Transpose", [pooled], "to_layout", perm=perm_to(NCHW, lay))
             self.mapped[node.output[0]] = Mapped(pooled, lay, None)
         return after
 
@@ -294,7 +286,7 @@ class HeadRewriter:
             info = self.a.info.get(src)
             if info is not None and info.layout == NCHW:
                 return src  # undo the exporter's NCHW->NHWC transpose instead of adding another
-        (out,) = b.node("Transpose", [name], "to_nchw", perm=_perm_to(lay, NCHW))
+        (out,) = b.node("Transpose", [name], "to_nchw", perm=perm_to(lay, NCHW))
         return out
 
     # dense layers
@@ -479,7 +471,7 @@ class HeadRewriter:
         """Run ``node`` with the feature axis moved last, then move it back."""
         assert m.layout is not None
         last: Layout = (0, 3, 1, 2)
-        (x,) = b.node("Transpose", [m.name], "to_last", perm=_perm_to(m.layout, last))
+        (x,) = b.node("Transpose", [m.name], "to_last", perm=perm_to(m.layout, last))
         new = onnx.NodeProto()
         new.CopyFrom(node)
         new.input[0] = x
@@ -494,7 +486,7 @@ class HeadRewriter:
         b.nodes.append(new)
         for mid, o in zip(mids, node.output):
             if o:
-                b.node("Transpose", [mid], "from_last", outputs=[o], perm=_perm_to(last, m.layout))
+                b.node("Transpose", [mid], "from_last", outputs=[o], perm=perm_to(last, m.layout))
                 self.mapped[o] = Mapped(o, m.layout, None)
 
     def _softmax(self, node: onnx.NodeProto, b: _Builder) -> str | None:
@@ -636,7 +628,7 @@ class HeadRewriter:
         assert m.layout is not None
         if m.layout == NCHW:
             return m.name
-        (x,) = b.node("Transpose", [m.name], "to_nchw", perm=_perm_to(m.layout, NCHW))
+        (x,) = b.node("Transpose", [m.name], "to_nchw", perm=perm_to(m.layout, NCHW))
         return x
 
     def _concat(self, node: onnx.NodeProto, b: _Builder) -> str | None:

@@ -35,7 +35,7 @@ import onnxruntime as ort
 from .bounds import Bounded, HeadEvaluator, NoBoundError, unit_roundoff
 from .errors import AlreadyConvolutionalError, InvalidConversionError, OnnxFcnError, ResourceError, SelfCheckError
 from .geometry import Geometry
-from .head import NCHW, Analysis, ImageInput, Layout
+from .head import NCHW, Analysis, ImageInput, Layout, perm_to
 from .io import load_model
 from .runtime import (
     Progress,
@@ -264,13 +264,6 @@ def _input_dtype(model: onnx.ModelProto, name: str) -> np.dtype[Any]:
     return np.dtype(np.float32)
 
 
-def _perm_to(layout: Layout, target: Layout) -> list[int]:
-    perm = [0, 0, 0, 0]
-    for canon in range(4):
-        perm[target[canon]] = layout[canon]
-    return perm
-
-
 # ---- what the checks share ------------------------------------------------------------------
 @dataclass
 class Subject:
@@ -311,6 +304,17 @@ class Subject:
         feats = np.transpose(fmap, self.conv_to_orig)
         errs = None if errors is None else {self.feature: np.transpose(errors, self.conv_to_orig)}
         return self.evaluator.run({self.feature: feats}, outputs, errs)
+
+
+def subject_from_plan(planned: Any, out_names: list[str]) -> Subject:
+    """convert's view of its own plan, read from the original before the graph is rewritten in place
+    (the evaluator copies the head's weights now)."""
+    analysis, plan = planned.analysis, planned.plan
+    evaluator, why = make_evaluator(analysis)
+    feature = plan.features[0]
+    layouts = {name: m.layout for name, m in plan.outputs.items()}
+    return Subject(analysis, planned.geometry, planned.mode, out_names, _grid_axes(analysis, layouts), feature,
+                   plan.sources[0], perm_to(NCHW, analysis.layout(feature)), evaluator, why)
 
 
 def head_outputs(analysis: Analysis) -> list[str]:
@@ -601,7 +605,7 @@ def read_conversion(orig: onnx.ModelProto, conv: onnx.ModelProto) -> Subject:
     evaluator, why = make_evaluator(analysis)
     layouts = {name: m.layout for name, m in plan.outputs.items()}
     return Subject(analysis, geo, mode, [o.name for o in orig.graph.output], _grid_axes(analysis, layouts), feature,
-                   conv_feature, _perm_to(conv_lay, lay), evaluator, why)
+                   conv_feature, perm_to(conv_lay, lay), evaluator, why)
 
 
 def _meta_offset(meta: dict[str, str]) -> tuple[int, int]:
@@ -684,13 +688,9 @@ def verify(
         orig_sess = _session(orig_src, p, "the original model", error=OnnxFcnError)
         # 1. reference size, dims pinned so that the trunk runs the original's kernels
         if mode == "window":
-            try:
-                ref_sess = make_session(probe, p, reference_pins(image, conv))
-            except Exception as exc:  # onnxruntime raises several types
-                oom = resource_error(exc, "loading the converted model")
-                if oom is not None:
-                    raise oom from exc
-                checks.append(_load_failure(exc, tag))
+            ref_sess, failure = _converted_session(probe, p, tag, reference_pins(image, conv))
+            if ref_sess is None:
+                checks.append(failure)
                 break
             x = random_input(image, batch, image.height, image.width, seed, dtype)
             want = _batched(orig_sess, image.name, x, f"{image.height}x{image.width}")
@@ -701,13 +701,9 @@ def verify(
         else:
             checks.append(_skipped("reference" + tag, "not applicable in dense mode: cells score single feature "
                                    "positions, not reference-size windows"))
-        try:
-            conv_sess = make_session(probe, p)
-        except Exception as exc:  # onnxruntime raises several types
-            oom = resource_error(exc, "loading the converted model")
-            if oom is not None:
-                raise oom from exc
-            checks.append(_load_failure(exc, tag))
+        conv_sess, failure = _converted_session(probe, p, tag)
+        if conv_sess is None:
+            checks.append(failure)
             break
         for k, (h, w) in enumerate(size_list):
             xb = x_big if x_big is not None else random_input(image, batch, h, w, seed + 1 + k, dtype)
@@ -716,11 +712,14 @@ def verify(
         del orig_sess
     if len(providers) == 2 and len(ctx.conv_sessions) == 2:
         xb = x_big if x_big is not None else random_input(image, batch, *size_list[0], seed + 1, dtype)
-        n = len(subject.out_names)
-        a_out = _run(ctx.conv_sessions["cpu"], {image.name: xb}, "CPU", OnnxFcnError)[:n]
-        b_out = _run(ctx.conv_sessions["cuda"], {image.name: xb}, "CUDA", OnnxFcnError)[:n]
+        by_provider = {}
+        for p, where in (("cpu", "CPU"), ("cuda", "CUDA")):
+            sess = ctx.conv_sessions[p]
+            by_provider[p] = dict(zip([o.name for o in sess.get_outputs()], _run(sess, {image.name: xb}, where,
+                                                                                  OnnxFcnError)))
         cmps = []
-        for name, a, b in zip(subject.out_names, a_out, b_out):
+        for name in subject.out_names:  # by name: the converted model may order its outputs otherwise
+            a, b = by_provider["cpu"][name], by_provider["cuda"][name]
             r, at = tolerance_for(a.dtype, rtol, atol)
             cmps.append(compare(name, b, a, r, at, class_axis=1 if a.ndim >= 2 else None))
         checks.append(CheckResult("providers (cuda vs cpu)", True, False, cmps,
@@ -752,9 +751,18 @@ def _finish(report: VerifyReport, t0: float, reasons: str) -> VerifyReport:
     return report
 
 
-def _load_failure(exc: Exception, tag: str) -> CheckResult:
-    return CheckResult("load" + tag, False, True, [], {},
-                       f"onnxruntime cannot load the converted model: {first_line(exc)}")
+def _converted_session(model: onnx.ModelProto, provider: str, tag: str, pin: dict[str, int] | None = None
+                       ) -> tuple[ort.InferenceSession | None, CheckResult]:
+    """A session of the converted model, or a failed "load" check: a model onnxruntime cannot load
+    is a wrong conversion (exit 1), running out of memory is a ResourceError."""
+    try:
+        return make_session(model, provider, pin), CheckResult("load" + tag, True, True)
+    except Exception as exc:  # onnxruntime raises several types
+        oom = resource_error(exc, "loading the converted model")
+        if oom is not None:
+            raise oom from exc
+        return None, CheckResult("load" + tag, False, True, [], {},
+                                 f"onnxruntime cannot load the converted model: {first_line(exc)}")
 
 
 def _sizes(image: ImageInput, geo: Geometry, sizes: Sequence[tuple[int, int]] | None,
