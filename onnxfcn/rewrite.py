@@ -26,7 +26,6 @@ from .head import NCHW, Analysis, Head, Layout, State, collapse_kind, flatten_or
 log = logging.getLogger(__name__)
 
 MODES = ("window", "dense")
-_INT_MAX = 2**63 - 1
 
 _UNARY = {
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish",
@@ -81,6 +80,10 @@ class _Reject(Exception):
         super().__init__(reason)
         self.node = node
         self.reason = reason
+
+
+# dtypes onnxruntime's CPU Conv and ONNX's Conv accept (bfloat16 keeps the pool)
+_CONV_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 class _Builder:
@@ -240,8 +243,13 @@ class HeadRewriter:
         self.plan.features.append(feat)
         if self.mode == "window":
             self.plan.windows.append((h, w))
-            pooled = self._window_pool(b, pool_op, src, h, w)
-            after = f"{pool_op} {h}x{w}, stride 1 (one cell per {h}x{w} feature window)"
+            dtype = _np_dtype(self.index, feat)
+            if pool_op == "AveragePool" and (h, w) != (1, 1) and dtype in _CONV_DTYPES:
+                pooled = self._window_average(b, src, c, h, w, dtype)
+                after = f"depthwise Conv {h}x{w} of 1/{h * w}, stride 1 (one cell per {h}x{w} feature window)"
+            else:
+                pooled = self._window_pool(b, pool_op, src, h, w)
+                after = f"{pool_op} {h}x{w}, stride 1 (one cell per {h}x{w} feature window)"
         else:
             self.plan.windows.append((1, 1))
             self.plan.pools_dropped += 1
@@ -255,26 +263,56 @@ class HeadRewriter:
             self.mapped[node.output[0]] = Mapped(pooled, lay, None)
         return after
 
+    def _window_average(self, b: _Builder, src: str, c: int, h: int, w: int, dtype: np.dtype[Any]) -> str:
+        """A stride-1 h x w average as a depthwise Conv with weights 1/(h*w).
+
+        Not an AveragePool: onnxruntime's NCHWc pool divides by zero when its output size is 0,
+        and the padded pool that avoids it (``_window_pool``) costs H*W*h*w even when no window
+        fits. The Conv computes only the valid windows and refuses a map smaller than its kernel
+        with a clean error. Rounding: fl(1/n) adds at most one unit roundoff, the same sign for
+        every term, which the bound of the original's mean (gamma_n) already covers with
+        LAMBDA*sqrt(n)*u >= u. From opset 9 the weights are a ConstantOfShape (no bytes in the file).
+        """
+        value = np.asarray([1.0 / (h * w)], dtype=dtype)
+        if self.index.opset >= 9:
+            (weight,) = b.node("ConstantOfShape", [b.ints("mean_shape", [c, 1, h, w])], "mean_weight",
+                               value=numpy_helper.from_array(value, "value"))
+        else:
+            weight = b.const("mean_weight", np.full((c, 1, h, w), value[0], dtype=dtype))
+        (out,) = b.node("Conv", [src, weight], "window_mean", kernel_shape=[h, w], strides=[1, 1],
+                        pads=[0, 0, 0, 0], group=c)
+        return out
+
     def _window_pool(self, b: _Builder, pool_op: str, src: str, h: int, w: int) -> str:
-        """A stride-1 h x w pool whose own output is never empty.
+        """A stride-1 h x w pool whose own output is never empty (MaxPool; AveragePool in bfloat16).
 
         onnxruntime's NCHWc pooling kernel divides by zero (SIGFPE, the host process dies) when a
         pool's output size is exactly 0, i.e. when the map is one cell short of the window. So
-        the pool pads h-1, w-1 at the top and left, which makes its output as large as its input,
-        and a Slice then drops the windows that reach into the padding. A map smaller than the
-        window gives an empty slice; nothing divides by zero.
+        the map is first padded by h-1, w-1 at the bottom and right, which makes the pool's output as
+        large as its input, and a Slice then drops the windows that reach into the padding (their
+        values never matter). A map smaller than the window gives an empty slice; nothing divides
+        by zero. The padding is a Pad node, not the pool's own asymmetric ``pads``: onnx.reference
+        (1.23) reads a unit-stride MaxPool's pads as [top, bottom, left, right] and gets the shape
+        wrong.
         """
         if (h, w) == (1, 1):
             (out,) = b.node(pool_op, [src], "window_pool", kernel_shape=[1, 1], strides=[1, 1], pads=[0, 0, 0, 0])
             return out
-        (padded,) = b.node(pool_op, [src], "window_pool", kernel_shape=[h, w], strides=[1, 1],
-                           pads=[h - 1, w - 1, 0, 0])
-        if self.index.opset >= 10:
-            (out,) = b.node("Slice", [padded, b.ints("starts", [h - 1, w - 1]), b.ints("ends", [_INT_MAX, _INT_MAX]),
-                                      b.ints("axes", [2, 3])], "window_valid")
+        pads = [0, 0, 0, 0, 0, 0, h - 1, w - 1]
+        if self.index.opset >= 11:
+            (padded,) = b.node("Pad", [src, b.ints("window_pads", pads)], "window_pad")
         else:
-            (out,) = b.node("Slice", [padded], "window_valid", starts=[h - 1, w - 1], ends=[_INT_MAX, _INT_MAX],
-                            axes=[2, 3])
+            (padded,) = b.node("Pad", [src], "window_pad", pads=pads)
+        (pooled,) = b.node(pool_op, [padded], "window_pool", kernel_shape=[h, w], strides=[1, 1],
+                           pads=[0, 0, 0, 0])
+        # Negative ends, not "to INT_MAX from h-1": tract cannot slice a symbolic dim to INT_MAX.
+        axes = [ax for ax, k in ((2, h), (3, w)) if k > 1]
+        ends = [1 - k for k in (h, w) if k > 1]
+        if self.index.opset >= 10:
+            (out,) = b.node("Slice", [pooled, b.ints("starts", [0] * len(axes)), b.ints("ends", ends),
+                                      b.ints("axes", axes)], "window_valid")
+        else:
+            (out,) = b.node("Slice", [pooled], "window_valid", starts=[0] * len(axes), ends=ends, axes=axes)
         return out
 
     def _as_nchw(self, name: str, lay: Layout, b: _Builder) -> str:

@@ -133,33 +133,34 @@ def _plan_slice(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProto) -> No
         starts, ends, axes, steps = attr(node, "starts"), attr(node, "ends"), attr(node, "axes"), None
     axes = [a % rank for a in (axes if axes is not None else range(len(starts)))]
     steps = steps or [1] * len(axes)
-    new_ends = list(ends)
-    touched = False
+    keep = []  # entries that slice other axes (channels): they stay as they are
     for k, ax in enumerate(axes):
         if ax not in axes_nhw:
-            continue
-        if starts[k] == 0 and steps[k] == 1 and ends[k] >= shape[ax]:
-            if ends[k] < _INT_MAX:
-                new_ends[k] = _INT_MAX
-                touched = True
-        else:
+            keep.append(k)
+        elif not (starts[k] == 0 and steps[k] == 1 and ends[k] >= shape[ax]):
             raise UnsupportedModelError(
                 f"Slice crops the batch or spatial axis {ax} at fixed positions ({starts[k]}:{ends[k]}); "
                 "cannot generalize", node_label(node))
-    if not touched:
+    if len(keep) == len(axes):
         return
-    new = onnx.NodeProto()
-    new.CopyFrom(node)
-    if index.opset >= 10:
-        new.input[2] = _const(index, plan, new_ends)
+    # A full extent at the reference size is the full extent at any size: leave the axis out of
+    # the Slice (not "to INT_MAX", which tract cannot apply to a symbolic dim before opset 10).
+    if not keep:
+        new = helper.make_node("Identity", [node.input[0]], list(node.output), name=node.name)
+    elif index.opset >= 10:
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        del new.input[1:]
+        new.input.extend([_const(index, plan, [starts[k] for k in keep]), _const(index, plan, [ends[k] for k in keep]),
+                          _const(index, plan, [axes[k] for k in keep]), _const(index, plan, [steps[k] for k in keep])])
     else:
-        for a in list(new.attribute):
-            if a.name == "ends":
-                new.attribute.remove(a)
-        new.attribute.append(helper.make_attribute("ends", new_ends))
+        new = helper.make_node("Slice", [node.input[0]], list(node.output), name=node.name,
+                               starts=[starts[k] for k in keep], ends=[ends[k] for k in keep],
+                               axes=[axes[k] for k in keep])
     plan.replacements[id(node)] = [new]
     plan.changes.append(Change(node_label(node), f"Slice(ends {list(ends)})",
-                               "Slice to the end of batch/H/W (was the reference size)"))
+                               "the batch/H/W axes left out of the Slice (it kept their whole reference extent)"
+                               if keep else "Identity (the Slice kept the whole reference extent)"))
 
 
 def _refuse_baked(analysis: Analysis, node: onnx.NodeProto) -> None:

@@ -20,5 +20,6 @@ def test_constants_and_shape_values_in_a_deep_graph() -> None:
     index = GraphIndex(model, {"image": [1, 3, 18, 18]})
     assert not index.is_const(y) and not index.is_const(shape)
     assert index.is_const(w)
-    assert index.const_value(w).shape == (8, 4)
+    value = index.const_value(w)
+    assert value is not None and value.shape == (8, 4)
     np.testing.assert_array_equal(index.shape_value(shape), [1, 8, 18, 18])

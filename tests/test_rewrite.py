@@ -8,6 +8,7 @@ the original classifier on its crop.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -30,8 +31,8 @@ def _flat(b: Builder, how: str) -> str:
     if how == "flatten":
         return b.node("Flatten", [f], axis=1)
     if how.startswith("reshape"):
-        shape = {"reshape_1_-1": [1, -1], "reshape_-1_D": [-1, D], "reshape_0_-1": [0, -1], "reshape_1_D": [1, D]}[how]
-        return b.node("Reshape", [f, b.ints("shape", shape)])
+        dims = {"reshape_1_-1": [1, -1], "reshape_-1_D": [-1, D], "reshape_0_-1": [0, -1], "reshape_1_D": [1, D]}[how]
+        return b.node("Reshape", [f, b.ints("shape", dims)])
     if how == "view":  # x.view(x.size(0), -1) from the legacy PyTorch exporter
         s = b.node("Shape", [f])
         n = b.node("Gather", [s, b.const("zero", np.asarray(0, dtype=np.int64))], axis=0)
@@ -184,7 +185,7 @@ def between(op: str, opset: int = 13) -> Callable[[], onnx.ModelProto]:
     return build
 
 
-def final(op: str, opset: int = 13, **attrs: object) -> Callable[[], onnx.ModelProto]:
+def final(op: str, opset: int = 13, **attrs: Any) -> Callable[[], onnx.ModelProto]:
     def build() -> onnx.ModelProto:
         b = Builder(opset)
         y = gemm(b, b.node("Flatten", [trunk(b)], axis=1), D, K)

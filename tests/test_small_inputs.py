@@ -35,7 +35,7 @@ RUNNER = textwrap.dedent("""
 """)
 
 
-def nchwc_classifier(channels: int = 16) -> onnx.ModelProto:
+def nchwc_classifier(channels: int = 16, pool: str = "GlobalAveragePool") -> onnx.ModelProto:
     """Two strided, padded 3x3 convolutions (16 channels: onnxruntime lays them out NCHWc), a
     global pool and a dense layer; reference size 32, stride 4, an 8x8 feature map."""
     b = Builder(13)
@@ -43,7 +43,7 @@ def nchwc_classifier(channels: int = 16) -> onnx.ModelProto:
                kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])
     y = b.node("Conv", [b.node("Relu", [y]), b.weight("w", (channels, channels, 3, 3)), b.weight("b", (channels,), 0.1)],
                kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])
-    y = b.node("GlobalAveragePool", [b.node("Relu", [y])])
+    y = b.node(pool, [b.node("Relu", [y])])
     y = gemm(b, b.node("Flatten", [y], axis=1), channels, 5)
     return b.model([1, 3, 32, 32], [y], out_names=["logits"])
 
@@ -54,9 +54,10 @@ def run_sizes(path: Path, sizes: list[int]) -> tuple[int, list[dict[str, object]
     return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.parametrize("pool", ["GlobalAveragePool", "GlobalMaxPool"])
 @pytest.mark.parametrize("mode", ["window", "dense"])
-def test_every_size_below_the_minimum_fails_cleanly(mode: str, tmp_path: Path) -> None:
-    converted, report = onnxfcn.convert(nchwc_classifier(), mode=mode)
+def test_every_size_below_the_minimum_fails_cleanly(mode: str, pool: str, tmp_path: Path) -> None:
+    converted, report = onnxfcn.convert(nchwc_classifier(pool=pool), mode=mode)
     path = tmp_path / "fcn.onnx"
     onnx.save(converted, path)
     geo = report.geometry
@@ -76,18 +77,16 @@ def test_every_size_below_the_minimum_fails_cleanly(mode: str, tmp_path: Path) -
 
 
 def test_the_old_emission_did_crash(tmp_path: Path) -> None:
-    """Control: the same head with a plain stride-1 pool (what onnxfcn emitted before) dies on this
-    machine at the sizes where the pool's output is exactly 0. Skipped where onnxruntime does not
-    take the NCHWc path (no AVX2)."""
+    """Control: the same head with a plain stride-1 AveragePool (what onnxfcn emitted before the
+    window mean became a depthwise Conv) dies on this machine at the sizes where the pool's output
+    is exactly 0. Skipped where onnxruntime does not take the NCHWc path (no AVX2)."""
     converted, _ = onnxfcn.convert(nchwc_classifier(), self_check=False)
-    pool = next(n for n in converted.graph.node if n.op_type == "AveragePool")
-    cut = next(n for n in converted.graph.node if n.op_type == "Slice" and n.input[0] == pool.output[0])
-    for a in pool.attribute:
-        if a.name == "pads":
-            a.ints[:] = [0, 0, 0, 0]
-    for n in converted.graph.node:
-        n.input[:] = [pool.output[0] if i == cut.output[0] else i for i in n.input]
-    converted.graph.node.remove(cut)
+    mean = next(n for n in converted.graph.node if n.op_type == "Conv" and n.name.startswith("window_mean"))
+    mean.op_type = "AveragePool"
+    del mean.input[1:]
+    for a in list(mean.attribute):
+        if a.name == "group":
+            mean.attribute.remove(a)
     path = tmp_path / "old.onnx"
     onnx.save(converted, path)
     rc, _ = run_sizes(path, [25])  # an 7x7 map under an 8x8 window: output size 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import onnx
 import pytest
 from builders import C_FEAT, REF, Builder, gemm, image_shape
 from conftest import LIGHT, assert_close, cells_vs_crops, rand, run
@@ -9,7 +10,7 @@ from conftest import LIGHT, assert_close, cells_vs_crops, rand, run
 import onnxfcn
 
 
-def shuffle_model(batch_in_shape: int = 1) -> object:
+def shuffle_model(batch_in_shape: int = 1) -> onnx.ModelProto:
     """Channel shuffle with a constant 5-D Reshape, as torchvision's ShuffleNetV2 exports it."""
     b = Builder(13)
     y = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3))], kernel_shape=[3, 3])
@@ -48,8 +49,8 @@ def test_reshape_moving_spatial_axes_is_refused() -> None:
         onnxfcn.convert(b.model(image_shape(), [y]))
 
 
-@pytest.mark.parametrize("opset", [9, 13])
-def test_full_extent_slice_is_generalized(opset: int) -> None:
+def full_slice_model(opset: int = 13) -> onnx.ModelProto:
+    """A Slice that keeps the whole map, with its ends baked at the reference size."""
     b = Builder(opset)
     y = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3))], kernel_shape=[3, 3])
     if opset >= 10:
@@ -58,8 +59,12 @@ def test_full_extent_slice_is_generalized(opset: int) -> None:
     else:
         y = b.node("Slice", [y], starts=[0, 0], ends=[REF - 2, REF - 2], axes=[2, 3], name="keep_all")
     y = gemm(b, b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1), C_FEAT, 5)
-    original = b.model(image_shape(), [y])
-    converted, report = onnxfcn.convert(original)
+    return b.model(image_shape(), [y])
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_full_extent_slice_is_generalized(opset: int) -> None:
+    converted, report = onnxfcn.convert(full_slice_model(opset))
     assert any(c.node == "keep_all" for c in report.changes)
     assert run(converted, rand([1, 3, REF + 10, REF + 10]))[0].shape == (1, 5, 11, 11)
 

@@ -80,13 +80,23 @@ def broken_softmax_axis() -> tuple[onnx.ModelProto, onnx.ModelProto]:
     return original, conv
 
 
+def _window_mean(model: onnx.ModelProto) -> onnx.NodeProto:
+    """The depthwise Conv that averages each feature window (the head's former global pool)."""
+    return next(n for n in model.graph.node if n.op_type == "Conv" and n.name.startswith("window_mean"))
+
+
 def broken_pool_off_by_one() -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """A 5x5 window pool (padded to match) where the map is 6x6: a consistent, loadable mistake."""
+    """A 5x5 window mean where the map is 6x6: a consistent, loadable mistake (kernel, weight
+    shape and divisor all agree with each other, not with the map)."""
     original = gap_softmax()
     conv, _ = onnxfcn.convert(original)
-    pool = _node(conv, "AveragePool")
-    _set_attr(pool, "kernel_shape", [5, 5])
-    _set_attr(pool, "pads", [4, 4, 0, 0])
+    mean = _window_mean(conv)
+    _set_attr(mean, "kernel_shape", [5, 5])
+    fill = next(n for n in conv.graph.node if n.output[0] == mean.input[1])
+    shape = _init(conv, fill.input[0])
+    c = int(numpy_helper.to_array(shape)[0])
+    _set_init(conv, fill.input[0], np.asarray([c, 1, 5, 5], np.int64))
+    _set_attr(fill, "value", numpy_helper.from_array(np.asarray([1 / 25], np.float32), "value"))
     return original, conv
 
 
@@ -94,15 +104,10 @@ def broken_only_at_reference() -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """Right at the reference size, wrong elsewhere: the global pool left global."""
     original = gap_softmax()
     conv, _ = onnxfcn.convert(original)
-    pool = _node(conv, "AveragePool")
-    pool.op_type = "GlobalAveragePool"
-    del pool.attribute[:]
-    cut = next(n for n in conv.graph.node if n.op_type == "Slice" and n.input[0] == pool.output[0])
-    for n in conv.graph.node:
-        for k, i in enumerate(n.input):
-            if i == cut.output[0]:
-                n.input[k] = pool.output[0]
-    conv.graph.node.remove(cut)
+    mean = _window_mean(conv)
+    mean.op_type = "GlobalAveragePool"
+    del mean.input[1:]
+    del mean.attribute[:]
     return original, conv
 
 

@@ -52,7 +52,7 @@ def test_light_zoo_realistic_weights_convert_and_verify(name: str, tier_table: l
     assert feature.exact and feature.passed
     tier_table.append({"model": f"zoo {name}", "self_check_error": out["error"], "self_check_bound": out["bound"],
                        "self_check_ratio": out["ratio"], "self_check_original_ratio": out["original_ratio"],
-                       "verify_feature_ratio": max(o.ratio for o in feature.outputs)})
+                       "verify_feature_ratio": max(o.ratio or 0.0 for o in feature.outputs)})
 
 
 def test_inception_v2_is_refused_with_the_merging_node() -> None:
