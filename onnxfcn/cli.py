@@ -20,7 +20,7 @@ from typing import Annotated, Any, NoReturn, Optional
 import numpy as np
 import typer
 
-from . import __version__
+from ._version import __version__
 from .errors import AlreadyConvolutionalError, OnnxFcnError, SelfCheckError
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_ALREADY_FCN = 0, 1, 2, 3
@@ -416,8 +416,8 @@ def _load_input(npy: Path | None, image: Path | None, mean: str | None, std: str
         from PIL import Image
     except ImportError:
         raise OnnxFcnError("--image needs Pillow: pip install 'onnxfcn[image]'") from None
-    from .convert import prepare
     from .io import load_model
+    from .plan import prepare
 
     model, _ = load_model(original)
     img_in = prepare(model).image

@@ -12,20 +12,19 @@ from typing import Any
 
 import onnx
 
-from . import __version__
-from .errors import AlreadyConvolutionalError, OnnxFcnError, SelfCheckError
-from .geometry import Geometry, compute_geometry
+from .errors import SelfCheckError
+from .geometry import Geometry
 from .graph import GraphIndex, skeleton
-from .head import Analysis, ImageInput, analyze, find_image_input
+from .head import ImageInput
 from .io import dependency_files, load_model, model_nbytes
-from .rewrite import MODES, Change, Plan, apply, plan_head_rewrite
+from .plan import metadata, plan_conversion, set_metadata
+from .rewrite import Change, apply
+from .runtime import probe_shapes
 from .shapes import make_dynamic
-from .trunk import TrunkPlan, plan_trunk_rewrite
+from .verify import self_check as run_self_check
+from .verify import subject_from_plan
 
 log = logging.getLogger(__name__)
-
-META_PREFIX = "onnxfcn."
-
 
 @dataclass
 class ModelStats:
@@ -81,76 +80,6 @@ class ConversionReport:
         }
 
 
-def metadata(geo: Geometry, features: list[str]) -> dict[str, str]:
-    """The geometry, and the converted graph's NCHW tensor the head reads (for verify)."""
-    def pair(p: tuple[int, int]) -> str:
-        return f"{p[0]},{p[1]}"
-
-    return {
-        META_PREFIX + "window": pair(geo.window),
-        META_PREFIX + "stride": pair(geo.stride),
-        META_PREFIX + "offset": pair(geo.offset),
-        META_PREFIX + "receptive_field": pair(geo.receptive_field),
-        META_PREFIX + "mode": geo.mode,
-        META_PREFIX + "exact": "true" if geo.exact else "false",
-        META_PREFIX + "reasons": "; ".join(geo.reasons),
-        META_PREFIX + "feature_window": pair(geo.feature_window),
-        META_PREFIX + "features": ",".join(features),
-        META_PREFIX + "feature_layout": "NCHW",
-        META_PREFIX + "version": __version__,
-    }
-
-
-def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
-    return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
-
-
-def _set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
-    kept = [p for p in model.metadata_props if p.key not in meta]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    for k, v in meta.items():
-        model.metadata_props.add(key=k, value=v)
-
-
-def prepare(model: onnx.ModelProto, input_name: str | None = None,
-            size: tuple[int, int] | None = None) -> Analysis:
-    """Find the image input and the head; raise if the model is already converted."""
-    if read_metadata(model).get("mode"):
-        raise AlreadyConvolutionalError("already converted by onnxfcn (metadata onnxfcn.mode is set)")
-    image = find_image_input(model, input_name, size)
-    return analyze(model, image)
-
-
-@dataclass
-class Planned:
-    """Everything convert would do to a model, before it does it (inspect stops here)."""
-
-    analysis: Analysis
-    plan: Plan
-    trunk: TrunkPlan
-    geometry: Geometry
-    mode: str  # the mode that applies: dense falls back to window when there is no pool to drop
-
-
-def plan_conversion(model: onnx.ModelProto, *, mode: str = "window", input_name: str | None = None,
-                    size: tuple[int, int] | None = None) -> Planned:
-    """Analyse and plan the rewrite; convert, inspect and verify all start here."""
-    if mode not in MODES:
-        raise OnnxFcnError(f"mode must be window or dense, not {mode!r}")
-    analysis = prepare(model, input_name, size)
-    plan = plan_head_rewrite(analysis, mode)
-    if mode == "dense" and not plan.pools_dropped:
-        log.info("dense mode: the head has no global pool to drop; it slides whole windows")
-        mode = "window"
-    windows = set(plan.windows)
-    if len(windows) != 1:
-        raise OnnxFcnError(f"heads read feature windows of different sizes: {sorted(windows)}")
-    geo = compute_geometry(analysis, plan.features, windows.pop(), mode)
-    trunk = plan_trunk_rewrite(analysis)
-    return Planned(analysis, plan, trunk, geo, mode)
-
-
 def convert(
     model_or_path: str | os.PathLike[str] | onnx.ModelProto,
     *,
@@ -184,21 +113,18 @@ def convert(
         original.CopyFrom(model)
     planned = plan_conversion(model, mode=mode, input_name=input_name, size=size)
     analysis, plan, trunk, geo, mode = planned.analysis, planned.plan, planned.trunk, planned.geometry, planned.mode
-    subject = None
-    if self_check:
-        from .verify import subject_from_plan
-
-        subject = subject_from_plan(planned, [o.name for o in model.graph.output])
+    subject = subject_from_plan(planned, [o.name for o in model.graph.output]) if self_check else None
     apply(model, analysis, plan, trunk.replacements, trunk.initializers)
     ref_index = GraphIndex(model, {analysis.image.name: analysis.image.shape_at(1, analysis.image.height,
-                                                                                  analysis.image.width)})
+                                                                                  analysis.image.width)},
+                           probe_shapes)
     channels: dict[str, int | None] = {}
     for name, m in plan.outputs.items():
         shape = ref_index.shape(name)
         dim = shape[m.layout[1]] if shape and m.layout is not None else None
         channels[name] = dim if isinstance(dim, int) else None
     make_dynamic(model, analysis.image, plan.outputs, channels)
-    _set_metadata(model, metadata(geo, list(dict.fromkeys(plan.sources))))
+    set_metadata(model, metadata(geo, list(dict.fromkeys(plan.sources))))
     try:
         # The checker on the skeleton (weights as typed inputs) checks the graph without
         # serializing the weights; the tests run it on whole models too.
@@ -211,8 +137,6 @@ def convert(
         input_files=input_files,
     )
     if subject is not None:
-        from .verify import self_check as run_self_check
-
         report.self_check = run_self_check(original, model, subject, seed=seed, max_memory=max_memory)
     report.seconds = time.perf_counter() - t0
     log.info("converted in %.2fs: %d changes", report.seconds, len(plan.changes))

@@ -25,7 +25,6 @@ _SKELETON_KEEP_BYTES = 4096
 # computed from; otherwise (ConstantOfShape weights in the light zoo graphs) it stays computed.
 _FOLD_SLACK_BYTES = 1024
 # The shape probe feeds zeros of the declared input size; above this it is skipped.
-_PROBE_LIMIT_BYTES = 256 * 2**20
 _RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
@@ -47,11 +46,17 @@ def tensor_nbytes(t: onnx.TensorProto) -> int:
     return n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 0
 
 
+# (model, input shapes, {tensor: dtype}) -> {tensor: shape} for the tensors it could run to.
+ShapeProbe = Callable[[onnx.ModelProto, dict[str, Sequence[int]], dict[str, int]], dict[str, Shape]]
+
+
 class GraphIndex:
     """Producers, consumers, initializers and static reference-size shapes of one graph."""
 
-    def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]] | None = None):
+    def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]] | None = None,
+                 probe: ShapeProbe | None = None):
         self.model = model
+        self.probe = probe
         self.graph = model.graph
         self.opset = next(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1
@@ -129,31 +134,11 @@ class GraphIndex:
             self._probe(input_shapes, unknown)
 
     def _probe(self, input_shapes: dict[str, Sequence[int]], names: list[str]) -> None:
-        """Shapes that inference left open (Slice ends computed from Shape, say), read off one
-        onnxruntime run at the reference size with zero inputs."""
-        from .runtime import make_session
-
-        inputs = [vi for vi in self.graph.input if vi.name not in self.initializers]
-        if any(vi.name not in input_shapes for vi in inputs):
+        """Shapes that inference left open, from the caller's probe (an onnxruntime run at the
+        reference size: ``runtime.probe_shapes``); the index itself never runs a model."""
+        if self.probe is None:
             return
-        nbytes = sum(int(np.prod(input_shapes[vi.name])) * 4 for vi in inputs)
-        if nbytes > _PROBE_LIMIT_BYTES:  # a huge declared input: leave the shapes unknown, allocate nothing
-            return
-        probe = onnx.ModelProto()
-        probe.CopyFrom(self.model)
-        del probe.graph.output[:]
-        probe.graph.output.extend(helper.make_tensor_value_info(n, self.dtypes[n], None) for n in names)
-        del probe.graph.value_info[:]
-        feeds = {}
-        for vi in inputs:
-            dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-            feeds[vi.name] = np.zeros(list(input_shapes[vi.name]), dtype=dtype)
-        try:
-            values = make_session(probe).run(None, feeds)
-        except Exception:  # leave them unknown; the analysis names what it needs
-            return
-        for n, v in zip(names, values):
-            self.shapes[n] = tuple(int(d) for d in np.asarray(v).shape)
+        self.shapes.update(self.probe(self.model, input_shapes, {n: self.dtypes[n] for n in names}))
 
     def _resolve_reshapes(self) -> bool:
         found = False

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from .errors import AlreadyConvolutionalError, UnsupportedModelError
-from .graph import GraphIndex, attr, node_label, walk_back
+from .graph import GraphIndex, ShapeProbe, attr, node_label, walk_back
 
 
 class State(enum.Enum):
@@ -223,10 +223,11 @@ def _collapse_kind(index: GraphIndex, node: onnx.NodeProto, src: TensorInfo) -> 
     return None
 
 
-def analyze(model: onnx.ModelProto, image: ImageInput) -> Analysis:
-    """Propagate tensor states, then collect the head nodes behind each dense output."""
+def analyze(model: onnx.ModelProto, image: ImageInput, probe: ShapeProbe | None = None) -> Analysis:
+    """Propagate tensor states, then collect the head nodes behind each dense output. ``probe``
+    reads the shapes ONNX inference leaves open (``runtime.probe_shapes``)."""
     index = GraphIndex(model, {image.name: image.shape_at(1 if not isinstance(image.batch, int) else image.batch,
-                                                         image.height, image.width)})
+                                                         image.height, image.width)}, probe)
     info: dict[str, TensorInfo] = {image.name: TensorInfo(State.SPATIAL, NCHW if image.layout == "NCHW" else NHWC)}
     for name in index.initializers:
         info[name] = TensorInfo(State.CONST)

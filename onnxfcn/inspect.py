@@ -11,6 +11,7 @@ import onnx
 from .errors import AlreadyConvolutionalError, OnnxFcnError
 from .graph import node_label
 from .io import load_model
+from .plan import plan_conversion, prepare
 
 
 @dataclass
@@ -40,8 +41,6 @@ def inspect(model_or_path: str | os.PathLike[str] | onnx.ModelProto, *, mode: st
             input_name: str | None = None, size: tuple[int, int] | None = None,
             at: tuple[int, int] | None = None) -> InspectReport:
     """Plan the conversion exactly as ``convert`` does, and stop; ``at``: an input size for the grid."""
-    from .convert import plan_conversion, prepare
-
     model, _ = load_model(model_or_path)
     report = InspectReport(mode=mode)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 
 from .errors import OnnxFcnError, ResourceError
+from .graph import Shape, skeleton, tensor_nbytes
 from .io import needs_external_data, save_model
 
 Progress = Callable[[int, int], None]
@@ -78,7 +79,6 @@ def estimate_memory(model: onnx.ModelProto, input_name: str, shape: list[int]) -
     activations (onnxruntime frees and reuses the others), from shape inference at that size."""
     from onnx import helper, shape_inference
 
-    from .graph import skeleton, tensor_nbytes
 
     weights = sum(tensor_nbytes(t) for t in model.graph.initializer)
     elem = next((vi.type.tensor_type.elem_type for vi in model.graph.input if vi.name == input_name), 1)
@@ -108,6 +108,36 @@ def check_memory(model: onnx.ModelProto, input_name: str, shape: list[int], wher
             f"{where} needs about {human_bytes(need)} (weights, input and the largest activations), more than "
             f"the {human_bytes(limit)} {'allowed by --max-memory' if max_memory is not None else 'available'}; "
             "use a smaller size or batch, or pass --max-memory to raise the limit")
+
+
+PROBE_LIMIT_BYTES = 256 * 2**20
+
+
+def probe_shapes(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]],
+                 names: dict[str, int]) -> dict[str, Shape]:
+    """Shapes that ONNX inference left open (Slice ends computed from Shape, say), read off one
+    onnxruntime run with zero inputs. ``names``: tensor -> dtype. A graph.ShapeProbe."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in inits]
+    if any(vi.name not in input_shapes for vi in inputs):
+        return {}
+    nbytes = sum(int(np.prod(input_shapes[vi.name])) * 4 for vi in inputs)
+    if nbytes > PROBE_LIMIT_BYTES:  # a huge declared input: leave the shapes unknown, allocate nothing
+        return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, dt, None) for n, dt in names.items())
+    del probe.graph.value_info[:]
+    feeds = {}
+    for vi in inputs:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        feeds[vi.name] = np.zeros(list(input_shapes[vi.name]), dtype=dtype)
+    try:
+        values = make_session(probe).run(None, feeds)
+    except Exception:  # leave them unknown; the analysis names what it needs
+        return {}
+    return {n: tuple(int(d) for d in np.asarray(v).shape) for n, v in zip(names, values)}
 
 
 def make_session(model: onnx.ModelProto | str, provider: str = "cpu",

@@ -35,8 +35,10 @@ import onnxruntime as ort
 from .bounds import Bounded, HeadEvaluator, NoBoundError, unit_roundoff
 from .errors import AlreadyConvolutionalError, InvalidConversionError, OnnxFcnError, ResourceError, SelfCheckError
 from .geometry import Geometry
+from .graph import skeleton
 from .head import NCHW, Analysis, ImageInput, Layout, perm_to
 from .io import load_model
+from .plan import Planned, plan_conversion, read_metadata
 from .runtime import (
     Progress,
     check_memory,
@@ -306,7 +308,7 @@ class Subject:
         return self.evaluator.run({self.feature: feats}, outputs, errs)
 
 
-def subject_from_plan(planned: Any, out_names: list[str]) -> Subject:
+def subject_from_plan(planned: Planned, out_names: list[str]) -> Subject:
     """convert's view of its own plan, read from the original before the graph is rewritten in place
     (the evaluator copies the head's weights now)."""
     analysis, plan = planned.analysis, planned.plan
@@ -556,8 +558,6 @@ def _meta_pair(meta: dict[str, str], key: str, minimum: int) -> tuple[int, int]:
 def read_conversion(orig: onnx.ModelProto, conv: onnx.ModelProto) -> Subject:
     """Check the converted model's metadata against the original's own analysis; raise
     :class:`InvalidConversionError` where they disagree."""
-    from .convert import plan_conversion, read_metadata
-
     meta = read_metadata(conv)
     if not meta.get("mode"):
         if read_metadata(orig).get("mode"):
@@ -730,8 +730,6 @@ def verify(
 
 
 def _reasons_text(conv: onnx.ModelProto) -> str:
-    from .convert import read_metadata
-
     return read_metadata(conv).get("reasons", "")
 
 
@@ -990,8 +988,6 @@ def _head_model(orig: onnx.ModelProto, feature: str, analysis: Analysis) -> tupl
     """
     import onnx_graphsurgeon as gs
     from onnx import numpy_helper
-
-    from .graph import skeleton
 
     graph = gs.import_onnx(skeleton(orig, {}))
     tensors = graph.tensors()

@@ -9,27 +9,31 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "onnxfcn"
 
 
+def _is_module(parts: list[str]) -> bool:
+    return (PKG.joinpath(*parts).with_suffix(".py")).exists() or PKG.joinpath(*parts).is_dir()
+
+
 def imports() -> dict[str, set[str]]:
-    """module -> the package modules it imports, at any depth in the file (function-level too)."""
+    """module -> the package modules it imports, at any depth in the file (function-level too).
+    Modules are named relative to the package ("convert", "rules.dense"); the root is "__init__"."""
     graph: dict[str, set[str]] = {}
     for path in sorted(PKG.rglob("*.py")):
-        rel = path.relative_to(PKG).with_suffix("")
-        module = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts) or "__init__"
-        package = list(rel.parts[:-1])
+        rel = path.relative_to(PKG).with_suffix("").parts
+        package = list(rel[:-1])
+        module = ".".join(package if rel[-1] == "__init__" else rel) or "__init__"
         deps: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level:
-                base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
-                target = ".".join(base + ([node.module] if node.module else []))
-                if node.module is None:  # from . import x: x may be a module
-                    for alias in node.names:
-                        name = ".".join(base + [alias.name])
-                        deps.add(name if (PKG / Path(*name.split("."))).with_suffix(".py").exists()
-                                 or (PKG / Path(*name.split("."))).is_dir() else target or "__init__")
-                else:
-                    deps.add(target)
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("onnxfcn"):
-                deps.add(node.module.removeprefix("onnxfcn").lstrip(".") or "__init__")  # type: ignore[union-attr]
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:  # relative: from . import x, from .x import y, from ..x import y
+                base = package[: len(package) - node.level + 1]
+                parts = [*base, *(node.module.split(".") if node.module else [])]
+            elif (node.module or "").split(".")[0] == "onnxfcn":
+                parts = (node.module or "").split(".")[1:]
+            else:
+                continue
+            for alias in node.names:  # "from . import x" imports the module x
+                deps.add(".".join([*parts, alias.name]) if _is_module([*parts, alias.name]) else ".".join(parts))
         graph[module] = {d or "__init__" for d in deps} - {module}
     return graph
 
@@ -43,7 +47,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(m)
         for d in sorted(graph.get(m, ())):
             if state.get(d) == 1:
-                return stack[stack.index(d):] + [d]
+                return [*stack[stack.index(d):], d]
             if d not in state and (found := visit(d)):
                 return found
         stack.pop()

@@ -1,0 +1,92 @@
+"""Planning: analyse a model and plan its rewrite without changing it. convert, inspect and
+verify all start here, so they cannot disagree about mode, geometry or exactness. Also the
+metadata that carries the plan's geometry in a converted model."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import onnx
+
+from ._version import __version__
+from .errors import AlreadyConvolutionalError, OnnxFcnError
+from .geometry import Geometry, compute_geometry
+from .head import Analysis, analyze, find_image_input
+from .rewrite import MODES, Plan, plan_head_rewrite
+from .runtime import probe_shapes
+from .trunk import TrunkPlan, plan_trunk_rewrite
+
+log = logging.getLogger(__name__)
+
+META_PREFIX = "onnxfcn."
+
+
+def metadata(geo: Geometry, features: list[str]) -> dict[str, str]:
+    """The geometry, and the converted graph's NCHW tensor the head reads (for verify)."""
+    def pair(p: tuple[int, int]) -> str:
+        return f"{p[0]},{p[1]}"
+
+    return {
+        META_PREFIX + "window": pair(geo.window),
+        META_PREFIX + "stride": pair(geo.stride),
+        META_PREFIX + "offset": pair(geo.offset),
+        META_PREFIX + "receptive_field": pair(geo.receptive_field),
+        META_PREFIX + "mode": geo.mode,
+        META_PREFIX + "exact": "true" if geo.exact else "false",
+        META_PREFIX + "reasons": "; ".join(geo.reasons),
+        META_PREFIX + "feature_window": pair(geo.feature_window),
+        META_PREFIX + "features": ",".join(features),
+        META_PREFIX + "feature_layout": "NCHW",
+        META_PREFIX + "version": __version__,
+    }
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
+
+
+def set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
+    kept = [p for p in model.metadata_props if p.key not in meta]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+
+
+def prepare(model: onnx.ModelProto, input_name: str | None = None,
+            size: tuple[int, int] | None = None) -> Analysis:
+    """Find the image input and the head; raise if the model is already converted."""
+    if read_metadata(model).get("mode"):
+        raise AlreadyConvolutionalError("already converted by onnxfcn (metadata onnxfcn.mode is set)")
+    image = find_image_input(model, input_name, size)
+    return analyze(model, image, probe_shapes)
+
+
+@dataclass
+class Planned:
+    """Everything convert would do to a model, before it does it (inspect stops here)."""
+
+    analysis: Analysis
+    plan: Plan
+    trunk: TrunkPlan
+    geometry: Geometry
+    mode: str  # the mode that applies: dense falls back to window when there is no pool to drop
+
+
+def plan_conversion(model: onnx.ModelProto, *, mode: str = "window", input_name: str | None = None,
+                    size: tuple[int, int] | None = None) -> Planned:
+    """Analyse and plan the rewrite; convert, inspect and verify all start here."""
+    if mode not in MODES:
+        raise OnnxFcnError(f"mode must be window or dense, not {mode!r}")
+    analysis = prepare(model, input_name, size)
+    plan = plan_head_rewrite(analysis, mode)
+    if mode == "dense" and not plan.pools_dropped:
+        log.info("dense mode: the head has no global pool to drop; it slides whole windows")
+        mode = "window"
+    windows = set(plan.windows)
+    if len(windows) != 1:
+        raise OnnxFcnError(f"heads read feature windows of different sizes: {sorted(windows)}")
+    geo = compute_geometry(analysis, plan.features, windows.pop(), mode)
+    trunk = plan_trunk_rewrite(analysis)
+    return Planned(analysis, plan, trunk, geo, mode)
