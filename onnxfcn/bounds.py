@@ -247,17 +247,25 @@ def _dense(ev: HeadEvaluator, x: Bounded, w: np.ndarray, alpha: float = 1.0
 
 
 def _gemm(ev: HeadEvaluator, node: onnx.NodeProto, ins: list[Bounded | None]) -> list[Bounded]:
-    x = _arg(ins[0])
     if attr(node, "transA", 0):
         raise NoBoundError("Gemm transA")
-    w = _const(ins[1])
-    if node.op_type == "Gemm" and attr(node, "transB", 0):
+    gemm = node.op_type == "Gemm"
+    return dense_bound(ev, ins[0], ins[1], trans_b=gemm and bool(attr(node, "transB", 0)),
+                       alpha=float(attr(node, "alpha", 1.0)) if gemm else 1.0,
+                       bias=ins[2] if gemm and len(ins) > 2 else None, beta=float(attr(node, "beta", 1.0)))
+
+
+def dense_bound(ev: HeadEvaluator, x_in: Bounded | None, w_in: Bounded | None, *, trans_b: bool,
+                alpha: float = 1.0, bias: Bounded | None = None, beta: float = 1.0) -> list[Bounded]:
+    """alpha * x @ W (W.T when trans_b) + beta * bias, with its rounding bound: for the head rules
+    of every dense spelling (Gemm, MatMul, Einsum)."""
+    x = _arg(x_in)
+    w = _const(w_in)
+    if trans_b:
         w = w.T
-    alpha = float(attr(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
     val, det, rss, mag = _dense(ev, x, w, alpha)
-    if node.op_type == "Gemm" and len(ins) > 2 and ins[2] is not None:
-        beta = float(attr(node, "beta", 1.0))
-        c = _const(ins[2])
+    if bias is not None:
+        c = _const(bias)
         val = val + beta * c
         mag = mag + abs(beta) * np.abs(c)
     # n products summed, plus alpha, beta and the bias add (3 more roundings per term at most).
@@ -573,6 +581,11 @@ def _gather(ev: HeadEvaluator, node: onnx.NodeProto, ins: list[Bounded | None]) 
     if idx is None or not np.array_equal(np.asarray(idx).reshape(-1), np.arange(np.asarray(idx).size)):
         raise NoBoundError("Gather that is not an identity")
     return _reshape(ev, node, ins)
+
+
+def register_bound(op: str, rule: Rule) -> None:
+    """The rounding rule for a head op that a rule module adds (``rules/dense.py``: Einsum)."""
+    _RULES[op] = rule
 
 
 _RULES: dict[str, Rule] = {

@@ -417,10 +417,10 @@ def _load_input(npy: Path | None, image: Path | None, mean: str | None, std: str
     except ImportError:
         raise OnnxFcnError("--image needs Pillow: pip install 'onnxfcn[image]'") from None
     from .io import load_model
-    from .plan import prepare
+    from .plan import analyse_model
 
     model, _ = load_model(original)
-    img_in = prepare(model).image
+    img_in = analyse_model(model).image
     try:
         pil = Image.open(image).convert("L" if img_in.channels == 1 else "RGB")
     except OSError as exc:

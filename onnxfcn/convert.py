@@ -1,52 +1,24 @@
-"""``convert``: load, analyse, rewrite, make dynamic, check, and describe what happened."""
+"""``convert``: run the pipeline (``pipeline.py``) and describe what happened."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
-from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import onnx
 
-from .errors import SelfCheckError
+from . import pipeline
 from .geometry import Geometry
-from .graph import GraphIndex, skeleton
 from .head import ImageInput
-from .io import dependency_files, load_model, model_nbytes
-from .plan import metadata, plan_conversion, set_metadata
-from .rewrite import Change, apply
-from .runtime import probe_shapes
-from .shapes import make_dynamic
-from .verify import self_check as run_self_check
-from .verify import subject_from_plan
+from .pipeline import ModelStats
+from .rewrite import Change
 
 log = logging.getLogger(__name__)
 
-@dataclass
-class ModelStats:
-    nodes: int
-    ops: dict[str, int]
-    inputs: dict[str, list[Any]]
-    outputs: dict[str, list[Any]]
-    bytes: int
-
-    @classmethod
-    def of(cls, model: onnx.ModelProto) -> ModelStats:
-        def dims(vi: onnx.ValueInfoProto) -> list[Any]:
-            return [d.dim_param or d.dim_value or "?" for d in vi.type.tensor_type.shape.dim]
-
-        inits = {t.name for t in model.graph.initializer}
-        return cls(
-            nodes=len(model.graph.node),
-            ops=dict(Counter(n.op_type for n in model.graph.node)),
-            inputs={i.name: dims(i) for i in model.graph.input if i.name not in inits},
-            outputs={o.name: dims(o) for o in model.graph.output},
-            bytes=model_nbytes(model),
-        )
+__all__ = ["ConversionReport", "ModelStats", "convert"]
 
 
 @dataclass
@@ -100,44 +72,14 @@ def convert(
     refused before it runs.
     """
     t0 = time.perf_counter()
-    model, external = load_model(model_or_path)
-    input_files: list[str] = []
-    if not isinstance(model_or_path, onnx.ModelProto):
-        input_files = sorted(str(p) for p in (dependency_files(model_or_path) if external
-                                              else {Path(model_or_path).resolve()}))
-    before = ModelStats.of(model)
-    # The self-check runs the original too: from its file when there is one (no copy in memory).
-    original: onnx.ModelProto | str = "" if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
-    if self_check and not original:
-        original = onnx.ModelProto()
-        original.CopyFrom(model)
-    planned = plan_conversion(model, mode=mode, input_name=input_name, size=size)
-    analysis, plan, trunk, geo, mode = planned.analysis, planned.plan, planned.trunk, planned.geometry, planned.mode
-    subject = subject_from_plan(planned, [o.name for o in model.graph.output]) if self_check else None
-    apply(model, analysis, plan, trunk.replacements, trunk.initializers)
-    ref_index = GraphIndex(model, {analysis.image.name: analysis.image.shape_at(1, analysis.image.height,
-                                                                                  analysis.image.width)},
-                           probe_shapes)
-    channels: dict[str, int | None] = {}
-    for name, m in plan.outputs.items():
-        shape = ref_index.shape(name)
-        dim = shape[m.layout[1]] if shape and m.layout is not None else None
-        channels[name] = dim if isinstance(dim, int) else None
-    make_dynamic(model, analysis.image, plan.outputs, channels)
-    set_metadata(model, metadata(geo, list(dict.fromkeys(plan.sources))))
-    try:
-        # The checker on the skeleton (weights as typed inputs) checks the graph without
-        # serializing the weights; the tests run it on whole models too.
-        onnx.checker.check_model(skeleton(model, {}, keep_output_shapes=True), full_check=True)
-    except Exception as exc:  # the checker raises several types
-        raise SelfCheckError(f"converted model fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
+    state = pipeline.run(model_or_path, pipeline.Options(mode, input_name, size, self_check, seed, max_memory))
+    planned, model = state.plan, state.model
     report = ConversionReport(
-        image=analysis.image, mode=mode, geometry=geo, changes=trunk.changes + plan.changes,
-        features=sorted(set(plan.features)), before=before, after=ModelStats.of(model), external_data=external,
-        input_files=input_files,
+        image=planned.analysis.image, mode=planned.mode, geometry=planned.geometry,
+        changes=planned.trunk.changes + planned.plan.changes, features=sorted(set(planned.plan.features)),
+        before=state.before, after=ModelStats.of(model), external_data=state.external_data,
+        input_files=state.input_files, self_check=state.self_check,
     )
-    if subject is not None:
-        report.self_check = run_self_check(original, model, subject, seed=seed, max_memory=max_memory)
     report.seconds = time.perf_counter() - t0
-    log.info("converted in %.2fs: %d changes", report.seconds, len(plan.changes))
+    log.info("converted in %.2fs: %d changes", report.seconds, len(report.changes))
     return model, report

@@ -72,7 +72,6 @@ class GraphIndex:
                 if i:
                     self.consumers.setdefault(i, []).append(node)
         self.graph_outputs = [o.name for o in self.graph.output]
-        self.graph_inputs = [i.name for i in self.graph.input if i.name not in self.initializers]
         self._names = set(self.producer) | set(self.initializers) | {i.name for i in self.graph.input}
         # One forward pass (nodes are in topological order) instead of a recursive walk per query,
         # which would recurse as deep as the graph when asked about a trunk tensor.

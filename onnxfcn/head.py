@@ -16,7 +16,7 @@ blocks) are not head: they are global-context ops inside the trunk, recorded for
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import onnx
 
@@ -42,10 +42,6 @@ class ImageInput:
     channels: int
     height: int
     width: int
-
-    @property
-    def hw_axes(self) -> tuple[int, int]:
-        return (2, 3) if self.layout == "NCHW" else (1, 2)
 
     def shape_at(self, batch: int, height: int, width: int) -> list[int]:
         if self.layout == "NCHW":
@@ -88,7 +84,6 @@ class Analysis:
     image: ImageInput
     info: dict[str, TensorInfo]
     heads: list[Head]
-    trunk_global_ops: list[str] = field(default_factory=list)  # SE-style pools inside the trunk
 
     def layout(self, name: str) -> Layout:
         lay = self.info[name].layout
@@ -304,12 +299,7 @@ def analyze(model: onnx.ModelProto, image: ImageInput, probe: ShapeProbe | None 
         Head(sorted((head_nodes[i] for i in ns), key=lambda n: order[id(n)]), sorted(fs), sorted(os_))
         for ns, fs, os_ in groups
     ]
-    trunk_global = [
-        node_label(n) for n in model.graph.node
-        if id(n) not in head_nodes and any(info.get(o, TensorInfo(State.CONST)).state is State.POOLED for o in n.output)
-        and any(info.get(i, TensorInfo(State.CONST)).state is State.SPATIAL for i in n.input)
-    ]
-    a = Analysis(index, image, info, heads, trunk_global)
+    a = Analysis(index, image, info, heads)
     if not heads:
         outs = ", ".join(f"{o} ({info[o].state.value if o in info else '?'})" for o in index.graph_outputs)
         if all(info.get(o, TensorInfo(State.CONST)).state is State.SPATIAL for o in index.graph_outputs):

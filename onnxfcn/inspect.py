@@ -8,10 +8,10 @@ from typing import Any
 
 import onnx
 
+from . import pipeline
 from .errors import AlreadyConvolutionalError, OnnxFcnError
 from .graph import node_label
-from .io import load_model
-from .plan import plan_conversion, prepare
+from .matcher import HeadRefusedError
 
 
 @dataclass
@@ -41,33 +41,35 @@ def inspect(model_or_path: str | os.PathLike[str] | onnx.ModelProto, *, mode: st
             input_name: str | None = None, size: tuple[int, int] | None = None,
             at: tuple[int, int] | None = None) -> InspectReport:
     """Plan the conversion exactly as ``convert`` does, and stop; ``at``: an input size for the grid."""
-    model, _ = load_model(model_or_path)
     report = InspectReport(mode=mode)
+    state = pipeline.State(model_or_path, pipeline.Options(mode, input_name, size, self_check=False))
     try:
-        analysis = prepare(model, input_name, size)
+        pipeline.resume(state, stop_after="plan")
     except AlreadyConvolutionalError as exc:
         report.already_convolutional = True
         report.blockers.append({"node": exc.node, "reason": exc.reason})
-        return report
+    except HeadRefusedError as exc:  # every head node no rule can take, each with its reason
+        report.blockers.extend({"node": b.node, "reason": f"{b.op}: {b.reason}"} for b in exc.blockers)
     except OnnxFcnError as exc:
+        if "load" not in state.done:
+            raise  # a file that does not load is an error, not a blocker
         report.blockers.append({"node": exc.node, "reason": exc.reason})
+    if state.analysis is None:
         return report
-    img = analysis.image
+    img = state.analysis.image
     report.input = {"name": img.name, "layout": img.layout, "reference_size": [img.height, img.width],
                     "channels": img.channels}
-    for head in analysis.heads:
+    for head in state.analysis.heads:
         report.heads.append({
             "features": head.features, "outputs": head.outputs,
             "nodes": [f"{n.op_type} {node_label(n)}" for n in head.nodes],
         })
-    try:
-        planned = plan_conversion(model, mode=mode, input_name=input_name, size=size)
-    except OnnxFcnError as exc:
-        report.blockers.append({"node": exc.node, "reason": exc.reason})
+    if state.planned is None:
         return report
+    planned = state.planned
     geo = planned.geometry
     report.mode = planned.mode
-    report.changes = [c.__dict__ for c in planned.plan.changes] + [c.__dict__ for c in planned.trunk.changes]
+    report.changes = [c.__dict__ for c in planned.trunk.changes + planned.plan.changes]  # convert's order
     h, w = at or (img.height + 2 * geo.stride[0], img.width + 2 * geo.stride[1])
     report.geometry = geo.summary(h, w)
     return report

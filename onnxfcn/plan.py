@@ -13,7 +13,8 @@ from ._version import __version__
 from .errors import AlreadyConvolutionalError, OnnxFcnError
 from .geometry import Geometry, compute_geometry
 from .head import Analysis, analyze, find_image_input
-from .rewrite import MODES, Plan, plan_head_rewrite
+from .matcher import plan_head_rewrite
+from .rewrite import MODES, Plan
 from .runtime import probe_shapes
 from .trunk import TrunkPlan, plan_trunk_rewrite
 
@@ -54,7 +55,7 @@ def set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
         model.metadata_props.add(key=k, value=v)
 
 
-def prepare(model: onnx.ModelProto, input_name: str | None = None,
+def analyse_model(model: onnx.ModelProto, input_name: str | None = None,
             size: tuple[int, int] | None = None) -> Analysis:
     """Find the image input and the head; raise if the model is already converted."""
     if read_metadata(model).get("mode"):
@@ -79,7 +80,13 @@ def plan_conversion(model: onnx.ModelProto, *, mode: str = "window", input_name:
     """Analyse and plan the rewrite; convert, inspect and verify all start here."""
     if mode not in MODES:
         raise OnnxFcnError(f"mode must be window or dense, not {mode!r}")
-    analysis = prepare(model, input_name, size)
+    return plan_analysis(analyse_model(model, input_name, size), mode)
+
+
+def plan_analysis(analysis: Analysis, mode: str = "window") -> Planned:
+    """The rewrite of an analysed model: head rules, geometry, trunk generalization."""
+    if mode not in MODES:
+        raise OnnxFcnError(f"mode must be window or dense, not {mode!r}")
     plan = plan_head_rewrite(analysis, mode)
     if mode == "dense" and not plan.pools_dropped:
         log.info("dense mode: the head has no global pool to drop; it slides whole windows")

@@ -24,7 +24,7 @@ _INT_MAX = 2**63 - 1
 
 @dataclass
 class TrunkPlan:
-    replacements: dict[int, list[onnx.NodeProto]] = field(default_factory=dict)
+    replacements: dict[int, list[onnx.NodeProto]] = field(default_factory=dict)  # by position in graph.node
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     consts: dict[tuple[int, ...], str] = field(default_factory=dict)
@@ -55,21 +55,21 @@ def plan_trunk_rewrite(analysis: Analysis) -> TrunkPlan:
     """Plan the generalization of trunk nodes that hold the batch or H, W as constants."""
     plan = TrunkPlan()
     head_ids = {id(n) for h in analysis.heads for n in h.nodes}
-    for node in analysis.index.graph.node:
+    for position, node in enumerate(analysis.index.graph.node):
         if id(node) in head_ids:
             continue
         if node.op_type == "Slice":
-            _plan_slice(analysis, plan, node)
+            _plan_slice(analysis, plan, node, position)
         elif node.op_type in ("Expand", "Tile", "ConstantOfShape", "Resize", "Upsample"):
             _refuse_baked(analysis, node)
         else:
             _refuse_spatial_constant(analysis, node)
             if node.op_type == "Reshape":
-                _plan_reshape(analysis, plan, node)
+                _plan_reshape(analysis, plan, node, position)
     return plan
 
 
-def _plan_reshape(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProto) -> None:
+def _plan_reshape(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProto, position: int) -> None:
     """A constant-shape Reshape that keeps batch first and H, W last: rebuild its shape from Shape."""
     index = analysis.index
     src = analysis.info.get(node.input[0])
@@ -103,7 +103,7 @@ def _plan_reshape(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProto) -> 
     new.CopyFrom(node)
     new.input[1] = new_shape
     nodes.append(new)
-    plan.replacements[id(node)] = nodes
+    plan.replacements[position] = nodes
     plan.changes.append(Change(node_label(node), f"Reshape(to {target})",
                                f"Reshape(to [N, {', '.join(map(str, middle))}, H, W] from Shape)"))
 
@@ -115,7 +115,7 @@ def _spatial_axes(analysis: Analysis, name: str) -> tuple[int, int, int] | None:
     return info.layout[0], info.layout[2], info.layout[3]
 
 
-def _plan_slice(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProto) -> None:
+def _plan_slice(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProto, position: int) -> None:
     """A Slice that keeps the whole batch/H/W extent at the reference size keeps it at any size."""
     index = analysis.index
     axes_nhw = _spatial_axes(analysis, node.input[0])
@@ -157,7 +157,7 @@ def _plan_slice(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProto) -> No
         new = helper.make_node("Slice", [node.input[0]], list(node.output), name=node.name,
                                starts=[starts[k] for k in keep], ends=[ends[k] for k in keep],
                                axes=[axes[k] for k in keep])
-    plan.replacements[id(node)] = [new]
+    plan.replacements[position] = [new]
     plan.changes.append(Change(node_label(node), f"Slice(ends {list(ends)})",
                                "the batch/H/W axes left out of the Slice (it kept their whole reference extent)"
                                if keep else "Identity (the Slice kept the whole reference extent)"))

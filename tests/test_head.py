@@ -23,7 +23,7 @@ def test_image_input_nhwc_detected_from_transpose() -> None:
     x = b.node("Transpose", ["image"], perm=[0, 3, 1, 2])
     y = gemm(b, b.node("Flatten", [trunk(b, x)], axis=1), 288, 4)
     img = find_image_input(b.model(image_shape("NHWC"), [y]))
-    assert img.layout == "NHWC" and img.hw_axes == (1, 2)
+    assert img.layout == "NHWC" and (img.height, img.width, img.channels) == (18, 18, 3)
 
 
 def test_dynamic_spatial_input_needs_size() -> None:

@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 
 import onnx
+import pytest
 from builders import Builder, flatten_gemm, image_shape, trunk
 from conftest import ROOT
+from test_rewrite import PATTERNS
+from test_verify import gap_softmax
 from typer.testing import CliRunner
 
 import onnxfcn
@@ -47,3 +50,23 @@ def test_inspect_cli_json_and_exit_codes(tmp_path: Path) -> None:
     b = Builder(13)
     onnx.save(b.model(image_shape(), [trunk(b)]), tmp_path / "fcn.onnx")
     assert runner.invoke(app, ["inspect", str(tmp_path / "fcn.onnx")]).exit_code == 3
+
+
+AGREE = {**PATTERNS, "flatten_padded": lambda: flatten_gemm(padded=True),
+         "gap_softmax_padded": lambda: gap_softmax(padded=True)}
+
+
+@pytest.mark.parametrize("mode", ["window", "dense"])
+@pytest.mark.parametrize("pattern", sorted(AGREE))
+def test_inspect_and_convert_agree(pattern: str, mode: str) -> None:
+    """inspect is the pipeline stopped after planning: same mode, geometry, exactness, changes."""
+    model = AGREE[pattern]()
+    plan = onnxfcn.inspect(model, mode=mode)
+    _, report = onnxfcn.convert(model, mode=mode, self_check=False)
+    assert plan.mode == report.mode
+    geo = report.geometry.summary()
+    assert plan.geometry is not None
+    for key in ("window", "stride", "offset", "receptive_field", "feature_window", "mode", "exact", "reasons",
+                "grid_formula", "min_size"):
+        assert plan.geometry[key] == geo[key], key
+    assert plan.changes == [c.__dict__ for c in report.changes]

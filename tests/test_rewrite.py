@@ -215,6 +215,19 @@ def two_heads() -> onnx.ModelProto:
     return b.model(image_shape(), [scores, boxes], out_names=["scores", "boxes"])
 
 
+def einsum(equation: str, bias: bool = True) -> Callable[[], onnx.ModelProto]:
+    """A dense layer written as Einsum (weight K x D or D x K), then an optional Add."""
+    def build() -> onnx.ModelProto:
+        b = Builder(13)
+        y = b.node("Flatten", [trunk(b)], axis=1)
+        wkd = equation.split(",")[1].split("-")[0] in ("kc", "ji")
+        y = b.node("Einsum", [y, b.weight("w", (K, D) if wkd else (D, K))], equation=equation)
+        if bias:
+            y = b.node("Add", [y, b.weight("bias", (K,), 0.5)])
+        return _finish(b, y)
+    return build
+
+
 PATTERNS: dict[str, Callable[[], onnx.ModelProto]] = {
     "flatten": flat_point("flatten"),
     "reshape_1_-1": flat_point("reshape_1_-1"),
@@ -269,6 +282,9 @@ PATTERNS: dict[str, Callable[[], onnx.ModelProto]] = {
     "argmax_no_keepdims": final("ArgMax", 13, axis=-1, keepdims=0),
     "topk": final("TopK", 13),
     "vgg_chain": vgg_chain,
+    "einsum_nc_kc": einsum("nc,kc->nk"),
+    "einsum_nc_ck_no_bias": einsum("nc,ck->nk", bias=False),
+    "einsum_ellipsis": einsum("...i,ji->...j"),
 }
 
 
@@ -369,11 +385,41 @@ def test_flatten_axis_2_is_refused() -> None:
 
 
 def test_gemm_transA_is_refused() -> None:
+    """The transA check itself: the Gemm reads the flattened vector directly (1 x D, transposed
+    to D x 1, times a 1 x K weight)."""
     b = Builder(13)
     y = b.node("Flatten", [trunk(b)], axis=1)
-    y = b.node("Transpose", [y], perm=[1, 0])
-    y = b.node("Gemm", [y, b.weight("w", (K, D))], transA=1, transB=1, name="gemm_ta")
-    with pytest.raises(onnxfcn.UnsupportedModelError, match="gemm_ta|Transpose"):
+    y = b.node("Gemm", [y, b.weight("w", (1, K))], transA=1, name="gemm_ta")
+    with pytest.raises(onnxfcn.UnsupportedModelError, match=r"gemm_ta.*transA=1"):
+        onnxfcn.convert(b.model(image_shape(), [y]))
+
+
+def test_every_blocker_is_reported() -> None:
+    """Two heads, each refused at its own node: both are named, and a node that only reads a
+    refused node is not reported again."""
+    b = Builder(13)
+    flat = b.node("Flatten", [trunk(b)], axis=1)
+    y1 = b.node("Softmax", [gemm(b, flat, D, K)], axis=0, name="batch_softmax")
+    y1 = b.node("Relu", [y1], name="after_softmax")
+    y2 = gemm(b, flat, D, K)
+    y2 = b.node("CumSum", [y2, b.const("ax", np.asarray(1, np.int64))], name="my_cumsum")
+    model = b.model(image_shape(), [y1, y2])
+    with pytest.raises(onnxfcn.UnsupportedModelError, match=r"batch_softmax.*and 1 more: my_cumsum") as info:
+        onnxfcn.convert(model)
+    assert [x.node for x in info.value.blockers] == ["batch_softmax", "my_cumsum"]  # type: ignore[attr-defined]
+    plan = onnxfcn.inspect(model)
+    assert [x["node"] for x in plan.blockers] == ["batch_softmax", "my_cumsum"]
+    assert "axis=0" in str(plan.blockers[0]["reason"]) and "not supported" in str(plan.blockers[1]["reason"])
+
+
+@pytest.mark.parametrize("equation", ["nc,ck->n", "nc,kc->kn", "nc,kc,kc->nk"])
+def test_einsum_that_is_not_a_dense_layer_is_refused(equation: str) -> None:
+    b = Builder(13)
+    y = b.node("Flatten", [trunk(b)], axis=1)
+    w = b.weight("w", (K, D))
+    inputs = [y, w, w] if equation.count(",") == 2 else [y, w if "kc" in equation else b.weight("w2", (D, K))]
+    y = b.node("Einsum", inputs, equation=equation, name="odd_einsum")
+    with pytest.raises(onnxfcn.UnsupportedModelError, match="odd_einsum.*not a dense layer"):
         onnxfcn.convert(b.model(image_shape(), [y]))
 
 
