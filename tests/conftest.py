@@ -57,6 +57,12 @@ def cells_vs_crops(original: onnx.ModelProto, converted: onnx.ModelProto, x: np.
 
 
 @pytest.fixture(scope="session")
+def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """torchvision exports, made once per session (``tv_export``) and shared by the tests that read them."""
+    return tmp_path_factory.mktemp("torchvision_exports")
+
+
+@pytest.fixture(scope="session")
 def tier_table() -> Any:
     """Rows of the realistic-scale tiers (error and bound per model); written as JSON to the file
     ONNXFCN_TIER_JSON names, if set, at the end of the session (numbers for a closing note)."""

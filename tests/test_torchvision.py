@@ -30,11 +30,6 @@ EXPORTS = [("legacy", 11), ("legacy", 13), ("legacy", 17), ("dynamo", 18)]
 CASES = [(a, e, o) for a in ISSUE2 + ISSUE4 for e, o in EXPORTS]
 
 
-@pytest.fixture(scope="session")
-def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("torchvision_exports")
-
-
 def ratio(check: Any) -> float:
     return max(o.ratio for o in check.outputs)
 

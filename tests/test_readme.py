@@ -1,0 +1,98 @@
+"""The README's examples, run: the convert and verify transcripts are compared with real output
+(floats and times masked: they vary by CPU), and the Python snippet's prints with its comments."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+FLOAT = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:e[-+]?\d+)|[-+]?\d+\.\d+")
+
+
+def mask(text: str) -> list[str]:
+    """Lines with every float replaced by '#' and runs of spaces collapsed (column widths follow
+    the numbers' widths)."""
+    return [re.sub(r"\s+", " ", FLOAT.sub("#", line)).strip() for line in text.strip().splitlines()]
+
+
+def blocks(language: str = "") -> list[str]:
+    """The README's fenced blocks with this info string ("" for plain), in order."""
+    found: list[str] = []
+    current: list[str] | None = None
+    info = ""
+    for line in README.splitlines():
+        if line.startswith("```"):
+            if current is None:
+                current, info = [], line[3:].strip()
+            else:
+                if info == language:
+                    found.append("\n".join(current) + "\n")
+                current = None
+        elif current is not None:
+            current.append(line)
+    return found
+
+
+def transcript(command_prefix: str) -> tuple[str, str]:
+    """(command, expected output) of the README block whose first line is ``$ command_prefix...``."""
+    for block in blocks():
+        first, _, rest = block.partition("\n")
+        if first.startswith("$ " + command_prefix):
+            return first[2:], rest
+    raise AssertionError(f"no README transcript for {command_prefix!r}")
+
+
+def run_cli(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    argv = shlex.split(command)
+    assert argv[0] == "onnxfcn"
+    return subprocess.run([sys.executable, "-m", "onnxfcn", *argv[1:]], cwd=cwd, capture_output=True, text=True,
+                          check=False, timeout=600)
+
+
+def test_mask_keeps_integers_and_words() -> None:
+    """Control: sizes, counts and words survive the mask; floats and exponents do not."""
+    assert mask("at 288x320, 12 of 3x4 cells: error 3.5e-06 (4.68 s) 62.5% 1e-07") == [
+        "at 288x320, 12 of 3x4 cells: error # (# s) #% #"]
+    assert mask("a  b\n c") == ["a b", "c"]
+
+
+def test_convert_transcript(tmp_path: Path) -> None:
+    command, expected = transcript("onnxfcn convert models/digits_cnn.onnx")
+    shutil.copytree(ROOT / "models", tmp_path / "models")
+    res = run_cli(command, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert mask(res.stdout) == mask(expected)
+
+
+@pytest.mark.torchvision
+def test_verify_transcript(tmp_path: Path, export_dir: Path) -> None:
+    pytest.importorskip("torchvision")
+    from tv_export import export
+
+    command, expected = transcript("onnxfcn verify resnet50.onnx")
+    shutil.copy(export("resnet50", "legacy", 17, export_dir), tmp_path / "resnet50.onnx")
+    conv = run_cli("onnxfcn convert resnet50.onnx -o resnet50_fcn.onnx -q", tmp_path)
+    assert conv.returncode == 0, conv.stdout + conv.stderr
+    res = run_cli(command, tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert mask(res.stdout) == mask(expected)
+
+
+def test_python_snippet(tmp_path: Path) -> None:
+    """Each print's output equals the comment on its line."""
+    code = blocks("python")[0]
+    wanted = [line.split("#", 1)[1].strip() for line in code.splitlines() if line.startswith("print(")]
+    assert len(wanted) >= 3
+    shutil.copytree(ROOT / "models", tmp_path / "models")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines() == wanted
