@@ -218,10 +218,25 @@ class GraphIndex:
         value: np.ndarray | None = None
         if name in self.initializers:
             value = numpy_helper.to_array(self.initializers[name])
+        elif self.is_const(name) and self.producer[name].op_type == "DequantizeLinear":
+            value = self._dequantize(self.producer[name])
         elif self.is_const(name):
             value = self._evaluate(name)
         self._const_cache[name] = value
         return value
+
+    def _dequantize(self, node: onnx.NodeProto) -> np.ndarray | None:
+        """(q - zero_point) * scale in the scale's precision, per tensor or along ``axis``: the
+        reference evaluator has no DequantizeLinear before opset 19, which QDQ models use."""
+        q, scale = self.const_value(node.input[0]), self.const_value(node.input[1])
+        zp = self.const_value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if q is None or scale is None or attr(node, "block_size", 0):
+            return None
+        shape = [1] * q.ndim
+        if scale.size > 1:
+            shape[attr(node, "axis", 1) % q.ndim] = scale.size
+        zero = np.zeros(1, np.int64) if zp is None else zp.astype(np.int64).reshape(shape if zp.size > 1 else ())
+        return ((q.astype(np.int64) - zero).astype(scale.dtype) * scale.reshape(shape if scale.size > 1 else ()))
 
     def shape_value(self, name: str) -> np.ndarray | None:
         """Value of a tensor computed from constants and from Shape of statically shaped tensors."""

@@ -123,9 +123,9 @@ def find_image_input(model: onnx.ModelProto, name: str | None = None,
         raise UnsupportedModelError(f"several image-like inputs ({names}); choose one with --input")
     vi = candidates[0]
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in vi.type.tensor_type.shape.dim]
-    consumers = [n for n in g.node if vi.name in n.input]
-    nhwc = bool(consumers) and all(
-        n.op_type == "Transpose" and list(attr(n, "perm", [])) == [0, 3, 1, 2] for n in consumers
+    frontier = _layout_frontier(g, vi.name, inits)
+    nhwc = bool(frontier) and all(
+        n.op_type == "Transpose" and list(attr(n, "perm", [])) == [0, 3, 1, 2] for n in frontier
     )
     layout = "NHWC" if nhwc else "NCHW"
     c = dims[3] if nhwc else dims[1]
@@ -144,6 +144,38 @@ def find_image_input(model: onnx.ModelProto, name: str | None = None,
     if not isinstance(c, int) or c <= 0:
         raise UnsupportedModelError(f"input '{vi.name}' has no fixed channel count")
     return ImageInput(vi.name, layout, dims[0], c, int(hw[0]), int(hw[1]))  # type: ignore[arg-type]
+
+
+# Ops that keep every axis where it is; the image passes through them before the first op that
+# reads a layout (Keras's Rescaling and Normalization layers export as Mul, Add, Sub, Div).
+_ELEMENTWISE = {"Mul", "Add", "Sub", "Div", "Cast", "Clip", "Relu", "Identity", "Neg", "Abs", "Sqrt", "Pow",
+                "Max", "Min", "Sigmoid", "Tanh", "Floor", "Ceil", "Round", "CastLike"}
+
+
+def _layout_frontier(g: onnx.GraphProto, name: str, inits: set[str]) -> list[onnx.NodeProto]:
+    """The first nodes that read the image with a layout in mind: its consumers, looking through
+    elementwise preprocessing whose other operands are constants (not through anything that mixes
+    the image with another input)."""
+    consts = set(inits)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:  # topological order: a constant's producers come first
+        if n.op_type == "Constant" or (n.input and all(not i or i in consts for i in n.input)):
+            consts.update(o for o in n.output if o)
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    frontier: list[onnx.NodeProto] = []
+    todo, seen = [name], {name}
+    while todo:
+        t = todo.pop()
+        for n in consumers.get(t, []):
+            passes = (n.op_type in _ELEMENTWISE and len(n.output) == 1
+                      and all(not i or i == t or i in consts for i in n.input))
+            if not passes:
+                frontier.append(n)
+            elif n.output[0] not in seen:
+                seen.add(n.output[0])
+                todo.append(n.output[0])
+    return frontier
 
 
 def _transpose_layout(layout: Layout, perm: list[int], node: onnx.NodeProto | None = None) -> Layout:

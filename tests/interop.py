@@ -84,6 +84,13 @@ def _cases() -> list[Case]:
             return b.model(image_shape(), [b.node("Softmax", [y], axis=1)], out_names=["scores"])
         return build
 
+    def qdq(per_channel: bool) -> Callable[[], onnx.ModelProto]:
+        def build() -> onnx.ModelProto:
+            from test_quantized import quantize_qdq
+
+            return quantize_qdq(flatten_gemm(), "NCHW", per_channel)
+        return build
+
     def fp16() -> onnx.ModelProto:
         return flatten_gemm(dtype=np.float16)
 
@@ -121,6 +128,8 @@ def _cases() -> list[Case]:
         Case("full_slice", "trunk Slice rebuilt from Shape (inputs)", full_slice_model),
         Case("opset7", "oldest opset (7)", opset(7)),
         Case("opset_newest", f"newest opset ({onnx.defs.onnx_opset_version()})", opset(onnx.defs.onnx_opset_version())),
+        Case("qdq_channel", "QDQ head (onnxruntime quantizer), per-channel int8 weights", qdq(True)),
+        Case("qdq_tensor", "QDQ head (onnxruntime quantizer), per-tensor int8 weights", qdq(False)),
         Case("fp16_flatten", "float16 model, Flatten head", fp16),
         Case("fp16_gap", "float16 model, window mean", gap16),
     ]

@@ -26,6 +26,28 @@ def test_image_input_nhwc_detected_from_transpose() -> None:
     assert img.layout == "NHWC" and (img.height, img.width, img.channels) == (18, 18, 3)
 
 
+def test_layout_found_through_preprocessing_not_the_first_consumer() -> None:
+    """Keras's Rescaling/Normalization (Mul, Add, Div on the NHWC image) come before the Transpose:
+    the layout is read where the data first meets a layout, not off the first consumer."""
+    from test_rewrite import nhwc_rescaling
+
+    img = find_image_input(nhwc_rescaling())
+    assert (img.layout, img.height, img.width, img.channels) == ("NHWC", 18, 18, 3)
+
+
+def test_elementwise_with_another_input_is_not_looked_through() -> None:
+    """An Add of a second graph input is not preprocessing: the walk stops there (NCHW default)."""
+    b = Builder(13)
+    x = b.node("Add", ["image", "bias_map"])
+    y = gemm(b, b.node("Flatten", [trunk(b, b.node("Transpose", [x], perm=[0, 3, 1, 2]))], axis=1), 288, 4)
+    graph = onnx.helper.make_graph(
+        b.nodes, "g", [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, image_shape("NHWC")),
+                       onnx.helper.make_tensor_value_info("bias_map", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, None)], b.inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    assert find_image_input(model, "image").layout == "NCHW"
+
+
 def test_dynamic_spatial_input_needs_size() -> None:
     b = Builder(13)
     y = b.node("GlobalAveragePool", [trunk(b)])
@@ -69,10 +91,11 @@ def test_no_image_input() -> None:
         find_image_input(onnx.helper.make_model(graph))
 
 
-@pytest.mark.parametrize("fmt", ["QOperator", "QDQ"])
+@pytest.mark.parametrize("fmt", ["QOperator"])
 def test_quantized_head_is_refused_not_called_convolutional(fmt: str, tmp_path: Path) -> None:
-    """onnxruntime's quantizer on a global-pool head: refused (exit 2) naming the quantized node,
-    never 'already fully convolutional' (exit 3): its output is N x K, not a map."""
+    """onnxruntime's quantizer (QOperator format) on a global-pool head: refused (exit 2) naming
+    the quantized node, never 'already fully convolutional' (exit 3): its output is N x K, not a
+    map. (QDQ converts: test_quantized.py.)"""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
     from typer.testing import CliRunner
 
@@ -96,6 +119,5 @@ def test_quantized_head_is_refused_not_called_convolutional(fmt: str, tmp_path: 
     quantize_static(str(src), str(out), Reader(), quant_format=getattr(QuantFormat, fmt), reduce_range=True)
     res = CliRunner().invoke(app, ["convert", str(out), "-o", str(tmp_path / "fcn.onnx")])
     assert res.exit_code == 2, res.output
-    expected = "QLinearGlobalAveragePool" if fmt == "QOperator" else "QuantizeLinear"
-    assert expected in res.output and "already" not in res.output
+    assert "QLinearGlobalAveragePool" in res.output and "already" not in res.output
     assert not (tmp_path / "fcn.onnx").exists()

@@ -66,6 +66,19 @@ def nhwc_keras() -> onnx.ModelProto:
     return _finish(b, y, "NHWC")
 
 
+def nhwc_rescaling() -> onnx.ModelProto:
+    """Keras's Rescaling and Normalization layers through tf2onnx (EfficientNet): Mul, Add and Div
+    on the NHWC image (one constant a Constant node) before the Transpose to NCHW."""
+    b = Builder(13)
+    x = b.node("Mul", ["image", b.const("scale", np.full((1, 1, 1, 3), 1 / 255, np.float32))])
+    x = b.node("Add", [x, b.const("offset", np.asarray([[[[0.1, -0.2, 0.3]]]], np.float32))])
+    std = b.node("Constant", [], value=onnx.numpy_helper.from_array(np.asarray([0.2, 0.25, 0.3], np.float32), "std"))
+    x = b.node("Div", [x, std])
+    f = trunk(b, b.node("Transpose", [x], perm=[0, 3, 1, 2]))
+    y = b.node("Reshape", [b.node("Transpose", [f], perm=[0, 2, 3, 1]), b.ints("shape", [-1, D])])
+    return _finish(b, gemm(b, y, D, K), "NHWC")
+
+
 def nhwc_keras_gap() -> onnx.ModelProto:
     """tf2onnx's GlobalAveragePooling2D: ReduceMean over axes 1, 2 of the NHWC map, keepdims=0."""
     b = Builder(13)
@@ -238,6 +251,7 @@ PATTERNS: dict[str, Callable[[], onnx.ModelProto]] = {
     "view_subgraph_opset11": flat_point("view", 11),
     "nhwc_keras": nhwc_keras,
     "nhwc_keras_gap": nhwc_keras_gap,
+    "nhwc_rescaling": nhwc_rescaling,
     "reducemean_keepdims0": reduce_flat("ReduceMean", 13, 0),
     "reducemean_keepdims0_opset18": reduce_flat("ReduceMean", 18, 0),
     "reducemean_attr": reduce_flat("ReduceMean", 13, 1),

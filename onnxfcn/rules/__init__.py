@@ -4,7 +4,7 @@ the module of its family (or a new one imported here) and decorate it with ``@re
 
 from __future__ import annotations
 
-from . import classes, collapse, dense, elementwise, reshape
+from . import classes, collapse, dense, elementwise, quantized, reshape
 from .base import REGISTRY, Rule, register
 
-__all__ = ["REGISTRY", "Rule", "classes", "collapse", "dense", "elementwise", "register", "reshape"]
+__all__ = ["REGISTRY", "Rule", "classes", "collapse", "dense", "elementwise", "quantized", "register", "reshape"]

@@ -15,6 +15,7 @@ from ..graph import attr
 from ..head import NCHW, State
 from ..rewrite import Builder, HeadContext, Mapped, Reject, np_dtype
 from .base import Rule, register
+from .quantized import dequantized, quantized_weight
 
 
 @dataclass
@@ -107,6 +108,8 @@ def _conv_weight(ctx: HeadContext, node: onnx.NodeProto, b: Builder, layer: Dens
     sizes = {"C": c, "H": h, "W": w}
     in_order = [k] + [sizes[ch] for ch in order]
     to_kchw = [0] + [1 + order.index(ch) for ch in "CHW"]
+    if alpha == 1.0 and (q := quantized_weight(ctx, b, layer.weight, layer.trans_b, order, kchw)) is not None:
+        return q  # int8 values reordered, not re-quantized
     if index.foldable(w_name):
         consumers = index.consumers.get(w_name, [])
         if (w_name in index.initializers and layer.trans_b and order == "CHW" and alpha == 1.0
@@ -140,6 +143,8 @@ def _conv_bias(ctx: HeadContext, node: onnx.NodeProto, b: Builder, name: str, be
     scalar = _bias_kind(ctx, name, k) == "scalar"
     shape = index.static_shape(name)
     dtype = np_dtype(index, name)
+    if not scalar and beta == 1.0 and list(shape or ()) == [k] and dequantized(ctx, name) is not None:
+        return name, False  # a QDQ int32 bias: onnxruntime fuses it into the integer Conv as it did
     if index.foldable(name):
         value = index.const_value(name)
         if value is None:
