@@ -19,7 +19,8 @@ from .errors import UnsupportedModelError
 from .graph import attr, node_label
 from .head import Analysis, State
 
-_KERNEL_OPS = {"Conv", "MaxPool", "AveragePool", "LpPool"}
+_KERNEL_OPS = {"Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool", "QLinearAveragePool"}
+_WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}  # where a convolution's weight is
 _SCALE_OPS = {"Resize", "Upsample", "ConvTranspose", "DepthToSpace", "SpaceToDepth", "MaxUnpool"}
 
 SizeFn = Callable[[int], int]
@@ -111,10 +112,10 @@ def _kernel_axis(node: onnx.NodeProto, analysis: Analysis, ax: int, ref_in: int)
     """(effective kernel, stride, pad_begin, pad_end, ceil_mode, auto_pad) along one axis."""
     index = analysis.index
     k_attr = attr(node, "kernel_shape")
-    if k_attr is None and node.op_type == "Conv":
-        wshape = index.static_shape(node.input[1])
+    if k_attr is None and node.op_type in _WEIGHT_INPUT:
+        wshape = index.static_shape(node.input[_WEIGHT_INPUT[node.op_type]])
         if wshape is None:
-            raise UnsupportedModelError("Conv weight has no static shape", node_label(node))
+            raise UnsupportedModelError(f"{node.op_type} weight has no static shape", node_label(node))
         k_attr = list(wshape[2:])
     if k_attr is None or len(k_attr) != 2:
         raise UnsupportedModelError(f"{node.op_type} is not 2-D", node_label(node))
@@ -256,6 +257,12 @@ def compute_geometry(analysis: Analysis, features: list[str], feature_window: tu
                 axis.size = _padded_size_fn(axis.size, pb + pe)
                 if pb or pe:
                     reasons.append(f"zero padding at {node_label(node)} (Pad {pad_mode} {pb},{pe} on {axis_name})")
+        elif (attr(node, "kernel_shape") is not None or node.op_type in ("DeformConv", "Col2Im", "Im2Col")) and \
+                any(analysis.info.get(i) and analysis.info[i].state is State.SPATIAL for i in node.input):
+            # A spatial kernel the size model does not know: treating it as pointwise would miss
+            # its padding and its receptive field.
+            raise UnsupportedModelError(f"{node.op_type} has a spatial kernel that the geometry does not model",
+                                        node_label(node))
         elif not _keeps_spatial_size(analysis, node):
             raise UnsupportedModelError(
                 f"{node.op_type} changes or moves the spatial axes {_hw(analysis, node.input[0])} -> "

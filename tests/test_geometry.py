@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import onnx
 import pytest
 from builders import C_FEAT, REF, Builder, flatten_gemm, gemm, image_shape, trunk
 from conftest import LIGHT, assert_close, cells_vs_crops, rand, run
@@ -116,3 +119,45 @@ def test_auto_pad_same_conv() -> None:
     for size in [(REF + 3, REF + 8), (31, 40)]:
         out = run(converted, rand([1, 3, *size]))[0]
         assert out.shape[2:] == g.grid(*size)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_quantized_trunk_convolutions_enter_the_geometry(padded: bool, tmp_path: Path) -> None:
+    """A QOperator trunk (onnxruntime's quantizer on the Conv nodes only) in front of a float
+    head: each QLinearConv is a kernel with its stride and padding. (It was once taken for a
+    pointwise op: the padded model was called exact, with a receptive field of one window.)"""
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    from test_quantized import Reader
+
+    float_model = flatten_gemm(padded=padded)
+    src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    onnx.save(float_model, src)
+    quantization.quantize_static(str(src), str(dst), Reader("NCHW"), quant_format=quantization.QuantFormat.QOperator,
+                                 op_types_to_quantize=["Conv"], reduce_range=True)
+    with_q = onnx.load(dst)
+    assert sum(n.op_type == "QLinearConv" for n in with_q.graph.node) == 2
+    converted, report = onnxfcn.convert(with_q)
+    _, float_report = onnxfcn.convert(float_model)
+    g = report.geometry
+    assert (g.stride, g.receptive_field, g.exact) == (float_report.geometry.stride,
+                                                      float_report.geometry.receptive_field, not padded)
+    if padded:
+        assert any("QLinearConv pads 1,1" in r for r in g.reasons)
+    else:  # integer trunk, float head: every cell equals its crop up to the head's rounding
+        cells, crops = cells_vs_crops(with_q, converted, rand([1, 3, REF + 4, REF + 6], 3), REF, 2)
+        assert_close(cells, crops)
+
+
+def test_unknown_spatial_kernel_is_refused() -> None:
+    """An op with a kernel_shape that the size model does not know is refused, not taken as pointwise."""
+    b = Builder(13)
+    y = b.node("LpPool", [trunk(b)], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="lp")  # known: fine
+    y = gemm(b, b.node("Flatten", [y], axis=1), C_FEAT * 6 * 6, 5)
+    assert onnxfcn.inspect(b.model(image_shape(), [y]))
+    model = b.model(image_shape(), [y])
+    lp = next(n for n in model.graph.node if n.name == "lp")
+    lp.domain, lp.op_type = "custom.pools", "SmoothPool"
+    model.opset_import.append(onnx.helper.make_opsetid("custom.pools", 1))
+    plan = onnxfcn.inspect(model)
+    assert not plan and plan.blockers[0]["node"] == "lp" and "SmoothPool" in str(plan.blockers[0]["reason"])
+
