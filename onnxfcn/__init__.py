@@ -14,11 +14,13 @@ from .errors import (
     UnsupportedModelError,
 )
 from .inspect import InspectReport, inspect
+from .matcher import HeadRefusedError
 from .verify import VerifyReport, verify
 
 __all__ = [
     "AlreadyConvolutionalError",
     "ConversionReport",
+    "HeadRefusedError",
     "InspectReport",
     "InvalidConversionError",
     "ModelLoadError",

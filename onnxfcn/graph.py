@@ -127,8 +127,7 @@ class GraphIndex:
             self._infer(input_shapes, hints=dict(self.shapes))
         if hints is not None or not input_shapes:
             return
-        unknown = [o for n in self.graph.node for o in n.output
-                   if o and self.dtypes.get(o) and self.static_shape(o) is None]
+        unknown = [o for n in self.graph.node for o in n.output if o and self.static_shape(o) is None]
         if unknown:
             self._probe(input_shapes, unknown)
 
@@ -137,7 +136,7 @@ class GraphIndex:
         reference size: ``runtime.probe_shapes``); the index itself never runs a model."""
         if self.probe is None:
             return
-        self.shapes.update(self.probe(self.model, input_shapes, {n: self.dtypes[n] for n in names}))
+        self.shapes.update(self.probe(self.model, input_shapes, {n: self.dtypes.get(n, 0) for n in names}))
 
     def _resolve_reshapes(self) -> bool:
         found = False

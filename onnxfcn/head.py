@@ -91,7 +91,8 @@ class Analysis:
         return lay
 
 
-_GLOBAL_POOLS = {"GlobalAveragePool": "AveragePool", "GlobalMaxPool": "MaxPool"}
+_GLOBAL_POOLS = {"GlobalAveragePool": "AveragePool", "GlobalMaxPool": "MaxPool",
+                 "QLinearGlobalAveragePool": "QLinearAveragePool"}  # the last: com.microsoft, quantized
 _REDUCE_POOLS = {"ReduceMean": "AveragePool", "ReduceMax": "MaxPool"}
 _WINDOW_POOLS = ("AveragePool", "MaxPool")
 

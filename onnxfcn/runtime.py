@@ -116,7 +116,7 @@ PROBE_LIMIT_BYTES = 256 * 2**20
 def probe_shapes(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]],
                  names: dict[str, int]) -> dict[str, Shape]:
     """Shapes that ONNX inference left open (Slice ends computed from Shape, say), read off one
-    onnxruntime run with zero inputs. ``names``: tensor -> dtype. A graph.ShapeProbe."""
+    onnxruntime run with zero inputs. ``names``: tensor -> dtype (0: unknown). A graph.ShapeProbe."""
     inits = {t.name for t in model.graph.initializer}
     inputs = [vi for vi in model.graph.input if vi.name not in inits]
     if any(vi.name not in input_shapes for vi in inputs):
@@ -127,7 +127,9 @@ def probe_shapes(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]],
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]
-    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, dt, None) for n, dt in names.items())
+    # An output whose type inference could not give (a com.microsoft op's) goes untyped.
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, dt, None) if dt else onnx.ValueInfoProto(name=n)
+                              for n, dt in names.items())
     del probe.graph.value_info[:]
     feeds = {}
     for vi in inputs:

@@ -84,11 +84,12 @@ def _cases() -> list[Case]:
             return b.model(image_shape(), [b.node("Softmax", [y], axis=1)], out_names=["scores"])
         return build
 
-    def qdq(per_channel: bool) -> Callable[[], onnx.ModelProto]:
+    def quantized(per_channel: bool, fmt: str = "QDQ", head: Callable[[], onnx.ModelProto] = flatten_gemm
+                  ) -> Callable[[], onnx.ModelProto]:
         def build() -> onnx.ModelProto:
             from test_quantized import quantize_qdq
 
-            return quantize_qdq(flatten_gemm(), "NCHW", per_channel)
+            return quantize_qdq(head(), "NCHW", per_channel, fmt)
         return build
 
     def fp16() -> onnx.ModelProto:
@@ -128,8 +129,11 @@ def _cases() -> list[Case]:
         Case("full_slice", "trunk Slice rebuilt from Shape (inputs)", full_slice_model),
         Case("opset7", "oldest opset (7)", opset(7)),
         Case("opset_newest", f"newest opset ({onnx.defs.onnx_opset_version()})", opset(onnx.defs.onnx_opset_version())),
-        Case("qdq_channel", "QDQ head (onnxruntime quantizer), per-channel int8 weights", qdq(True)),
-        Case("qdq_tensor", "QDQ head (onnxruntime quantizer), per-tensor int8 weights", qdq(False)),
+        Case("qdq_channel", "QDQ head (onnxruntime quantizer), per-channel int8 weights", quantized(True)),
+        Case("qdq_tensor", "QDQ head (onnxruntime quantizer), per-tensor int8 weights", quantized(False)),
+        Case("qoperator_flatten", "QOperator head: QGemm as QLinearConv", quantized(True, "QOperator")),
+        Case("qoperator_gap", "QOperator global pool: com.microsoft QLinearAveragePool window",
+             quantized(True, "QOperator", pooled("GlobalAveragePool"))),
         Case("fp16_flatten", "float16 model, Flatten head", fp16),
         Case("fp16_gap", "float16 model, window mean", gap16),
     ]
@@ -274,7 +278,9 @@ def _check(runtime: str, folder: Path, stem: str) -> Result:
             warnings.simplefilter("ignore")
             got = RUNTIMES[runtime](path, feeds, list(want))
     except Exception as exc:  # a runtime that cannot load or run the construct: that is the finding
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        lines = [ln.strip(" -") for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+        # OpenVINO's first lines are source locations; its last line names the op that failed.
+        first = lines[-1] if lines[0].startswith("Exception from") else lines[0]
         return Result(stem, runtime, False, seconds=time.perf_counter() - t0,
                       error=f"{type(exc).__name__}: {first[:160]}")
     ok, abs_, rel, tol, why = compare(got, want)

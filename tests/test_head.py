@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 from builders import Builder, flatten_gemm, gemm, image_shape, trunk
@@ -91,33 +90,23 @@ def test_no_image_input() -> None:
         find_image_input(onnx.helper.make_model(graph))
 
 
-@pytest.mark.parametrize("fmt", ["QOperator"])
-def test_quantized_head_is_refused_not_called_convolutional(fmt: str, tmp_path: Path) -> None:
-    """onnxruntime's quantizer (QOperator format) on a global-pool head: refused (exit 2) naming
-    the quantized node, never 'already fully convolutional' (exit 3): its output is N x K, not a
-    map. (QDQ converts: test_quantized.py.)"""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+def test_unknown_collapsing_op_is_refused_not_called_convolutional(tmp_path: Path) -> None:
+    """A global pool from a domain the tool does not know: refused (exit 2) naming the node, never
+    'already fully convolutional' (exit 3), because the output is N x K, not a map."""
     from typer.testing import CliRunner
 
     from onnxfcn.cli import app
 
     b = Builder(13)
-    y = b.node("GlobalAveragePool", [trunk(b)])
+    y = b.node("GlobalAveragePool", [trunk(b)], name="vendor_pool")
     y = gemm(b, b.node("Flatten", [y], axis=1), 8, 5)
+    model = b.model(image_shape(), [y], out_names=["logits"])
+    pool = next(n for n in model.graph.node if n.name == "vendor_pool")
+    pool.domain, pool.op_type = "vendor.ops", "FancyPool"
+    model.opset_import.append(onnx.helper.make_opsetid("vendor.ops", 1))
     src = tmp_path / "f.onnx"
-    onnx.save(b.model(image_shape(), [y], out_names=["logits"]), src)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.data = iter([{"image": np.random.default_rng(i).standard_normal((1, 3, 18, 18)).astype(np.float32)}
-                              for i in range(4)])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.data, None)
-
-    out = tmp_path / f"q_{fmt}.onnx"
-    quantize_static(str(src), str(out), Reader(), quant_format=getattr(QuantFormat, fmt), reduce_range=True)
-    res = CliRunner().invoke(app, ["convert", str(out), "-o", str(tmp_path / "fcn.onnx")])
+    onnx.save(model, src)
+    res = CliRunner().invoke(app, ["convert", str(src), "-o", str(tmp_path / "fcn.onnx")])
     assert res.exit_code == 2, res.output
-    assert "QLinearGlobalAveragePool" in res.output and "already" not in res.output
+    assert "vendor_pool" in res.output and "FancyPool (vendor.ops)" in res.output and "already" not in res.output
     assert not (tmp_path / "fcn.onnx").exists()

@@ -1,6 +1,7 @@
-"""onnxruntime's quantizer (QDQ format, reduce_range) on a Flatten head, a global-pool head and a
-MatMul head, per channel and per tensor: each converts, keeps its int8 weights (reordered, never
-re-quantized), equals the original at the reference size and every crop at a larger size."""
+"""onnxruntime's quantizer (QDQ and QOperator formats, reduce_range) on a Flatten head, a
+global-pool head and a MatMul head, per channel and per tensor: each converts, keeps its int8
+weights (reordered, never re-quantized), equals the original at the reference size and every
+crop at a larger size."""
 
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ from onnxruntime.quantization import CalibrationDataReader  # noqa: E402
 
 MODELS = {"flatten_gemm": (flatten_gemm, "NCHW"), "gap_gemm": (pooled("GlobalAveragePool"), "NCHW"),
           "nhwc_matmul_softmax": (nhwc_keras, "NHWC")}
-CASES = [(m, pc) for m in MODELS for pc in (True, False)]
+FORMATS = ("QDQ", "QOperator")
+CASES = [(m, pc, f) for f in FORMATS for m in MODELS for pc in (True, False)]
 # onnxruntime runs this one's Softmax as QLinearSoftmax (a lookup table) on N x K in the original
 # and on the map in the converted model; the two can round one output step apart (README).
-ONE_STEP = {("nhwc_matmul_softmax", False)}
+ONE_STEP = {("nhwc_matmul_softmax", False, "QDQ")}
 
 
 def shape(layout: str, batch: int, extra: tuple[int, int] = (0, 0)) -> list[int]:
@@ -35,37 +37,42 @@ def shape(layout: str, batch: int, extra: tuple[int, int] = (0, 0)) -> list[int]
 
 
 class Reader(CalibrationDataReader):
-    def __init__(self, layout: str) -> None:
-        self.data = iter([{"image": np.random.default_rng(i).standard_normal(shape(layout, 1)).astype(np.float32)}
+    """16 random images of the model's own input shape (``layout`` at the reference size, or ``dims``)."""
+
+    def __init__(self, layout: str, dims: list[int] | None = None) -> None:
+        dims = dims or shape(layout, 1)
+        self.data = iter([{"image": np.random.default_rng(i).standard_normal(dims).astype(np.float32)}
                           for i in range(16)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.data, None)
 
 
-def quantize_qdq(model: onnx.ModelProto, layout: str, per_channel: bool) -> onnx.ModelProto:
-    """onnxruntime's static quantizer, QDQ format, int8 weights, reduce_range (u8s8 kernels on CPUs
-    without VNNI saturate otherwise, and results would differ between machines)."""
+def quantize_qdq(model: onnx.ModelProto, layout: str, per_channel: bool, fmt: str = "QDQ") -> onnx.ModelProto:
+    """onnxruntime's static quantizer, int8 weights, reduce_range (u8s8 kernels on CPUs without
+    VNNI saturate otherwise, and results would differ between machines)."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="onnxfcn-q-") as tmp:
         src, dst = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
         onnx.save(model, src)
-        quantization.quantize_static(str(src), str(dst), Reader(layout), quant_format=quantization.QuantFormat.QDQ,
+        dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        quantization.quantize_static(str(src), str(dst), Reader(layout, dims),
+                                     quant_format=getattr(quantization.QuantFormat, fmt),
                                      per_channel=per_channel, reduce_range=True,
                                      weight_type=quantization.QuantType.QInt8)
         return onnx.load(dst)
 
 
 @pytest.fixture(scope="module")
-def quantized(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, bool], Path]:
+def quantized(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, bool, str], Path]:
     folder = tmp_path_factory.mktemp("quantized")
     out = {}
-    for name, per_channel in CASES:
+    for name, per_channel, fmt in CASES:
         build, layout = MODELS[name]
-        dst = folder / f"{name}_{'channel' if per_channel else 'tensor'}.onnx"
-        onnx.save(quantize_qdq(build(), layout, per_channel), dst)
-        out[(name, per_channel)] = dst
+        dst = folder / f"{name}_{'channel' if per_channel else 'tensor'}_{fmt}.onnx"
+        onnx.save(quantize_qdq(build(), layout, per_channel, fmt), dst)
+        out[(name, per_channel, fmt)] = dst
     return out
 
 
@@ -80,27 +87,32 @@ def output_step(model: onnx.ModelProto) -> float:
     return float(numpy_helper.to_array(scale))
 
 
-@pytest.mark.parametrize(("name", "per_channel"), CASES, ids=[f"{m}-{'channel' if c else 'tensor'}" for m, c in CASES])
-def test_qdq_head_converts_and_matches(name: str, per_channel: bool, quantized: dict[tuple[str, bool], Path],
-                                       tmp_path: Path) -> None:
-    path = quantized[(name, per_channel)]
+@pytest.mark.parametrize(("name", "per_channel", "fmt"), CASES,
+                         ids=[f"{f}-{m}-{'channel' if c else 'tensor'}" for m, c, f in CASES])
+def test_quantized_head_converts_and_matches(name: str, per_channel: bool, fmt: str,
+                                             quantized: dict[tuple[str, bool, str], Path], tmp_path: Path) -> None:
+    path = quantized[(name, per_channel, fmt)]
     original = onnx.load(path)
     layout = MODELS[name][1]
     converted, report = onnxfcn.convert(path)
-    assert report.self_check[0]["comparison"] == "rounding bound"
-    step = output_step(original)
-    allowed = step * 1.0001 if (name, per_channel) in ONE_STEP else 0.0
+    if fmt == "QDQ":  # QOperator's integer ops have no rounding model: compared by tolerance (exact here)
+        assert report.self_check[0]["comparison"] == "rounding bound"
+    allowed = output_step(original) * 1.0001 if (name, per_channel, fmt) in ONE_STEP else 0.0
     # The weights stay int8: every dense weight is a DequantizeLinear of an integer initializer
     # holding the original's values in another order.
     inits = {t.name: numpy_helper.to_array(t) for t in converted.graph.initializer}
     before = {t.name: numpy_helper.to_array(t) for t in original.graph.initializer}
     producer = {o: n for n in converted.graph.node for o in n.output}
-    dense = [n for n in converted.graph.node if n.op_type == "Conv" and n.name.startswith("conv__fcn")]
+    dense = [n for n in converted.graph.node if n.op_type in ("Conv", "QLinearConv") and "conv__fcn" in n.name]
     assert len(dense) == {"flatten_gemm": 2, "gap_gemm": 1, "nhwc_matmul_softmax": 2}[name]
     for conv in dense:
-        dq = producer[conv.input[1]]
-        assert dq.op_type == "DequantizeLinear", conv.name
-        q = inits[dq.input[0]]
+        if fmt == "QDQ":
+            dq = producer[conv.input[1]]
+            assert dq.op_type == "DequantizeLinear", conv.name
+            q = inits[dq.input[0]]
+        else:
+            assert conv.op_type == "QLinearConv"
+            q = inits[conv.input[3]]
         assert q.dtype == np.int8
         assert any(np.array_equal(np.sort(q, axis=None), np.sort(v, axis=None)) for v in before.values()
                    if v.dtype == np.int8 and v.size == q.size)
@@ -125,13 +137,13 @@ def test_qdq_head_converts_and_matches(name: str, per_channel: bool, quantized: 
     assert res.exit_code == 0, res.output
 
 
-def test_one_step_bound_still_catches_a_wrong_weight(quantized: dict[tuple[str, bool], Path]) -> None:
+def test_one_step_bound_still_catches_a_wrong_weight(quantized: dict[tuple[str, bool, str], Path]) -> None:
     """Control: with the int8 weight of the first dense layer reversed, verify fails although a
     quantization step of slack is allowed."""
-    path = quantized[("flatten_gemm", True)]
+    path = quantized[("flatten_gemm", True, "QDQ")]
     converted, _ = onnxfcn.convert(path)
     producer = {o: n for n in converted.graph.node for o in n.output}
-    conv = next(n for n in converted.graph.node if n.op_type == "Conv" and n.name.startswith("conv__fcn"))
+    conv = next(n for n in converted.graph.node if n.op_type == "Conv" and "conv__fcn" in n.name)
     q = next(t for t in converted.graph.initializer if t.name == producer[conv.input[1]].input[0])
     q.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(q)[:, ::-1].copy(), q.name))
     assert not onnxfcn.verify(path, converted)

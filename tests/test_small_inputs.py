@@ -93,3 +93,36 @@ def test_the_old_emission_did_crash(tmp_path: Path) -> None:
     if rc == 0:
         pytest.skip("onnxruntime did not take its NCHWc pooling path here")
     assert rc in (-8, 136), rc  # SIGFPE
+
+
+@pytest.mark.parametrize("padded_pool", [True, False])
+def test_quantized_window_pool_never_crashes(padded_pool: bool, tmp_path: Path) -> None:
+    """The QOperator global pool becomes a com.microsoft QLinearAveragePool window, whose kernel also
+    dies (SIGFPE) at output size 0; emitted padded and sliced, every size fails cleanly or runs.
+    Control (padded_pool=False): the plain pool kills the process one cell below the window."""
+    pytest.importorskip("onnxruntime.quantization")
+    from test_quantized import quantize_qdq
+
+    original = quantize_qdq(nchwc_classifier(), "NCHW", True, "QOperator")
+    converted, report = onnxfcn.convert(original, self_check=padded_pool)
+    if not padded_pool:
+        pool = next(n for n in converted.graph.node if n.op_type == "QLinearAveragePool")
+        cut = next(n for n in converted.graph.node if n.op_type == "Slice" and n.input[0] == pool.output[0])
+        for a in pool.attribute:
+            if a.name == "pads":
+                a.ints[:] = [0, 0, 0, 0]
+        pool.output[0] = cut.output[0]
+        converted.graph.node.remove(cut)
+    path = tmp_path / "fcn.onnx"
+    onnx.save(converted, path)
+    low = report.geometry.min_size()[0]
+    rc, results = run_sizes(path, list(range(1, low + 2 * report.geometry.stride[0] + 1)))
+    if not padded_pool:
+        if rc == 0:
+            pytest.skip("onnxruntime's QLinearAveragePool did not divide by zero here")
+        assert rc in (-8, 136), rc
+        return
+    assert rc == 0, f"the process died (rc {rc}) after sizes {[r['size'] for r in results]}"
+    for r in results:
+        n = int(r["size"])  # type: ignore[call-overload]
+        assert ("shape" in r) == (n >= low), r

@@ -19,7 +19,7 @@ from onnx import helper
 
 from ..bounds import LAMBDA, Bounded, HeadEvaluator, NoBoundError, register_bound
 from ..graph import attr
-from ..rewrite import Builder, HeadContext
+from ..rewrite import Builder, HeadContext, Mapped
 from .base import Rule, register
 
 QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
@@ -85,6 +85,209 @@ def quantized_weight(ctx: HeadContext, b: Builder, w_name: str, trans_b: bool, o
     attrs: dict[str, Any] = {"axis": 0} if per_channel else {}
     (out,) = b.node("DequantizeLinear", inputs, "w_dequant", **attrs)
     return out
+
+
+# ---- the QOperator format: integer ops with their scales as inputs --------------------------------
+def _int_weight(ctx: HeadContext, name: str) -> np.ndarray | None:
+    value = ctx.index.const_value(name) if ctx.index.is_const(name) else None
+    return value if value is not None and value.ndim == 2 and value.dtype.kind in "iu" else None
+
+
+def _qlinear_dense_reason(ctx: HeadContext, node: onnx.NodeProto, a: str, w: str, trans_b: bool,
+                          scales: list[str], bias: str) -> str | None:
+    if a not in ctx.mapped:
+        return "the feature vector must be the first operand"
+    m = ctx.mapped[a]
+    if m.layout is None or (m.layout != (0, 1, 2, 3) and m.window is None):
+        return "dense layer on a tensor whose last axis is not the feature axis"
+    q = _int_weight(ctx, w)
+    if q is None:
+        return f"weight '{w}' is not a constant 2-D integer tensor"
+    if any(not i or not ctx.index.is_const(i) for i in scales):
+        return "scales and zero points must be constants (the output is quantized)"
+    k, d = (q.shape[0], q.shape[1]) if trans_b else (q.shape[1], q.shape[0])
+    if m.window is not None:
+        _, (c, h, w_) = m.window
+        if c * h * w_ != d:
+            return f"weight expects {d} features, the window holds {c}x{h}x{w_}"
+    if bias:
+        shape = ctx.index.static_shape(bias)
+        if not ctx.index.is_const(bias) or shape is None or int(np.prod(shape)) != k:
+            return f"bias '{bias}' is not a constant with one value per output feature"
+    return None
+
+
+def _qlinear_conv(ctx: HeadContext, node: onnx.NodeProto, b: Builder, a: str, w: str, trans_b: bool,
+                  quant: list[str], bias: str) -> str:
+    """QLinearConv with the integer weight reordered into K x C x h x w (never re-quantized).
+    ``quant``: a_scale, a_zp, w_scale, w_zp, y_scale, y_zp."""
+    m = ctx.mapped[a]
+    q = _int_weight(ctx, w)
+    assert q is not None
+    mat = q if trans_b else q.T
+    k, d = mat.shape
+    order, (c, h, w_) = m.window if m.window is not None else ("CHW", (d, 1, 1))
+    sizes = {"C": c, "H": h, "W": w_}
+    kernel = mat.reshape([k] + [sizes[ch] for ch in order]).transpose([0] + [1 + order.index(ch) for ch in "CHW"])
+    weight = b.const(f"{w}_conv", np.ascontiguousarray(kernel))
+    inputs = [m.name, quant[0], quant[1], weight, quant[2], quant[3], quant[4], quant[5]]
+    if bias:
+        value = ctx.index.const_value(bias)
+        assert value is not None
+        inputs.append(b.const(f"{bias}_conv", value.reshape(-1)) if value.ndim != 1 else bias)
+    b.node("QLinearConv", inputs, "qconv", outputs=[node.output[0]], kernel_shape=[h, w_], strides=[1, 1],
+           pads=[0, 0, 0, 0])
+    ctx.mapped[node.output[0]] = Mapped(node.output[0], (0, 1, 2, 3), None)
+    return f"QLinearConv {h}x{w_} -> {k} channels, int8 weights reordered" + (f" from {order}" if order != "CHW" else "")
+
+
+@register
+class QGemm(Rule):
+    """com.microsoft QGemm with a quantized output: a QLinearConv."""
+
+    name = "qgemm"
+    ops = frozenset({"QGemm"})
+
+    def check(self, ctx: HeadContext, nodes: list[onnx.NodeProto]) -> str | None:
+        (node,) = nodes
+        if attr(node, "transA", 0):
+            return "QGemm with transA=1 puts the batch axis second; cannot slide it"
+        if float(attr(node, "alpha", 1.0)) != 1.0:
+            return "QGemm with alpha != 1"
+        if len(node.input) < 9 or not node.input[7]:
+            return "QGemm with a float output (no y_scale): no integer convolution gives it"
+        ins = list(node.input)
+        return _qlinear_dense_reason(ctx, node, ins[0], ins[3], bool(attr(node, "transB", 0)),
+                                     [ins[1], ins[2], ins[4], ins[5], ins[7], ins[8]], ins[6])
+
+    def rewrite(self, ctx: HeadContext, nodes: list[onnx.NodeProto], b: Builder) -> str | None:
+        (node,) = nodes
+        ins = list(node.input)
+        return _qlinear_conv(ctx, node, b, ins[0], ins[3], bool(attr(node, "transB", 0)),
+                             [ins[1], ins[2], ins[4], ins[5], ins[7], ins[8]], ins[6])
+
+
+@register
+class QLinearMatMul(Rule):
+    name = "qlinear-matmul"
+    ops = frozenset({"QLinearMatMul"})
+
+    def check(self, ctx: HeadContext, nodes: list[onnx.NodeProto]) -> str | None:
+        (node,) = nodes
+        ins = list(node.input)
+        return _qlinear_dense_reason(ctx, node, ins[0], ins[3], False, [ins[1], ins[2], ins[4], ins[5], ins[6], ins[7]], "")
+
+    def rewrite(self, ctx: HeadContext, nodes: list[onnx.NodeProto], b: Builder) -> str | None:
+        (node,) = nodes
+        ins = list(node.input)
+        return _qlinear_conv(ctx, node, b, ins[0], ins[3], False, [ins[1], ins[2], ins[4], ins[5], ins[6], ins[7]], "")
+
+
+@register
+class QLinearBinary(Rule):
+    """com.microsoft QLinearAdd/QLinearMul of a head tensor and a per-feature quantized constant."""
+
+    name = "qlinear-binary"
+    ops = frozenset({"QLinearAdd", "QLinearMul"})
+
+    def check(self, ctx: HeadContext, nodes: list[onnx.NodeProto]) -> str | None:
+        (node,) = nodes
+        heads = [k for k in (0, 3) if node.input[k] in ctx.mapped]
+        if len(heads) != 1:
+            return "needs one head tensor and one constant operand"
+        other = node.input[3 - heads[0]]
+        if any(i and not ctx.index.is_const(i) for k, i in enumerate(node.input) if k not in (0, 3)):
+            return "scales and zero points must be constants"
+        return ctx.per_feature_reason(other, ctx.mapped[node.input[heads[0]]])
+
+    def rewrite(self, ctx: HeadContext, nodes: list[onnx.NodeProto], b: Builder) -> str | None:
+        (node,) = nodes
+        head = 0 if node.input[0] in ctx.mapped else 3
+        m = ctx.mapped[node.input[head]]
+        other = node.input[3 - head]
+        new = ctx.per_feature_const(node, b, other, m)
+        ctx.keep(node, b, m, {other: new} if new != other else None)
+        return "constant reshaped to 1xDx1x1" if new != other else None
+
+
+@register
+class QLinearSoftmax(Rule):
+    """com.microsoft QLinearSoftmax with opset-13 semantics over the class axis."""
+
+    name = "qlinear-softmax"
+    ops = frozenset({"QLinearSoftmax"})
+
+    def check(self, ctx: HeadContext, nodes: list[onnx.NodeProto]) -> str | None:
+        (node,) = nodes
+        if (why := ctx.unmapped(node)) is not None:
+            return why
+        m = ctx.mapped[node.input[0]]
+        if m.window is not None:
+            return "softmax over the flattened window cannot slide"
+        if int(attr(node, "opset", 13)) < 13:
+            return "QLinearSoftmax with opset < 13 semantics (normalizes over all trailing axes)"
+        return ctx.feature_axis_reason(node, m, int(attr(node, "axis", -1)))
+
+    def rewrite(self, ctx: HeadContext, nodes: list[onnx.NodeProto], b: Builder) -> str | None:
+        (node,) = nodes
+        m = ctx.mapped[node.input[0]]
+        ctx.keep_with_axis(node, b, m, m.channel_axis)
+        return f"axis -> {m.channel_axis}"
+
+
+@register
+class QLinearGlobalPool(Rule):
+    """com.microsoft QLinearGlobalAveragePool on the feature map: a stride-1 QLinearAveragePool as
+    large as the reference map (window mode), or a requantization of each cell (dense mode: the
+    mean of one cell is the cell, in the pool's output scale)."""
+
+    name = "qlinear-global-pool"
+    ops = frozenset({"QLinearGlobalAveragePool"})
+    priority = -1  # before the float collapse, which owns every other node on the map
+
+    def check(self, ctx: HeadContext, nodes: list[onnx.NodeProto]) -> str | None:
+        (node,) = nodes
+        if attr(node, "channels_last", 0):
+            return "QLinearGlobalAveragePool with channels_last=1"
+        if ctx.index.static_shape(node.input[0]) is None:
+            return "feature map has no static shape at the reference size"
+        if any(not i or not ctx.index.is_const(i) for i in node.input[1:5]):
+            return "scales and zero points must be constants"
+        return None
+
+    def rewrite(self, ctx: HeadContext, nodes: list[onnx.NodeProto], b: Builder) -> str | None:
+        (node,) = nodes
+        feat = node.input[0]
+        shape = ctx.index.static_shape(feat)
+        assert shape is not None
+        h, w = int(shape[2]), int(shape[3])
+        plan = ctx.plan
+        plan.sources.append(feat)
+        plan.features.append(feat)
+        x_scale, x_zp, y_scale, y_zp = node.input[1:5]
+        if ctx.mode == "window":
+            plan.windows.append((h, w))
+            # Padded at the end and sliced back, as window_pool does: the QLinearAveragePool kernel
+            # too dies (SIGFPE) when its output size is 0, one cell below the window.
+            (pooled,) = b.node("QLinearAveragePool", [feat, x_scale, x_zp, y_scale, y_zp], "qwindow_pool",
+                               domain="com.microsoft", kernel_shape=[h, w], strides=[1, 1],
+                               pads=[0, 0, h - 1, w - 1], count_include_pad=0)
+            axes = [ax for ax, k in ((2, h), (3, w)) if k > 1]
+            ends = [1 - k for k in (h, w) if k > 1]
+            if axes:
+                b.node("Slice", [pooled, b.ints("starts", [0] * len(axes)), b.ints("ends", ends), b.ints("axes", axes)],
+                       "qwindow_valid", outputs=[node.output[0]])
+            else:
+                b.node("Identity", [pooled], "qwindow_valid", outputs=[node.output[0]])
+            after = f"QLinearAveragePool {h}x{w}, stride 1 (one cell per {h}x{w} feature window)"
+        else:
+            plan.windows.append((1, 1))
+            plan.pools_dropped += 1
+            (x,) = b.node("DequantizeLinear", [feat, x_scale, x_zp], "cell_dequant")
+            b.node("QuantizeLinear", [x, y_scale, y_zp], "cell_requant", outputs=[node.output[0]])
+            after = "requantized per cell (dense mode: every feature cell is scored on its own)"
+        ctx.mapped[node.output[0]] = Mapped(node.output[0], (0, 1, 2, 3), None)
+        return after
 
 
 # ---- rounding bounds of the original's Q/DQ, for verify -----------------------------------------
