@@ -150,6 +150,16 @@ class HeadContext:
                 return f"input '{name}' is not a head tensor the rewrite can follow"
         return None
 
+    def per_cell_input(self, node: onnx.NodeProto, what: str) -> tuple[Mapped | None, str | None]:
+        """(the counterpart of the node's first input, None) when the op can act on each cell's
+        vector alone; else (None, why not). ``what``: what the op does over a vector ("normalizes")."""
+        if (why := self.unmapped(node)) is not None:
+            return None, why
+        m = self.mapped[node.input[0]]
+        if m.window is not None:
+            return None, f"{what} the flattened window; cannot slide"
+        return m, None
+
     def feature_axis_reason(self, node: onnx.NodeProto, m: Mapped, axis: int | None) -> str | None:
         """Why ``axis`` of the original op is not the feature axis; None when it is."""
         name = node.input[0]

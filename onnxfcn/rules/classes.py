@@ -28,11 +28,9 @@ class SoftmaxFamily(Rule):
 
     def check(self, ctx: HeadContext, nodes: list[onnx.NodeProto]) -> str | None:
         (node,) = nodes
-        if (why := ctx.unmapped(node)) is not None:
+        m, why = ctx.per_cell_input(node, "softmax over")
+        if m is None:
             return why
-        m = ctx.mapped[node.input[0]]
-        if m.window is not None:
-            return "softmax over the flattened window cannot slide"
         axis = self.axis(ctx, node)
         if ctx.index.opset >= 13:
             return ctx.feature_axis_reason(node, m, axis)
@@ -69,11 +67,9 @@ class ClassAxis(Rule):
 
     def check(self, ctx: HeadContext, nodes: list[onnx.NodeProto]) -> str | None:
         (node,) = nodes
-        if (why := ctx.unmapped(node)) is not None:
+        m, why = ctx.per_cell_input(node, "reduces over")
+        if m is None:
             return why
-        m = ctx.mapped[node.input[0]]
-        if m.window is not None:
-            return "reduces over the flattened window; cannot slide"
         axis = self.axis(ctx, node)
         if axis is None:
             return "reduction must be over the class axis alone"

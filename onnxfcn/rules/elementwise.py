@@ -110,11 +110,9 @@ class BatchNormalization(Rule):
 
     def check(self, ctx: HeadContext, nodes: list[onnx.NodeProto]) -> str | None:
         (node,) = nodes
-        if (why := ctx.unmapped(node)) is not None:
+        m, why = ctx.per_cell_input(node, "normalizes")
+        if m is None:
             return why
-        m = ctx.mapped[node.input[0]]
-        if m.window is not None:
-            return "normalizes the flattened window; cannot slide"
         if m.layout is not None and m.channel_axis != 1:
             return "BatchNormalization on a channels-last map"
         if _trailing_outputs_used(ctx, node):
@@ -135,11 +133,9 @@ class LayerNormalization(Rule):
 
     def check(self, ctx: HeadContext, nodes: list[onnx.NodeProto]) -> str | None:
         (node,) = nodes
-        if (why := ctx.unmapped(node)) is not None:
+        m, why = ctx.per_cell_input(node, "normalizes")
+        if m is None:
             return why
-        m = ctx.mapped[node.input[0]]
-        if m.window is not None:
-            return "normalizes the flattened window; cannot slide"
         if _trailing_outputs_used(ctx, node):
             return "Mean/InvStdDev outputs are used"
         ax = attr(node, "axis", -1) % ctx.rank(node.input[0])

@@ -219,11 +219,9 @@ class QLinearSoftmax(Rule):
 
     def check(self, ctx: HeadContext, nodes: list[onnx.NodeProto]) -> str | None:
         (node,) = nodes
-        if (why := ctx.unmapped(node)) is not None:
+        m, why = ctx.per_cell_input(node, "softmax over")
+        if m is None:
             return why
-        m = ctx.mapped[node.input[0]]
-        if m.window is not None:
-            return "softmax over the flattened window cannot slide"
         if int(attr(node, "opset", 13)) < 13:
             return "QLinearSoftmax with opset < 13 semantics (normalizes over all trailing axes)"
         return ctx.feature_axis_reason(node, m, int(attr(node, "axis", -1)))
