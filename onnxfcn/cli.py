@@ -21,7 +21,13 @@ import numpy as np
 import typer
 
 from ._version import __version__
+from .convert import convert as do_convert
 from .errors import AlreadyConvolutionalError, OnnxFcnError, SelfCheckError
+from .inspect import inspect as do_inspect
+from .io import check_output_path, load_model, save_model, write_text_atomic
+from .plan import analyse_model
+from .runtime import parse_bytes
+from .verify import verify as do_verify
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_ALREADY_FCN = 0, 1, 2, 3
 _STATE = {"verbose": False}
@@ -240,8 +246,6 @@ def _dumps(data: dict[str, Any]) -> str:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from .io import write_text_atomic
-
     try:
         write_text_atomic(path, _dumps(data))
     except OSError as exc:
@@ -290,9 +294,6 @@ def convert(
     verbose: Verbose = False,
 ) -> None:
     """Rewrite the dense head into convolutions so the model runs on larger images."""
-    from .convert import convert as do_convert
-    from .io import check_output_path, save_model
-
     _set_verbose(verbose)
     out = output or model.with_name(model.name.removesuffix(".onnx") + ".fcn.onnx")
     if out.resolve() == model.resolve():
@@ -302,14 +303,10 @@ def convert(
         check_output_path(out)
         if json_path is not None:
             check_output_path(json_path, what="JSON")
-        from .runtime import parse_bytes
-
         new, report = do_convert(model, mode=mode.value, input_name=input_name, size=_size(size) if size else None,
                                  self_check=self_check, max_memory=parse_bytes(max_memory) if max_memory else None)
         vreport = None
         if verify:
-            from .verify import verify as do_verify
-
             vreport = do_verify(model, new, progress=None if quiet else _progress())
         if vreport is not None and not vreport:
             if not quiet:
@@ -356,10 +353,6 @@ def verify(
     verbose: Verbose = False,
 ) -> None:
     """Prove a converted model against the original on onnxruntime."""
-    from .io import check_output_path
-    from .runtime import parse_bytes
-    from .verify import verify as do_verify
-
     _set_verbose(verbose)
 
     pos: int | str
@@ -416,8 +409,6 @@ def _load_input(npy: Path | None, image: Path | None, mean: str | None, std: str
         from PIL import Image
     except ImportError:
         raise OnnxFcnError("--image needs Pillow: pip install 'onnxfcn[image]'") from None
-    from .io import load_model
-    from .plan import analyse_model
 
     model, _ = load_model(original)
     img_in = analyse_model(model).image
@@ -450,8 +441,6 @@ def inspect(
     verbose: Verbose = False,
 ) -> None:
     """Dry run: the head found, what convert would change, blockers, and the geometry. Changes nothing."""
-    from .inspect import inspect as do_inspect
-
     _set_verbose(verbose)
     with _errors():
         report = do_inspect(model, mode=mode.value, input_name=input_name, size=_size(size) if size else None,
