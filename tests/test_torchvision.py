@@ -60,3 +60,30 @@ def test_torchvision_converts_and_verifies(arch: str, exporter: str, opset: int,
         "sliding_rel": max(o.needed_rtol for o in by_name["sliding"].outputs),
         "sliding_top1": by_name["sliding"].outputs[0].top1,
     })
+
+
+SIMPLIFIED = [("resnet50", "dynamo", 18), ("mobilenet_v3_large", "legacy", 11)]
+
+
+@pytest.mark.parametrize("simplifier", ["onnxslim", "onnxsim"])
+@pytest.mark.parametrize(("arch", "exporter", "opset"), SIMPLIFIED, ids=[f"{a}-{e}{o}" for a, e, o in SIMPLIFIED])
+def test_simplified_export_converts_and_verifies(arch: str, exporter: str, opset: int, simplifier: str,
+                                                 export_dir: Path) -> None:
+    """Users often run onnxslim or onnxsim before converting: the simplified graph (shapes folded,
+    ops fused) converts to the same geometry and passes verify."""
+    import onnx
+
+    path = export(arch, exporter, opset, export_dir)
+    model = onnx.load(path)
+    if simplifier == "onnxslim":
+        simplified = pytest.importorskip("onnxslim").slim(model)
+    else:
+        simplified, ok = pytest.importorskip("onnxsim").simplify(model)
+        assert ok
+    _, plain = onnxfcn.convert(model, self_check=False)
+    converted, report = onnxfcn.convert(simplified)
+    assert (report.geometry.window, report.geometry.stride, report.geometry.exact) == (
+        plain.geometry.window, plain.geometry.stride, plain.geometry.exact)
+    assert all(o["ratio"] <= 1 for o in report.self_check[0]["outputs"])
+    result = onnxfcn.verify(simplified, converted, positions=4, batch=2)
+    assert result, result.reason
