@@ -9,8 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -256,6 +260,40 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], external_da
     """
     protect = {p.resolve() for p in (protect or set())}
     path = check_output_path(path, protect)
+    with signals_deferred():
+        return _save_model(model, path, external_data, protect)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done, then act as they would have.
+
+    A signal whose handler raises (the CLI's SIGTERM handler, Python's KeyboardInterrupt) could
+    otherwise land between creating a temporary file and the code that removes it, or inside that
+    code, and leave the temporary behind. Writing is short next to what precedes it; the signal is
+    delivered as soon as the files are in place or gone. Only the main thread can set handlers:
+    elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous: dict[int, Any] = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+                                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if caught:
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(caught[0])
+
+
+def _save_model(model: onnx.ModelProto, path: Path, external_data: bool | None, protect: set[Path]) -> list[Path]:
     folder = path.parent if str(path.parent) else Path(".")
     use_external = needs_external_data(model) if external_data is None else external_data
     mode = _umask_mode()
@@ -334,7 +372,11 @@ def dependency_files(path: str | os.PathLike[str]) -> set[Path]:
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    path = Path(path)
+    with signals_deferred():
+        _write_text(Path(path), text)
+
+
+def _write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=".onnxfcn-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:

@@ -341,3 +341,31 @@ def test_constant_node_with_external_data(tmp_path: Path) -> None:
     assert report.external_data
     x = rand([1, 3, 18, 18])
     assert_close(run(converted, x)[0].reshape(1, -1), run(model, x)[0])
+
+
+def test_signals_wait_until_the_write_is_done() -> None:
+    """A SIGTERM inside a write is held until the write's files are in place (or removed), then
+    acts as its handler says: the temporary-file cleanup can never be cut in half."""
+    import os
+    import signal
+
+    from onnxfcn.io import signals_deferred
+
+    class Stop(Exception):
+        pass
+
+    def handler(signum: int, frame: object) -> None:
+        raise Stop(signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    steps = []
+    try:
+        with pytest.raises(Stop):
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                steps.append("after the signal, still inside")
+            steps.append("never reached")
+        assert steps == ["after the signal, still inside"]
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, old)
