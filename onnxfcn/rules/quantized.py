@@ -1,13 +1,19 @@
-"""onnxruntime's QDQ format in a head: activations pass through QuantizeLinear/DequantizeLinear
-pairs, and dense weights (and biases) are DequantizeLinear of int8/int32 initializers.
+"""Quantized heads from onnxruntime's quantizer, in both of its formats. Nothing is re-quantized:
+integer weights are only reordered into the convolution's K x C x h x w layout, and every scale
+and zero point is kept.
 
-The pairs stay where they are, per output cell: with one scale and zero point for the whole
-tensor, quantizing each cell's vector is what quantizing the N x D vector did. The weights stay
-quantized: the int8 values are only reordered into the Conv's K x C x h x w layout (never
-re-quantized) and dequantized again with their own scales, the per-channel axis moved to the
-Conv's output-channel axis 0. onnxruntime then fuses Q/DQ around the Conv into an integer
-convolution, as it fused the Gemm, so the results at the reference size are those of the
-original."""
+- QDQ: activations pass through QuantizeLinear/DequantizeLinear pairs, which stay where they are,
+  per output cell (with one scale and zero point for the whole tensor, quantizing each cell's
+  vector is what quantizing the N x D vector did). Dense weights are DequantizeLinear of int8
+  initializers; they are dequantized again from the reordered values, the per-channel axis moved
+  to the Conv's axis 0, so onnxruntime fuses the Q/DQ around the Conv into an integer convolution
+  as it fused the Gemm.
+- QOperator: QGemm and QLinearMatMul become QLinearConv; QLinearAdd/QLinearMul constants and
+  QLinearSoftmax's axis follow the map; QLinearGlobalAveragePool becomes a window of
+  com.microsoft QLinearAveragePool.
+
+Also here: the rounding bounds of QuantizeLinear and DequantizeLinear, for verify.
+"""
 
 from __future__ import annotations
 
