@@ -84,12 +84,12 @@ def _cases() -> list[Case]:
             return b.model(image_shape(), [b.node("Softmax", [y], axis=1)], out_names=["scores"])
         return build
 
-    def quantized(per_channel: bool, fmt: str = "QDQ", head: Callable[[], onnx.ModelProto] = flatten_gemm
-                  ) -> Callable[[], onnx.ModelProto]:
+    def quantized(per_channel: bool, fmt: str = "QDQ", head: Callable[[], onnx.ModelProto] = flatten_gemm,
+                  layout: str = "NCHW") -> Callable[[], onnx.ModelProto]:
         def build() -> onnx.ModelProto:
             from test_quantized import quantize_qdq
 
-            return quantize_qdq(head(), "NCHW", per_channel, fmt)
+            return quantize_qdq(head(), layout, per_channel, fmt)
         return build
 
     def fp16() -> onnx.ModelProto:
@@ -134,6 +134,10 @@ def _cases() -> list[Case]:
         Case("qoperator_flatten", "QOperator head: QGemm as QLinearConv", quantized(True, "QOperator")),
         Case("qoperator_gap", "QOperator global pool: com.microsoft QLinearAveragePool window",
              quantized(True, "QOperator", pooled("GlobalAveragePool"))),
+        Case("qoperator_gap_dense", "QOperator global pool, dense mode: per-cell DequantizeLinear, QuantizeLinear",
+             quantized(True, "QOperator", pooled("GlobalAveragePool")), mode="dense"),
+        Case("qoperator_matmul", "QOperator QLinearMatMul, QLinearAdd constant, QLinearSoftmax axis (NHWC)",
+             quantized(True, "QOperator", nhwc_keras, "NHWC"), layout="NHWC"),
         Case("fp16_flatten", "float16 model, Flatten head", fp16),
         Case("fp16_gap", "float16 model, window mean", gap16),
     ]

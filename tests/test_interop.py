@@ -36,12 +36,16 @@ KNOWN = {
     **{(case, "onnx.reference"):
        "onnx.reference 1.23 has no DequantizeLinear before opset 19 (onnxruntime's quantizer writes "
        "opset 13), nor com.microsoft ops; the original model fails the same way"
-       for case in ("qdq_channel", "qdq_tensor", "qoperator_flatten", "qoperator_gap")},
+       for case in ("qdq_channel", "qdq_tensor", "qoperator_flatten", "qoperator_gap", "qoperator_gap_dense",
+                    "qoperator_matmul")},
     **{(case, "openvino"):
        "OpenVINO 2026.4 rejects the quantizer's per-channel QLinearConv in the trunk, and com.microsoft "
-       "ops; the original model fails the same way" for case in ("qoperator_flatten", "qoperator_gap")},
+       "ops; the original model fails the same way"
+       for case in ("qoperator_flatten", "qoperator_gap", "qoperator_gap_dense", "qoperator_matmul")},
     ("qoperator_gap", "tract"):
         "tract 0.23 has no com.microsoft QLinearAveragePool; the original's QLinearGlobalAveragePool fails too",
+    ("qoperator_matmul", "tract"):
+        "tract 0.23 has no com.microsoft QLinearAdd or QLinearSoftmax; the original fails the same way",
     ("maxpool_opset8", "tract"):
         "tract 0.23 cannot translate a Slice-1 (opsets < 10) on a symbolic dim",
 }
