@@ -46,8 +46,8 @@ def tensor_nbytes(t: onnx.TensorProto) -> int:
     return n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 0
 
 
-# (model, input shapes, {tensor: dtype}) -> {tensor: shape} for the tensors it could run to.
-ShapeProbe = Callable[[onnx.ModelProto, dict[str, Sequence[int]], dict[str, int]], dict[str, Shape]]
+# (model, input shapes, {tensor: dtype or 0}) -> {tensor: (shape, dtype)} for the tensors it could run to.
+ShapeProbe = Callable[[onnx.ModelProto, dict[str, Sequence[int]], dict[str, int]], dict[str, tuple[Shape, int]]]
 
 
 class GraphIndex:
@@ -136,7 +136,10 @@ class GraphIndex:
         reference size: ``runtime.probe_shapes``); the index itself never runs a model."""
         if self.probe is None:
             return
-        self.shapes.update(self.probe(self.model, input_shapes, {n: self.dtypes.get(n, 0) for n in names}))
+        for name, (shape, dtype) in self.probe(self.model, input_shapes, {n: self.dtypes.get(n, 0) for n in names}).items():
+            self.shapes[name] = shape
+            if not self.dtypes.get(name):
+                self.dtypes[name] = dtype
 
     def _resolve_reshapes(self) -> bool:
         found = False

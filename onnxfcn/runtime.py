@@ -114,9 +114,10 @@ PROBE_LIMIT_BYTES = 256 * 2**20
 
 
 def probe_shapes(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]],
-                 names: dict[str, int]) -> dict[str, Shape]:
-    """Shapes that ONNX inference left open (Slice ends computed from Shape, say), read off one
-    onnxruntime run with zero inputs. ``names``: tensor -> dtype (0: unknown). A graph.ShapeProbe."""
+                 names: dict[str, int]) -> dict[str, tuple[Shape, int]]:
+    """Shapes (and element types) that ONNX inference left open (Slice ends computed from Shape, a
+    com.microsoft op's output), read off one onnxruntime run with zero inputs. ``names``: tensor ->
+    dtype (0: unknown). A graph.ShapeProbe."""
     inits = {t.name for t in model.graph.initializer}
     inputs = [vi for vi in model.graph.input if vi.name not in inits]
     if any(vi.name not in input_shapes for vi in inputs):
@@ -139,7 +140,8 @@ def probe_shapes(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]],
         values = make_session(probe).run(None, feeds)
     except Exception:  # leave them unknown; the analysis names what it needs
         return {}
-    return {n: tuple(int(d) for d in np.asarray(v).shape) for n, v in zip(names, values)}
+    return {n: (tuple(int(d) for d in np.asarray(v).shape), onnx.helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype))
+            for n, v in zip(names, values)}
 
 
 def make_session(model: onnx.ModelProto | str, provider: str = "cpu",

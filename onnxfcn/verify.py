@@ -383,11 +383,14 @@ def _batched(sess: ort.InferenceSession, name: str, x: np.ndarray, where: str, *
 
 
 def with_outputs(model: onnx.ModelProto, names: Sequence[str], dtype: int) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs ``names`` (tensors its own graph computes)."""
+    """A copy of ``model`` that also outputs ``names`` (tensors its own graph computes). ``dtype``
+    0: unknown (a com.microsoft op's output, which ONNX inference does not type): left untyped
+    for onnxruntime to fill in, never guessed."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     have = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, dtype, None) for n in names if n not in have)
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, dtype, None) if dtype else onnx.ValueInfoProto(name=n)
+                              for n in names if n not in have)
     return probe
 
 
@@ -475,7 +478,7 @@ def self_check(original: onnx.ModelProto | str, converted: onnx.ModelProto, subj
     check_memory(converted, image.name, image.shape_at(batch, max(h, image.height + geo.stride[0]), w),
                  f"the self-check at {h}x{w}, batch {batch},", max_memory)
     dtype = _input_dtype(converted, image.name)
-    feat_dtype = subject.analysis.index.dtypes.get(subject.feature) or onnx.TensorProto.FLOAT
+    feat_dtype = subject.analysis.index.dtypes.get(subject.feature, 0)
     if subject.mode == "window":
         x = random_input(image, batch, image.height, image.width, seed, dtype)
         orig_sess = _session(original, "cpu", "the original model", error=OnnxFcnError)
@@ -680,7 +683,7 @@ def verify(
     x_big = None if inputs is None else np.asarray(inputs, dtype=dtype)
     checks: list[CheckResult] = []
     orig_src: onnx.ModelProto | str = orig if isinstance(original, onnx.ModelProto) else str(original)
-    feat_dtype = subject.analysis.index.dtypes.get(subject.feature) or onnx.TensorProto.FLOAT
+    feat_dtype = subject.analysis.index.dtypes.get(subject.feature, 0)
     probe = with_outputs(conv, [subject.conv_feature], feat_dtype)
     ctx = _Context(orig, subject, positions, seed, rtol, atol, strict, progress)
     for p in providers:
