@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PKG = Path(__file__).resolve().parents[1] / "onnxfcn"
 
 
@@ -86,3 +88,13 @@ def test_onnxruntime_only_in_runtime_and_check_layers() -> None:
             if any(n.split(".")[0] == "onnxruntime" for n in names):
                 users.add(path.stem)
     assert users <= allowed, users - allowed
+
+
+def test_every_subpackage_is_installed() -> None:
+    """`pip install .` (not editable) ships only the packages pyproject lists: every folder of the
+    package with an __init__.py must be there (onnxfcn.rules once was not, and the installed tool
+    failed to import)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    listed = set(tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("onnxfcn", *p.parent.relative_to(PKG).parts)) for p in PKG.rglob("__init__.py")}
+    assert found == listed, found ^ listed
