@@ -24,7 +24,6 @@ _SKELETON_KEEP_BYTES = 4096
 # A computed constant is folded to an initializer only if it is not much larger than what it is
 # computed from; otherwise (ConstantOfShape weights in the light zoo graphs) it stays computed.
 _FOLD_SLACK_BYTES = 1024
-# The shape probe feeds zeros of the declared input size; above this it is skipped.
 _RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
@@ -44,6 +43,19 @@ def node_label(node: onnx.NodeProto) -> str:
 def tensor_nbytes(t: onnx.TensorProto) -> int:
     n = int(np.prod(t.dims)) if len(t.dims) else 1
     return n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 0
+
+
+def constant_tensors(graph: onnx.GraphProto, initializers: set[str]) -> set[str]:
+    """Every tensor computed from initializers and Constant nodes alone (random ops excepted).
+    One forward pass (nodes are in topological order) instead of a recursive walk per query,
+    which would recurse as deep as the graph when asked about a trunk tensor."""
+    const = set(initializers)
+    for node in graph.node:
+        if node.op_type in _RANDOM_OPS:
+            continue
+        if node.op_type == "Constant" or all(not i or i in const for i in node.input):
+            const.update(o for o in node.output if o)
+    return const
 
 
 # (model, input shapes, {tensor: dtype or 0}) -> {tensor: (shape, dtype)} for the tensors it could run to.
@@ -73,14 +85,7 @@ class GraphIndex:
                     self.consumers.setdefault(i, []).append(node)
         self.graph_outputs = [o.name for o in self.graph.output]
         self._names = set(self.producer) | set(self.initializers) | {i.name for i in self.graph.input}
-        # One forward pass (nodes are in topological order) instead of a recursive walk per query,
-        # which would recurse as deep as the graph when asked about a trunk tensor.
-        self._const: set[str] = set(self.initializers)
-        for node in self.graph.node:
-            if node.op_type in _RANDOM_OPS:
-                continue
-            if node.op_type == "Constant" or all(not i or i in self._const for i in node.input):
-                self._const.update(o for o in node.output if o)
+        self._const = constant_tensors(self.graph, set(self.initializers))
         self._counter = itertools.count()
         self._const_cache: dict[str, np.ndarray | None] = {}
         self.shapes: dict[str, Shape] = {}

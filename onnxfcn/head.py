@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import onnx
 
 from .errors import AlreadyConvolutionalError, UnsupportedModelError
-from .graph import GraphIndex, ShapeProbe, attr, node_label, walk_back
+from .graph import GraphIndex, ShapeProbe, attr, constant_tensors, node_label, walk_back
 
 
 class State(enum.Enum):
@@ -157,11 +157,9 @@ def _layout_frontier(g: onnx.GraphProto, name: str, inits: set[str]) -> list[onn
     """The first nodes that read the image with a layout in mind: its consumers, looking through
     elementwise preprocessing whose other operands are constants (not through anything that mixes
     the image with another input)."""
-    consts = set(inits)
+    consts = constant_tensors(g, inits)
     consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:  # topological order: a constant's producers come first
-        if n.op_type == "Constant" or (n.input and all(not i or i in consts for i in n.input)):
-            consts.update(o for o in n.output if o)
+    for n in g.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     frontier: list[onnx.NodeProto] = []

@@ -23,8 +23,8 @@ from .errors import OnnxFcnError, SelfCheckError
 from .graph import GraphIndex, skeleton
 from .head import Analysis
 from .io import dependency_files, load_model, model_nbytes
-from .plan import Planned, analyse_model, metadata, plan_analysis, set_metadata
-from .rewrite import MODES, apply_plan
+from .plan import Planned, analyse_model, check_mode, metadata, plan_analysis, set_metadata
+from .rewrite import apply_plan
 from .runtime import probe_shapes
 from .shapes import make_dynamic
 from .verify import Subject, self_check, subject_from_plan
@@ -113,8 +113,7 @@ def _load(s: State) -> bool:
 
 def _analyse(s: State) -> bool:
     o = s.options
-    if o.mode not in MODES:
-        raise OnnxFcnError(f"mode must be window or dense, not {o.mode!r}")
+    check_mode(o.mode)  # before the analysis, which costs
     s.analysis = analyse_model(s.model, o.input_name, o.size)
     return False
 

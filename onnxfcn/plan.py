@@ -55,8 +55,13 @@ def set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
         model.metadata_props.add(key=k, value=v)
 
 
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise OnnxFcnError(f"mode must be window or dense, not {mode!r}")
+
+
 def analyse_model(model: onnx.ModelProto, input_name: str | None = None,
-            size: tuple[int, int] | None = None) -> Analysis:
+                  size: tuple[int, int] | None = None) -> Analysis:
     """Find the image input and the head; raise if the model is already converted."""
     if read_metadata(model).get("mode"):
         raise AlreadyConvolutionalError("already converted by onnxfcn (metadata onnxfcn.mode is set)")
@@ -78,15 +83,13 @@ class Planned:
 def plan_conversion(model: onnx.ModelProto, *, mode: str = "window", input_name: str | None = None,
                     size: tuple[int, int] | None = None) -> Planned:
     """Analyse and plan the rewrite; convert, inspect and verify all start here."""
-    if mode not in MODES:
-        raise OnnxFcnError(f"mode must be window or dense, not {mode!r}")
+    check_mode(mode)  # before the analysis, which costs
     return plan_analysis(analyse_model(model, input_name, size), mode)
 
 
 def plan_analysis(analysis: Analysis, mode: str = "window") -> Planned:
     """The rewrite of an analysed model: head rules, geometry, trunk generalization."""
-    if mode not in MODES:
-        raise OnnxFcnError(f"mode must be window or dense, not {mode!r}")
+    check_mode(mode)
     plan = plan_head_rewrite(analysis, mode)
     if mode == "dense" and not plan.pools_dropped:
         log.info("dense mode: the head has no global pool to drop; it slides whole windows")

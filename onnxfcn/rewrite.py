@@ -113,6 +113,28 @@ def np_dtype(index: GraphIndex, name: str) -> np.dtype[Any]:
     return np.dtype(helper.tensor_dtype_to_np_dtype(dt))
 
 
+def kernel_layout(order: str, k: int, chw: tuple[int, int, int]) -> tuple[list[int], list[int]]:
+    """For a dense weight with K output rows over a window flattened in ``order`` ("CHW", "HWC"):
+    (its shape as K x the flatten's axes, the perm from that shape to the Conv's K x C x h x w)."""
+    sizes = dict(zip("CHW", chw))
+    return [k] + [sizes[ch] for ch in order], [0] + [1 + order.index(ch) for ch in "CHW"]
+
+
+def conv_kernel(mat: np.ndarray, order: str, chw: tuple[int, int, int]) -> np.ndarray:
+    """A K x D dense weight matrix (rows: output features) as a K x C x h x w Conv kernel: the same
+    values, reordered, never converted."""
+    shape, perm = kernel_layout(order, mat.shape[0], chw)
+    return np.ascontiguousarray(mat.reshape(shape).transpose(perm))
+
+
+def window_mismatch(m: Mapped, d: int) -> str | None:
+    """Why a dense layer over ``d`` features cannot read ``m``'s flattened window; None if it can."""
+    if m.window is None:
+        return None
+    _, (c, h, w) = m.window
+    return None if c * h * w == d else f"weight expects {d} features, the window holds {c}x{h}x{w}"
+
+
 def set_attr(node: onnx.NodeProto, name: str, value: Any) -> None:
     for a in list(node.attribute):
         if a.name == name:

@@ -126,12 +126,19 @@ def window_pool(ctx: HeadContext, b: Builder, pool_op: str, src: str, h: int, w:
     else:
         (padded,) = b.node("Pad", [src], "window_pad", pads=pads)
     (pooled,) = b.node(pool_op, [padded], "window_pool", kernel_shape=[h, w], strides=[1, 1], pads=[0, 0, 0, 0])
-    # Negative ends, not "to INT_MAX from h-1": tract cannot slice a symbolic dim to INT_MAX.
+    return valid_windows(ctx, b, pooled, h, w)
+
+
+def valid_windows(ctx: HeadContext, b: Builder, pooled: str, h: int, w: int, output: str | None = None) -> str:
+    """Drop the last h-1 rows and w-1 columns of a pool run over a map padded at the end by as
+    much: the windows that reach into the padding. Negative ends, not "to INT_MAX from h-1":
+    tract cannot slice a symbolic dim to INT_MAX."""
+    outputs = [output] if output else None
     axes = [ax for ax, k in ((2, h), (3, w)) if k > 1]
     ends = [1 - k for k in (h, w) if k > 1]
+    if not axes:
+        return b.node("Identity", [pooled], "window_valid", outputs=outputs)[0] if output else pooled
     if ctx.index.opset >= 10:
-        (out,) = b.node("Slice", [pooled, b.ints("starts", [0] * len(axes)), b.ints("ends", ends),
-                                  b.ints("axes", axes)], "window_valid")
-    else:
-        (out,) = b.node("Slice", [pooled], "window_valid", starts=[0] * len(axes), ends=ends, axes=axes)
-    return out
+        inputs = [pooled, b.ints("starts", [0] * len(axes)), b.ints("ends", ends), b.ints("axes", axes)]
+        return b.node("Slice", inputs, "window_valid", outputs=outputs)[0]
+    return b.node("Slice", [pooled], "window_valid", outputs=outputs, starts=[0] * len(axes), ends=ends, axes=axes)[0]

@@ -13,7 +13,7 @@ import onnx
 from ..bounds import Bounded, HeadEvaluator, NoBoundError, dense_bound, register_bound
 from ..graph import attr
 from ..head import NCHW, State
-from ..rewrite import Builder, HeadContext, Mapped, Reject, np_dtype
+from ..rewrite import Builder, HeadContext, Mapped, Reject, conv_kernel, kernel_layout, np_dtype, window_mismatch
 from .base import Rule, register
 from .quantized import dequantized, quantized_weight
 
@@ -44,11 +44,8 @@ def _conv_check(ctx: HeadContext, node: onnx.NodeProto, layer: DenseLayer) -> st
     wshape = ctx.index.static_shape(layer.weight)
     if wshape is None or len(wshape) != 2:
         return f"weight '{layer.weight}' has no static 2-D shape"
-    d = wshape[1] if layer.trans_b else wshape[0]
-    if m.window is not None:
-        _, (c, h, w) = m.window
-        if c * h * w != d:
-            return f"weight expects {d} features, the window holds {c}x{h}x{w}"
+    if (why := window_mismatch(m, wshape[1] if layer.trans_b else wshape[0])) is not None:
+        return why
     if layer.bias:
         return _bias_reason(ctx, layer.bias, wshape[0] if layer.trans_b else wshape[1])
     return None
@@ -105,9 +102,7 @@ def _conv_weight(ctx: HeadContext, node: onnx.NodeProto, b: Builder, layer: Dens
                  kchw: tuple[int, int, int, int]) -> str:
     k, c, h, w = kchw
     index, w_name, alpha = ctx.index, layer.weight, layer.alpha
-    sizes = {"C": c, "H": h, "W": w}
-    in_order = [k] + [sizes[ch] for ch in order]
-    to_kchw = [0] + [1 + order.index(ch) for ch in "CHW"]
+    in_order, to_kchw = kernel_layout(order, k, (c, h, w))
     if alpha == 1.0 and (q := quantized_weight(ctx, b, layer.weight, layer.trans_b, order, kchw)) is not None:
         return q  # int8 values reordered, not re-quantized
     if index.foldable(w_name):
@@ -120,8 +115,7 @@ def _conv_weight(ctx: HeadContext, node: onnx.NodeProto, b: Builder, layer: Dens
         value = index.const_value(w_name)
         if value is None:
             raise Reject(node, f"cannot evaluate constant weight '{w_name}'")
-        mat = value if layer.trans_b else value.T
-        arr = mat.reshape(in_order).transpose(to_kchw)
+        arr = conv_kernel(value if layer.trans_b else value.T, order, (c, h, w))
         if alpha != 1.0:
             arr = arr * np.asarray(alpha, dtype=arr.dtype)
         return b.const(f"{w_name}_conv", arr.astype(value.dtype, copy=False))

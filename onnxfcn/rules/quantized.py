@@ -25,8 +25,9 @@ from onnx import helper
 
 from ..bounds import LAMBDA, Bounded, HeadEvaluator, NoBoundError, register_bound
 from ..graph import attr
-from ..rewrite import Builder, HeadContext, Mapped
+from ..rewrite import Builder, HeadContext, Mapped, conv_kernel, window_mismatch
 from .base import Rule, register
+from .collapse import valid_windows
 
 QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
@@ -73,7 +74,7 @@ def quantized_weight(ctx: HeadContext, b: Builder, w_name: str, trans_b: bool, o
     dq = dequantized(ctx, w_name)
     if dq is None:
         return None
-    k, c, h, w = kchw
+    _, c, h, w = kchw
     q = ctx.index.const_value(dq.input[0])
     scale = ctx.index.const_value(dq.input[1])
     if q is None or scale is None or q.ndim != 2:
@@ -82,10 +83,8 @@ def quantized_weight(ctx: HeadContext, b: Builder, w_name: str, trans_b: bool, o
     axis = attr(dq, "axis", 1) % 2
     if per_channel and axis != (0 if trans_b else 1):
         return None  # scales along the input features: no Conv weight axis carries them
-    sizes = {"C": c, "H": h, "W": w}
-    mat = q if trans_b else q.T  # K x D
-    kernel = mat.reshape([k] + [sizes[ch] for ch in order]).transpose([0] + [1 + order.index(ch) for ch in "CHW"])
-    inputs = [b.const(f"{dq.input[0]}_conv", np.ascontiguousarray(kernel)), dq.input[1]]
+    kernel = conv_kernel(q if trans_b else q.T, order, (c, h, w))
+    inputs = [b.const(f"{dq.input[0]}_conv", kernel), dq.input[1]]
     if len(dq.input) > 2 and dq.input[2]:
         inputs.append(dq.input[2])
     attrs: dict[str, Any] = {"axis": 0} if per_channel else {}
@@ -112,10 +111,8 @@ def _qlinear_dense_reason(ctx: HeadContext, node: onnx.NodeProto, a: str, w: str
     if any(not i or not ctx.index.is_const(i) for i in scales):
         return "scales and zero points must be constants (the output is quantized)"
     k, d = (q.shape[0], q.shape[1]) if trans_b else (q.shape[1], q.shape[0])
-    if m.window is not None:
-        _, (c, h, w_) = m.window
-        if c * h * w_ != d:
-            return f"weight expects {d} features, the window holds {c}x{h}x{w_}"
+    if (why := window_mismatch(m, d)) is not None:
+        return why
     if bias:
         shape = ctx.index.static_shape(bias)
         if not ctx.index.is_const(bias) or shape is None or int(np.prod(shape)) != k:
@@ -133,9 +130,7 @@ def _qlinear_conv(ctx: HeadContext, node: onnx.NodeProto, b: Builder, a: str, w:
     mat = q if trans_b else q.T
     k, d = mat.shape
     order, (c, h, w_) = m.window if m.window is not None else ("CHW", (d, 1, 1))
-    sizes = {"C": c, "H": h, "W": w_}
-    kernel = mat.reshape([k] + [sizes[ch] for ch in order]).transpose([0] + [1 + order.index(ch) for ch in "CHW"])
-    weight = b.const(f"{w}_conv", np.ascontiguousarray(kernel))
+    weight = b.const(f"{w}_conv", conv_kernel(mat, order, (c, h, w_)))
     inputs = [m.name, quant[0], quant[1], weight, quant[2], quant[3], quant[4], quant[5]]
     if bias:
         value = ctx.index.const_value(bias)
@@ -276,13 +271,7 @@ class QLinearGlobalPool(Rule):
             (pooled,) = b.node("QLinearAveragePool", [feat, x_scale, x_zp, y_scale, y_zp], "qwindow_pool",
                                domain="com.microsoft", kernel_shape=[h, w], strides=[1, 1],
                                pads=[0, 0, h - 1, w - 1], count_include_pad=0)
-            axes = [ax for ax, k in ((2, h), (3, w)) if k > 1]
-            ends = [1 - k for k in (h, w) if k > 1]
-            if axes:
-                b.node("Slice", [pooled, b.ints("starts", [0] * len(axes)), b.ints("ends", ends), b.ints("axes", axes)],
-                       "qwindow_valid", outputs=[node.output[0]])
-            else:
-                b.node("Identity", [pooled], "qwindow_valid", outputs=[node.output[0]])
+            valid_windows(ctx, b, pooled, h, w, output=node.output[0])
             after = f"QLinearAveragePool {h}x{w}, stride 1 (one cell per {h}x{w} feature window)"
         else:
             plan.windows.append((1, 1))
