@@ -79,7 +79,6 @@ def estimate_memory(model: onnx.ModelProto, input_name: str, shape: list[int]) -
     activations (onnxruntime frees and reuses the others), from shape inference at that size."""
     from onnx import helper, shape_inference
 
-
     weights = sum(tensor_nbytes(t) for t in model.graph.initializer)
     elem = next((vi.type.tensor_type.elem_type for vi in model.graph.input if vi.name == input_name), 1)
     itemsize = helper.tensor_dtype_to_np_dtype(elem).itemsize if elem else 4
@@ -159,13 +158,21 @@ def make_session(model: onnx.ModelProto | str, provider: str = "cpu",
     else:
         providers = ["CPUExecutionProvider"]
     if isinstance(model, str):
-        return ort.InferenceSession(model, opts, providers=providers)
-    if needs_external_data(model):
+        sess = ort.InferenceSession(model, opts, providers=providers)
+    elif needs_external_data(model):
         with tempfile.TemporaryDirectory(prefix="onnxfcn-") as tmp:
             path = os.path.join(tmp, "model.onnx")
             save_model(model, path, external_data=True)
-            return ort.InferenceSession(path, opts, providers=providers)
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+            sess = ort.InferenceSession(path, opts, providers=providers)
+    else:
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+    if provider == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
+        # onnxruntime lists CUDA whenever onnxruntime-gpu is installed, and falls back to the CPU
+        # when the CUDA libraries fail to load: a "cuda" check would then be a second CPU run.
+        raise OnnxFcnError("CUDA provider asked for, but onnxruntime could not start it (CUDA or cuDNN "
+                           "libraries missing or not matching onnxruntime-gpu); the session runs on "
+                           f"{', '.join(sess.get_providers())}")
+    return sess
 
 
 def node_from_error(exc: Exception) -> str | None:

@@ -58,7 +58,7 @@ def test_bad_input_one_line_exit_2_nothing_written(case: str, tmp_path: Path) ->
         b.nodes.append(onnx.helper.make_node("Relu", ["image"], ["y"]))
         onnx.save(onnx.helper.make_model(onnx.helper.make_graph(
             b.nodes, "g", [onnx.helper.make_tensor_value_info("image", 1, [1, 10])],
-            [onnx.helper.make_tensor_value_info("y", 1, [1, 10])])), src)
+            [onnx.helper.make_tensor_value_info("y", 1, [1, 10])]), ir_version=8), src)
     elif case == "no_head":
         b = Builder(13)
         y = b.node("ReduceSum", [trunk(b), b.ints("ax", [1])], keepdims=0)  # N x H x W, no classes

@@ -43,7 +43,7 @@ def test_elementwise_with_another_input_is_not_looked_through() -> None:
         b.nodes, "g", [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, image_shape("NHWC")),
                        onnx.helper.make_tensor_value_info("bias_map", onnx.TensorProto.FLOAT, [1])],
         [onnx.helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, None)], b.inits)
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)], ir_version=8)
     assert find_image_input(model, "image").layout == "NCHW"
 
 

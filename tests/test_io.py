@@ -99,7 +99,7 @@ def test_over_2gb_model_uses_external_data(tmp_path: Path) -> None:
         inits,
     )
     del inits
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     model.ir_version = 8
     src = tmp_path / "big.onnx"
     onnx.save_model(model, src, save_as_external_data=True, location="big.data")
@@ -165,7 +165,7 @@ rng = np.random.default_rng(k)
 w = numpy_helper.from_array(rng.standard_normal((1000, 4000)).astype(np.float32) + k, "w")
 g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
                       [helper.make_tensor_value_info("x", 1, [1, 1000])], [helper.make_tensor_value_info("y", 1, None)], [w])
-m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 m.metadata_props.add(key="version", value=str(k))  # in the model file: must match the weights
 print("ready", flush=True)
 while True:

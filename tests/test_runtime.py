@@ -8,7 +8,7 @@ from builders import Builder, image_shape, trunk
 from conftest import rand
 
 from onnxfcn.errors import OnnxFcnError
-from onnxfcn.runtime import make_session, resolve_providers, run_batched
+from onnxfcn.runtime import cuda_available, make_session, resolve_providers, run_batched
 
 
 def test_baked_batch_falls_back_to_one_sample_at_a_time() -> None:
@@ -30,6 +30,16 @@ def test_provider_names() -> None:
         resolve_providers("tpu")
 
 
+@pytest.mark.skipif(cuda_available(), reason="CUDA is present")
+def test_cuda_session_that_falls_back_to_cpu_is_refused() -> None:
+    """Without a working CUDA provider onnxruntime quietly builds a CPU session; a "cuda" check on
+    it would compare the CPU with itself."""
+    b = Builder(13)
+    model = b.model(["N", 3, 18, 18], [trunk(b)])
+    with pytest.raises(OnnxFcnError, match="could not start it"):
+        make_session(model, "cuda")
+
+
 def test_onnxruntime_allocation_failure_is_a_resource_error() -> None:
     """A real onnxruntime allocation failure (a 64 TiB ConstantOfShape): out of memory, never a mismatch."""
     import onnx
@@ -42,7 +52,8 @@ def test_onnxruntime_allocation_failure_is_a_resource_error() -> None:
     graph = helper.make_graph([helper.make_node("ConstantOfShape", ["s"], ["y"])], "g",
                               [helper.make_tensor_value_info("s", onnx.TensorProto.INT64, [1])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
-    sess = make_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    sess = make_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                          ir_version=8))
     feeds = {"s": np.array([1 << 42], np.int64)}
     with pytest.raises(Exception) as raw:
         sess.run(None, feeds)
