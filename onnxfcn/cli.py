@@ -23,6 +23,7 @@ import typer
 from ._version import __version__
 from .convert import convert as do_convert
 from .errors import AlreadyConvolutionalError, OnnxFcnError, SelfCheckError
+from .geometry import parse_output_stride
 from .inspect import inspect as do_inspect
 from .io import check_output_path, load_model, save_model, write_text_atomic
 from .plan import analyse_model
@@ -44,6 +45,10 @@ MODE_HELP = (
     "cell is scored on its own (a class activation map, with a finer grid). Heads that flatten "
     "without pooling always work as 'window'."
 )
+STRIDE_HELP = (
+    "Output stride: one cell every S input pixels instead of the network's own stride (S divides it: "
+    "32 -> 16 or 8; SHxSW per axis). The stride is taken out of the last strided layers and every "
+    "later kernel is dilated, so the map is denser in one pass.")
 
 
 class Mode(str, enum.Enum):
@@ -286,6 +291,7 @@ def convert(
     mode: Annotated[Mode, typer.Option(case_sensitive=False, help=MODE_HELP)] = Mode.window,
     input_name: Annotated[Optional[str], typer.Option("--input", metavar="NAME", help="The image input, if there are several.")] = None,
     size: Annotated[Optional[str], typer.Option(metavar="HxW", help="Reference size, for models whose input size is dynamic.")] = None,
+    output_stride: Annotated[Optional[str], typer.Option(metavar="S", help=STRIDE_HELP)] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Run the full verify checks after converting.")] = False,
     self_check: Annotated[bool, typer.Option(help="Run the result on onnxruntime before writing it.")] = True,
     json_path: Annotated[Optional[Path], typer.Option("--json", metavar="FILE", help="Write the report as JSON to this file.")] = None,
@@ -304,7 +310,8 @@ def convert(
         if json_path is not None:
             check_output_path(json_path, what="JSON")
         new, report = do_convert(model, mode=mode.value, input_name=input_name, size=_size(size) if size else None,
-                                 self_check=self_check, max_memory=parse_bytes(max_memory) if max_memory else None)
+                                 self_check=self_check, max_memory=parse_bytes(max_memory) if max_memory else None,
+                                 output_stride=parse_output_stride(output_stride) if output_stride else None)
         vreport = None
         if verify:
             vreport = do_verify(model, new, progress=None if quiet else _progress())
@@ -437,6 +444,7 @@ def inspect(
     input_name: Annotated[Optional[str], typer.Option("--input", metavar="NAME", help="The image input, if there are several.")] = None,
     size: Annotated[Optional[str], typer.Option(metavar="HxW", help="Reference size, for models whose input size is dynamic.")] = None,
     at: Annotated[Optional[str], typer.Option(metavar="HxW", help="An input size to compute the output grid for.")] = None,
+    output_stride: Annotated[Optional[str], typer.Option(metavar="S", help=STRIDE_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     verbose: Verbose = False,
 ) -> None:
@@ -444,7 +452,8 @@ def inspect(
     _set_verbose(verbose)
     with _errors():
         report = do_inspect(model, mode=mode.value, input_name=input_name, size=_size(size) if size else None,
-                            at=_size(at, "--at") if at else None)
+                            at=_size(at, "--at") if at else None,
+                            output_stride=parse_output_stride(output_stride) if output_stride else None)
     if as_json:
         typer.echo(_dumps(report.to_dict()))
     else:

@@ -61,6 +61,7 @@ def convert(
     self_check: bool = True,
     seed: int = 0,
     max_memory: int | None = None,
+    output_stride: int | tuple[int, int] | None = None,
 ) -> tuple[onnx.ModelProto, ConversionReport]:
     """Rewrite a classifier's dense head into convolutions; return the new model and a report.
 
@@ -69,14 +70,18 @@ def convert(
     on its own. The input model is never modified. With ``self_check`` the result is run on
     onnxruntime at the reference size (compared with the original) and at two larger sizes; a
     self-check whose estimated memory exceeds what is available (or ``max_memory`` bytes) is
-    refused before it runs.
+    refused before it runs. ``output_stride`` (S, or (SH, SW)), a divisor of the network's own
+    stride, gives a denser map in one pass: the stride is taken out of the last strided layers
+    and every later kernel is dilated (a trous).
     """
     t0 = time.perf_counter()
-    state = pipeline.run(model_or_path, pipeline.Options(mode, input_name, size, self_check, seed, max_memory))
+    stride = (output_stride, output_stride) if isinstance(output_stride, int) else output_stride
+    state = pipeline.run(model_or_path, pipeline.Options(mode, input_name, size, self_check, seed, max_memory,
+                                                         stride))
     planned, model = state.plan, state.model
     report = ConversionReport(
         image=planned.analysis.image, mode=planned.mode, geometry=planned.geometry,
-        changes=planned.trunk.changes + planned.plan.changes, features=sorted(set(planned.plan.features)),
+        changes=planned.trunk.changes + planned.plan.changes + planned.stride_changes, features=sorted(set(planned.plan.features)),
         before=state.before, after=ModelStats.of(model), external_data=state.external_data,
         input_files=state.input_files, self_check=state.self_check,
     )

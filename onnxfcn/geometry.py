@@ -5,21 +5,28 @@ Receptive-field arithmetic per spatial axis, layer by layer (as in the FCN and O
 coordinate where the receptive field of cell 0 begins, ``rf`` its extent. A converted model is
 *exact* (every cell equals the original classifier on its crop) only if nothing inside a window
 sees beyond it: no zero padding, no partial ceil-mode windows, no global pooling in the trunk.
+
+An output stride S below the network's own (``plan_geometry(output_stride=...)``) is the same
+arithmetic with the strides taken out of the last strided layers and every later kernel dilated
+by the factor removed (a trous, as in OverFeat and DeepLab): ``jump`` becomes the new distance
+between cells, ``dense`` how many new cells lie between two of the original's. Receptive fields
+and offsets do not change; the layers to edit are returned as :class:`Edit`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 import onnx
 
-from .errors import UnsupportedModelError
+from .errors import OnnxFcnError, UnsupportedModelError
 from .graph import attr, node_label
-from .head import Analysis, State
+from .head import NCHW, Analysis, State
+from .stride import KERNEL_OPS, Edit, dilation_reason
 
-_KERNEL_OPS = {"Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool", "QLinearAveragePool"}
 _WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}  # where a convolution's weight is
 _SCALE_OPS = {"Resize", "Upsample", "ConvTranspose", "DepthToSpace", "SpaceToDepth", "MaxUnpool"}
 
@@ -32,6 +39,7 @@ class _Axis:
     start: int = 0
     rf: int = 1
     size: SizeFn = field(default=lambda n: n)
+    dense: int = 1  # output stride: new cells per original cell (the dilation later kernels need)
 
 
 @dataclass
@@ -55,11 +63,13 @@ class Geometry:
     reasons: tuple[str, ...]
     _size_h: SizeFn
     _size_w: SizeFn
+    # Output stride below the network's: the feature window's cells lie this far apart.
+    feature_dilation: tuple[int, int] = (1, 1)
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Output cells for an input of ``height`` x ``width`` (<= 0: too small)."""
-        return (self._size_h(height) - self.feature_window[0] + 1,
-                self._size_w(width) - self.feature_window[1] + 1)
+        (kh, kw), (dh, dw) = self.feature_window, self.feature_dilation
+        return (self._size_h(height) - (kh - 1) * dh, self._size_w(width) - (kw - 1) * dw)
 
     def min_size(self) -> tuple[int, int]:
         """Smallest input height and width that give at least one cell."""
@@ -95,6 +105,7 @@ class Geometry:
         d: dict[str, object] = {
             "window": list(self.window), "stride": list(self.stride), "offset": list(self.offset),
             "receptive_field": list(self.receptive_field), "feature_window": list(self.feature_window),
+            "feature_dilation": list(self.feature_dilation),
             "mode": self.mode, "exact": self.exact, "reasons": list(self.reasons),
             "grid_formula": [self.formula(0), self.formula(1)], "min_size": list(self.min_size()),
             "below_min": self.below_min(),
@@ -184,6 +195,82 @@ def _pad_amounts(analysis: Analysis, node: onnx.NodeProto, h: _Axis, w: _Axis) -
     return out
 
 
+def _ceil_end_pad(node: onnx.NodeProto, ref_in: int, ke: int, s: int, pb: int, pe: int) -> int:
+    """A ceil_mode pool loses its last, partial window when its stride is removed: end padding
+    that keeps it (at the reference size; a max ignores padding as it ignores the cells past
+    the edge)."""
+    n_out = -((-(ref_in + pb + pe - ke)) // s) + 1
+    need = (n_out - 1) * s + ke - ref_in - pb
+    if need <= pe:
+        return pe
+    if node.op_type != "MaxPool":
+        raise UnsupportedModelError(f"output stride: the {node.op_type}'s ceil_mode window past the edge has no "
+                                    "stride-1 equivalent", node_label(node))
+    return need
+
+
+def _kernel_edit(analysis: Analysis, node: onnx.NodeProto, target: tuple[int, int], factor: list[int],
+                 strides: list[int], pads: list[int]) -> Edit:
+    """The edit of a kernel op under an output stride, or why it cannot be made."""
+    index = analysis.index
+    where = f"output stride {target[0]}x{target[1]}"
+    edit = Edit(node.op_type, (factor[0], factor[1]), (strides[0], strides[1]), (pads[0], pads[1], pads[2], pads[3]))
+    if max(factor) > 1 and (why := dilation_reason(node.op_type, index.opset)) is not None:
+        if node.op_type != "AveragePool":
+            raise UnsupportedModelError(f"{where}: {why}", node_label(node))
+        return _average_as_conv(analysis, node, edit, where, why)
+    kernel = attr(node, "kernel_shape")
+    if node.op_type in ("MaxPool", "AveragePool") and kernel and any(
+            p >= kernel[k % 2] for k, p in enumerate(pads)):
+        # onnxruntime refuses a pool whose pads reach its kernel_shape (dilation aside): the pads
+        # go into a Pad node, which is the same where the pad value is what the pool ignores.
+        dtype = index.dtypes.get(node.input[0]) or onnx.TensorProto.FLOAT
+        if node.op_type == "AveragePool" and not attr(node, "count_include_pad", 0):
+            raise UnsupportedModelError(f"{where}: the AveragePool's pads {pads} reach its kernel {list(kernel)} once "
+                                        "dilated, and excluding them from the mean has no Pad equivalent",
+                                        node_label(node))
+        low = 0.0 if node.op_type == "AveragePool" else _lowest(dtype)
+        edit = replace(edit, pad_with=low, pad_dtype=dtype)
+    return edit
+
+
+def _average_as_conv(analysis: Analysis, node: onnx.NodeProto, edit: Edit, where: str, why: str) -> Edit:
+    """An AveragePool with no dilations in its opset, as the depthwise Conv that computes the same
+    mean: exact in value, rounded as a Conv (weights fl(1/n)). Only where every window divides by
+    its full size: no pads left out of the count."""
+    index = analysis.index
+    if any(edit.pads or ()) and not attr(node, "count_include_pad", 0):
+        raise UnsupportedModelError(f"{where}: {why}; its padding is left out of the mean, which a Conv cannot do",
+                                    node_label(node))
+    shape = index.static_shape(node.input[0])
+    dtype = index.dtypes.get(node.input[0]) or onnx.TensorProto.FLOAT
+    channels = shape[analysis.layout(node.input[0])[1]] if shape else None
+    if not isinstance(channels, int) or dtype not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                                                      onnx.TensorProto.FLOAT16):
+        raise UnsupportedModelError(f"{where}: {why}", node_label(node))
+    return replace(edit, as_conv=channels, pad_dtype=dtype)
+
+
+def _lowest(dtype: int) -> float:
+    np_type = onnx.helper.tensor_dtype_to_np_dtype(dtype)
+    return float("-inf") if np.issubdtype(np_type, np.floating) else float(np.iinfo(np_type).min)
+
+
+def _scaled_pads(analysis: Analysis, node: onnx.NodeProto, dh: int, dw: int) -> tuple[int, ...]:
+    """A trunk Pad's pads (all of them, as the node lists them) with those on H and W scaled."""
+    index = analysis.index
+    rank = index.rank(node.input[0]) or 4
+    pads = attr(node, "pads") or index.int_list(node.input[1])
+    assert pads is not None  # _pad_amounts has read them
+    axes = list(range(rank))
+    if len(node.input) > 3 and node.input[3]:
+        axes = [a % rank for a in index.int_list(node.input[3]) or []]
+    lay = analysis.layout(node.input[0])
+    scale = {lay[2]: dh, lay[3]: dw}
+    n = len(axes)
+    return tuple(int(v) * scale.get(axes[k % n], 1) for k, v in enumerate(pads))
+
+
 def _size_fn(prev: SizeFn, ke: int, s: int, pb: int, pe: int, ceil: bool, auto: str) -> SizeFn:
     if auto.startswith("SAME"):
         return lambda n: math.ceil(prev(n) / s)
@@ -194,7 +281,55 @@ def _size_fn(prev: SizeFn, ke: int, s: int, pb: int, pe: int, ceil: bool, auto: 
 
 def compute_geometry(analysis: Analysis, features: list[str], feature_window: tuple[int, int], mode: str) -> Geometry:
     """Walk the trunk from the image input to ``features`` and compose the per-layer geometry."""
+    return plan_geometry(analysis, features, feature_window, mode)[0]
+
+
+def parse_output_stride(text: str) -> tuple[int, int]:
+    """'16' or '16x32' (H x W) -> (16, 16) or (16, 32)."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise OnnxFcnError(f"--output-stride {text!r}: expected S or SHxSW, such as 16 or 16x32") from None
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise OnnxFcnError(f"--output-stride {text!r}: expected one or two positive integers, such as 16 or 16x32")
+    return (values[0], values[-1])
+
+
+def plan_geometry(analysis: Analysis, features: list[str], feature_window: tuple[int, int], mode: str,
+                  output_stride: tuple[int, int] | None = None) -> tuple[Geometry, dict[str, Edit]]:
+    """The geometry, and with ``output_stride`` S the trunk edits that give it (S must divide the
+    network's own stride; equal to it, nothing changes)."""
+    if output_stride is None:
+        return _walk(analysis, features, feature_window, mode, None)
+    natural, _ = _walk(analysis, features, feature_window, mode, None)
+    for ax, name in ((0, "H"), (1, "W")):
+        if natural.stride[ax] % output_stride[ax]:
+            raise OnnxFcnError(f"output stride {output_stride[0]}x{output_stride[1]} must divide the network's own "
+                               f"stride {natural.stride[0]}x{natural.stride[1]} (on {name})")
+    if tuple(output_stride) == natural.stride:
+        return natural, {}
+    return _walk(analysis, features, feature_window, mode, output_stride)
+
+
+def _new_stride(node: onnx.NodeProto, axis: _Axis, s: int, target: int) -> int:
+    """A kernel's stride under output stride ``target``: kept while the map stays at or above the
+    target's density, removed after, and split where the target falls inside it."""
+    if axis.jump * axis.dense * s <= target:
+        return s
+    if axis.jump >= target:
+        return 1
+    if target % axis.jump or s % (target // axis.jump):
+        raise UnsupportedModelError(f"output stride {target} falls inside this stride-{s} layer (its input is at "
+                                    f"stride {axis.jump}); choose a stride the layers' strides multiply to",
+                                    node_label(node))
+    return target // axis.jump
+
+
+def _walk(analysis: Analysis, features: list[str], feature_window: tuple[int, int], mode: str,
+          target: tuple[int, int] | None) -> tuple[Geometry, dict[str, Edit]]:
     image = analysis.image
+    edits: dict[str, Edit] = {}
     index = analysis.index
     geo: dict[str, _Geo] = {image.name: _Geo(_Axis(), _Axis(), [])}
     needed = index.ancestors(features)
@@ -213,17 +348,25 @@ def compute_geometry(analysis: Analysis, features: list[str], feature_window: tu
         out_info = analysis.info.get(node.output[0])
         if out_info is not None and out_info.state is State.POOLED:
             pooled_in_trunk[node.output[0]] = node_label(node)
+            seen = geo[ins[0]]
+            if (seen.h.dense, seen.w.dense) != (1, 1):
+                if node.input[0] != ins[0] or analysis.layout(ins[0]) != NCHW:
+                    raise UnsupportedModelError("output stride: a global pooling inside the trunk over a map that is "
+                                                "not NCHW", node_label(node))
+                edits[node.output[0]] = Edit(node.op_type, (1, 1), subsample=(seen.h.dense, seen.w.dense))
             continue
         if out_info is None or out_info.state is not State.SPATIAL:
             continue
         base = geo[ins[0]]
         reasons = list(dict.fromkeys(r for i in ins for r in geo[i].reasons))
-        h, w = _Axis(base.h.jump, base.h.start, base.h.rf, base.h.size), _Axis(base.w.jump, base.w.start, base.w.rf, base.w.size)
+        h = _Axis(base.h.jump, base.h.start, base.h.rf, base.h.size, base.h.dense)
+        w = _Axis(base.w.jump, base.w.start, base.w.rf, base.w.size, base.w.dense)
         for other in ins[1:]:  # merge branches (residual Add, Concat): union of receptive fields
             for mine, theirs, ref_n in ((h, geo[other].h, image.height), (w, geo[other].w, image.width)):
-                if theirs.jump != mine.jump:
+                if (theirs.jump, theirs.dense) != (mine.jump, mine.dense):
                     raise UnsupportedModelError(
-                        f"merges maps of stride {mine.jump} and {theirs.jump}", node_label(node))
+                        f"merges maps of stride {mine.jump * mine.dense} and {theirs.jump * theirs.dense}"
+                        + (f" (at output stride {mine.jump} and {theirs.jump})" if target else ""), node_label(node))
                 bad = next((n for n in range(ref_n, ref_n + 2 * mine.jump + 1) if mine.size(n) != theirs.size(n)),
                            None)
                 if bad is not None:
@@ -236,27 +379,50 @@ def compute_geometry(analysis: Analysis, features: list[str], feature_window: tu
         for i in node.input:
             if i in pooled_in_trunk:
                 reasons.append(f"global pooling inside the trunk ({pooled_in_trunk[i]}) sees the whole image")
-        if node.op_type in _KERNEL_OPS and analysis.info[node.input[0]].state is State.SPATIAL:
+        if node.op_type in KERNEL_OPS and analysis.info[node.input[0]].state is State.SPATIAL:
             lay = analysis.layout(node.input[0])
             shape = index.static_shape(node.input[0])
+            factor, strides, pads, edited = [1, 1], [1, 1], [0, 0, 0, 0], False
             for ax, axis in ((0, h), (1, w)):
                 ref_in = int(shape[lay[2 + ax]]) if shape else 0
                 ke, s, pb, pe, ceil, auto = _kernel_axis(node, analysis, ax, ref_in)
-                axis.rf += (ke - 1) * axis.jump
-                axis.start -= pb * axis.jump
-                axis.jump *= s
-                axis.size = _size_fn(axis.size, ke, s, pb, pe, ceil, auto)
                 if pb or pe:
                     reasons.append(f"zero padding at {node_label(node)} ({node.op_type} pads {pb},{pe})")
                 elif ceil and ref_in and (ref_in - ke) % s:
                     reasons.append(f"ceil_mode window past the edge at {node_label(node)}")
+                s_new = s if target is None else _new_stride(node, axis, s, target[ax])
+                if ceil and s_new != s and ref_in:
+                    pe = _ceil_end_pad(node, ref_in, ke, s, pb, pe)
+                dil = axis.dense
+                if dil > 1 or s_new != s:
+                    # Dilate by the density gained before this layer; SAME padding becomes the
+                    # explicit pads it has at the reference size, scaled alike.
+                    edited = True
+                    factor[ax] = dil if ke > 1 else 1
+                    ke, pb, pe, auto = (ke - 1) * dil + 1, pb * dil, pe * dil, "NOTSET"
+                strides[ax], pads[ax], pads[ax + 2] = s_new, pb, pe
+                axis.rf += (ke - 1) * axis.jump
+                axis.start -= pb * axis.jump
+                axis.jump *= s_new
+                axis.dense = dil * s // s_new
+                axis.size = _size_fn(axis.size, ke, s_new, pb, pe, ceil, auto)
+            if edited:
+                assert target is not None
+                edits[node.output[0]] = _kernel_edit(analysis, node, target, factor, strides, pads)
         elif node.op_type == "Pad" and analysis.info[node.input[0]].state is State.SPATIAL:
             pad_mode = attr(node, "mode", "constant")
             for axis_name, axis, pb, pe in _pad_amounts(analysis, node, h, w):
-                axis.start -= pb * axis.jump
-                axis.size = _padded_size_fn(axis.size, pb + pe)
                 if pb or pe:
                     reasons.append(f"zero padding at {node_label(node)} (Pad {pad_mode} {pb},{pe} on {axis_name})")
+                pb, pe = pb * axis.dense, pe * axis.dense
+                axis.start -= pb * axis.jump
+                axis.size = _padded_size_fn(axis.size, pb + pe)
+            if (h.dense, w.dense) != (1, 1):
+                if pad_mode != "constant":
+                    raise UnsupportedModelError(f"output stride: a {pad_mode} Pad mirrors or repeats neighbouring "
+                                                "cells, which a dilated map does not have", node_label(node))
+                edits[node.output[0]] = Edit("Pad", (h.dense, w.dense), values=_scaled_pads(analysis, node, h.dense,
+                                                                                              w.dense))
         elif (attr(node, "kernel_shape") is not None or node.op_type in ("DeformConv", "Col2Im", "Im2Col")) and \
                 any(analysis.info.get(i) and analysis.info[i].state is State.SPATIAL for i in node.input):
             # A spatial kernel the size model does not know: treating it as pointwise would miss
@@ -284,7 +450,7 @@ def compute_geometry(analysis: Analysis, features: list[str], feature_window: tu
     lay = analysis.layout(features[0])
     shape = index.static_shape(features[0])
     ref = (image.height, image.width)
-    if shape is not None:
+    if shape is not None and target is None:  # (at an output stride the map is denser than inferred)
         got = (g0.h.size(ref[0]), g0.w.size(ref[1]))
         want = (int(shape[lay[2]]), int(shape[lay[3]]))
         if got != want:
@@ -297,11 +463,11 @@ def compute_geometry(analysis: Analysis, features: list[str], feature_window: tu
         reasons.append("dense mode: each cell scores one feature position, not a reference-size window")
         rf = (g0.h.rf, g0.w.rf)
         offset = (g0.h.start, g0.w.start)
-    else:
-        rf = (g0.h.rf + (kh - 1) * g0.h.jump, g0.w.rf + (kw - 1) * g0.w.jump)
+    else:  # the window's cells lie jump * dense apart: the network's own stride
+        rf = (g0.h.rf + (kh - 1) * g0.h.jump * g0.h.dense, g0.w.rf + (kw - 1) * g0.w.jump * g0.w.dense)
         offset = (0, 0)
     return Geometry(
         window=ref, stride=(g0.h.jump, g0.w.jump), offset=offset, receptive_field=rf,
         feature_window=(kh, kw), mode=mode, exact=not reasons, reasons=tuple(reasons),
-        _size_h=g0.h.size, _size_w=g0.w.size,
-    )
+        _size_h=g0.h.size, _size_w=g0.w.size, feature_dilation=(g0.h.dense, g0.w.dense),
+    ), edits

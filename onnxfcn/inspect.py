@@ -39,10 +39,12 @@ class InspectReport:
 
 def inspect(model_or_path: str | os.PathLike[str] | onnx.ModelProto, *, mode: str = "window",
             input_name: str | None = None, size: tuple[int, int] | None = None,
-            at: tuple[int, int] | None = None) -> InspectReport:
+            at: tuple[int, int] | None = None, output_stride: int | tuple[int, int] | None = None) -> InspectReport:
     """Plan the conversion exactly as ``convert`` does, and stop; ``at``: an input size for the grid."""
     report = InspectReport(mode=mode)
-    state = pipeline.State(model_or_path, pipeline.Options(mode, input_name, size, self_check=False))
+    stride = (output_stride, output_stride) if isinstance(output_stride, int) else output_stride
+    state = pipeline.State(model_or_path, pipeline.Options(mode, input_name, size, self_check=False,
+                                                           output_stride=stride))
     try:
         pipeline.resume(state, stop_after="plan")
     except AlreadyConvolutionalError as exc:
@@ -69,7 +71,8 @@ def inspect(model_or_path: str | os.PathLike[str] | onnx.ModelProto, *, mode: st
     planned = state.planned
     geo = planned.geometry
     report.mode = planned.mode
-    report.changes = [c.__dict__ for c in planned.trunk.changes + planned.plan.changes]  # convert's order
+    # convert's order
+    report.changes = [c.__dict__ for c in planned.trunk.changes + planned.plan.changes + planned.stride_changes]
     h, w = at or (img.height + 2 * geo.stride[0], img.width + 2 * geo.stride[1])
     report.geometry = geo.summary(h, w)
     return report

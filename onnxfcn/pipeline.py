@@ -63,6 +63,7 @@ class Options:
     self_check: bool = True
     seed: int = 0
     max_memory: int | None = None
+    output_stride: tuple[int, int] | None = None  # None: the network's own
 
 
 @dataclass
@@ -121,7 +122,7 @@ def _analyse(s: State) -> bool:
 def _plan(s: State) -> bool:
     o = s.options
     assert s.analysis is not None
-    s.planned = plan_analysis(s.analysis, o.mode)
+    s.planned = plan_analysis(s.analysis, o.mode, o.output_stride)
     if o.self_check:  # read off the original head before the graph is rewritten in place
         s.subject = subject_from_plan(s.planned, [out.name for out in s.model.graph.output])
     return False
@@ -129,7 +130,7 @@ def _plan(s: State) -> bool:
 
 def _apply(s: State) -> bool:
     trunk = s.plan.trunk
-    apply_plan(s.model, s.plan.plan, trunk.replacements, trunk.initializers)
+    apply_plan(s.model, s.plan.plan, trunk.replacements, trunk.initializers, s.plan.stride_edits)
     return True
 
 

@@ -22,6 +22,7 @@ from onnx import helper, numpy_helper
 
 from .graph import GraphIndex, walk_back
 from .head import NCHW, Analysis, Layout, State, perm_to
+from .stride import Edit, apply_edits
 
 log = logging.getLogger(__name__)
 
@@ -277,11 +278,11 @@ class HeadContext:
 
 def apply_plan(model: onnx.ModelProto, plan: Plan,
                extra_replacements: dict[int, list[onnx.NodeProto]] | None = None,
-               extra_initializers: Sequence[onnx.TensorProto] = ()) -> None:
+               extra_initializers: Sequence[onnx.TensorProto] = (), edits: dict[str, Edit] | None = None) -> None:
     """Apply a plan to ``model`` in place: replace head nodes, add weights, drop dead nodes.
 
     ``extra_*`` carry the trunk plan, keyed like ``plan`` by node position in ``graph.node``, so
-    a plan made on one copy of a model applies to another.
+    a plan made on one copy of a model applies to another. ``edits``: the output stride's.
     """
     g = model.graph
     replacements = dict(extra_replacements or {}) | plan.replacements
@@ -303,6 +304,8 @@ def apply_plan(model: onnx.ModelProto, plan: Plan,
         t.dims.extend(dims)
     g.initializer.extend(plan.initializers)
     g.initializer.extend(extra_initializers)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    apply_edits(g, edits or {}, opset)
     # Nothing dead stays: the nodes and weights the rewrite replaced (the view subgraph, flattens,
     # a MatMul's weight transposed into a Conv weight) would double a file and make onnxruntime warn.
     live = _live_nodes(g)

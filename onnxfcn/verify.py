@@ -426,10 +426,15 @@ def reference_check(subject: Subject, want: list[np.ndarray], converted: ort.Inf
     fmap = got_by_name[subject.conv_feature]
     subject.check_feature_shape(fmap, (h, w))
     heads = head_outputs(subject.analysis)
+    if subject.geo.feature_dilation != (1, 1):  # an output stride: the window's cells lie apart
+        fmap = _windows(subject, fmap, [(0, 0)])
     exact = _exact_or_none(subject, fmap, heads, details)
     cmps = []
+    dilated = subject.geo.feature_dilation != (1, 1)
     for name, ref in zip(subject.out_names, want):
         g = got_by_name[name]
+        if dilated:  # finer than the windows: more than one cell fits the reference size; the first is the image
+            g = _cell(g, subject.grid_axes.get(name), 0, 0)
         if exact is not None and name in exact and rtol is None and atol is None:
             cmps.append(compare_bounded(name, g, exact[name], ref, class_axis=1 if ref.ndim >= 2 else None))
         else:
@@ -571,19 +576,27 @@ def read_conversion(orig: onnx.ModelProto, conv: onnx.ModelProto) -> Subject:
     if mode not in ("window", "dense"):
         raise InvalidConversionError(f"metadata onnxfcn.mode is {mode!r}, not window or dense")
     window = _meta_pair(meta, "window", 1)
+    stride = _meta_pair(meta, "stride", 1)
     try:
-        planned = plan_conversion(orig, mode=mode, size=window)
+        # The original planned at the stride the metadata states: its own, or an output stride
+        # that must follow from its graph (the same edits, the same geometry).
+        planned = plan_conversion(orig, mode=mode, size=window, output_stride=stride)
     except AlreadyConvolutionalError as exc:
         raise InvalidConversionError(f"the first model should be the original classifier, but {exc.reason} "
                                      "(are the two models swapped?)") from None
     except OnnxFcnError as exc:
+        if exc.reason.startswith("output stride"):
+            raise InvalidConversionError(f"metadata onnxfcn.stride is {stride[0]},{stride[1]}: {exc.reason}",
+                                         exc.node) from None
         raise type(exc)(f"the original model: {exc.reason}", exc.node) from None
     analysis, plan, geo = planned.analysis, planned.plan, planned.geometry
     image = analysis.image
     if (image.height, image.width) != window:
         raise InvalidConversionError(f"metadata onnxfcn.window is {window[0]},{window[1]} but the original's input "
                                      f"is {image.height}x{image.width}")
-    for key, value in (("stride", geo.stride), ("offset", geo.offset), ("feature_window", geo.feature_window)):
+    meta.setdefault("feature_dilation", "1,1")  # files from before output strides
+    for key, value in (("stride", geo.stride), ("offset", geo.offset), ("feature_window", geo.feature_window),
+                       ("feature_dilation", geo.feature_dilation)):
         got = _meta_pair(meta, key, 0 if key == "offset" else 1) if key != "offset" else _meta_offset(meta)
         if got != tuple(value):
             raise InvalidConversionError(f"metadata onnxfcn.{key} is {got[0]},{got[1]} but the original's graph gives "
@@ -897,13 +910,13 @@ def _windows(subject: Subject, fmap: np.ndarray, cells: list[tuple[int, int]]) -
     ref_shape = analysis.index.static_shape(subject.feature)
     assert ref_shape is not None
     fh, fw = int(ref_shape[lay[2]]), int(ref_shape[lay[3]])
-    kh, kw = subject.geo.feature_window
+    (kh, kw), (dh, dw) = subject.geo.feature_window, subject.geo.feature_dilation
     hax, wax = conv_lay[2], conv_lay[3]
     out = []
-    for i, j in cells:
+    for i, j in cells:  # at an output stride the window's cells lie dh, dw apart
         idx: list[Any] = [slice(None)] * fmap.ndim
-        idx[hax] = slice(i, i + kh)
-        idx[wax] = slice(j, j + kw)
+        idx[hax] = slice(i, i + (kh - 1) * dh + 1, dh)
+        idx[wax] = slice(j, j + (kw - 1) * dw + 1, dw)
         win = fmap[tuple(idx)]
         if (kh, kw) != (fh, fw):  # dense mode: one cell, repeated over the reference map
             reps = [1] * fmap.ndim

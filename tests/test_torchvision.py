@@ -87,3 +87,23 @@ def test_simplified_export_converts_and_verifies(arch: str, exporter: str, opset
     assert all(o["ratio"] <= 1 for o in report.self_check[0]["outputs"])
     result = onnxfcn.verify(simplified, converted, positions=4, batch=2)
     assert result, result.reason
+
+
+STRIDED = [(a, s) for a in ISSUE2 + ISSUE4 for s in (16, 8)]
+
+
+@pytest.mark.parametrize(("arch", "stride"), STRIDED, ids=[f"{a}-os{s}" for a, s in STRIDED])
+def test_output_stride_verifies(arch: str, stride: int, export_dir: Path) -> None:
+    """Every architecture at output strides 16 and 8 (legacy exporter, opset 17): the self-check
+    holds at the reference size within the rounding bound (squeeze-excitation pools read the
+    original's cells; Inception's and DenseNet's AveragePools, with no dilations before opset 19,
+    become depthwise Convs; GoogLeNet's ceil_mode pools keep their last window), and verify's
+    feature check proves the dilated head on the denser map."""
+    path = export(arch, "legacy", 17, export_dir)
+    converted, report = onnxfcn.convert(path, output_stride=stride)
+    assert report.geometry.stride == (stride, stride)
+    assert all(o["ratio"] <= 1 for o in report.self_check[0]["outputs"])
+    result = onnxfcn.verify(path, converted, positions=4)
+    by_name = {c.name: c for c in result.checks}
+    assert by_name["reference"].passed and by_name["feature"].passed and by_name["feature"].exact, result.reason
+    assert result, result.reason

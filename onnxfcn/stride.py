@@ -1,0 +1,206 @@
+"""Output stride: what the a-trous rewrite changes in each node, and changing it.
+
+``geometry.plan_geometry`` decides the trunk's edits (it owns the stride arithmetic); this module
+holds the edit itself, plans the head's share (the feature-window kernels the rules built read a
+map that is now denser, so they are dilated alike) and applies edits to nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import UnsupportedModelError
+
+KERNEL_OPS = frozenset({"Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool",
+                        "QLinearAveragePool"})
+
+# A pool's dilations attribute, from this opset (None: it has none).
+_DILATIONS_FROM: dict[str, int | None] = {"MaxPool": 10, "AveragePool": 19, "LpPool": 18, "QLinearAveragePool": None}
+
+
+@dataclass(frozen=True)
+class Edit:
+    """How the output-stride rewrite changes one node (keyed by its first output).
+
+    Kernel ops: dilations multiplied by ``factor`` (H, W); ``strides`` and ``pads`` (H begin,
+    W begin, H end, W end), where given, replace the node's, and explicit pads replace auto_pad.
+    ``pad_with``: the pads move into a Pad node before the pool that fills with this value of
+    element type ``pad_dtype`` (onnxruntime refuses a pool whose pads reach its kernel size).
+    Pad and Slice: ``values`` are the new pads or ends, all of them.
+    ``subsample``: a global pooling inside the trunk (squeeze-excitation) reads every (H, W)-th
+    cell of the denser map, the cells the original has; a MaxPool 1x1 with those strides, which
+    picks them without arithmetic, goes before it.
+    """
+
+    op: str
+    factor: tuple[int, int]
+    strides: tuple[int, int] | None = None
+    pads: tuple[int, int, int, int] | None = None
+    values: tuple[int, ...] | None = None
+    subsample: tuple[int, int] | None = None
+    pad_with: float | None = None
+    pad_dtype: int = onnx.TensorProto.FLOAT
+    # An AveragePool before opset 19 (no dilations) becomes a depthwise Conv of weights 1/(h*w)
+    # over this many channels, of element type ``pad_dtype``.
+    as_conv: int | None = None
+
+
+def dilation_reason(op: str, opset: int) -> str | None:
+    """Why ``op`` cannot take a dilation at ``opset``, or None."""
+    if op not in _DILATIONS_FROM:
+        return None
+    since = _DILATIONS_FROM[op]
+    if since is None:
+        return f"{op} has no dilations attribute: it cannot read a dilated window"
+    if opset < since:
+        return f"{op} has dilations only from opset {since} (the model is opset {opset}); re-export at opset {since}"
+    return None
+
+
+def _ints(node: onnx.NodeProto, name: str) -> list[int] | None:
+    for a in node.attribute:
+        if a.name == name:
+            return list(a.ints)
+    return None
+
+
+def _const_ints(node: onnx.NodeProto, attr_name: str, input_pos: int,
+                consts: dict[str, onnx.TensorProto]) -> list[int] | None:
+    if (v := _ints(node, attr_name)) is not None:
+        return v
+    if len(node.input) > input_pos and node.input[input_pos] in consts:
+        return [int(x) for x in numpy_helper.to_array(consts[node.input[input_pos]]).reshape(-1)]
+    return None
+
+
+def plan_head_dilation(nodes: Iterable[onnx.NodeProto], sources: Sequence[str], factor: tuple[int, int],
+                       opset: int, initializers: Sequence[onnx.TensorProto]) -> dict[str, Edit]:
+    """Edits for the head nodes the rules built (in graph order) that read the NCHW feature maps
+    ``sources``: every kernel wider than 1 is dilated by ``factor``, the window pool's end Pad and
+    its Slice of the valid windows are scaled alike. Raises, naming the node, where a kernel cannot
+    be dilated."""
+    if tuple(factor) == (1, 1):
+        return {}
+    consts = {t.name: t for t in initializers}
+    live, edits = set(sources), {}
+    for node in nodes:
+        if not any(i in live for i in node.input):
+            continue
+        live.update(o for o in node.output if o)
+        if node.op_type in KERNEL_OPS:
+            kernel = _ints(node, "kernel_shape") or [1, 1]
+            f = (factor[0] if kernel[0] > 1 else 1, factor[1] if kernel[1] > 1 else 1)
+            if f != (1, 1):
+                if (why := dilation_reason(node.op_type, opset)) is not None:
+                    raise UnsupportedModelError(f"output stride: {why}", node.name)
+                edits[node.output[0]] = Edit(node.op_type, f)
+        elif node.op_type in ("Pad", "Slice"):
+            pos, name = (1, "pads") if node.op_type == "Pad" else (2, "ends")
+            values = _const_ints(node, name, pos, consts)
+            if values is None:
+                raise UnsupportedModelError(f"output stride: {node.op_type} {name} are not constant", node.name)
+            if node.op_type == "Pad":  # N, C, H, W begins then ends
+                new = [v * (factor[(k % 4) - 2] if k % 4 >= 2 else 1) for k, v in enumerate(values)]
+            else:
+                axes = _const_ints(node, "axes", 3, consts) or list(range(len(values)))
+                if any(v > 0 for a, v in zip(axes, values) if a in (2, 3)):
+                    raise UnsupportedModelError("output stride: a Slice that keeps a fixed number of cells", node.name)
+                new = [v * factor[a - 2] if a in (2, 3) else v for a, v in zip(axes, values)]
+            edits[node.output[0]] = Edit(node.op_type, factor, values=tuple(new))
+    return edits
+
+
+def apply_edits(graph: onnx.GraphProto, edits: dict[str, Edit], opset: int) -> None:
+    """Change ``graph``'s nodes as ``edits`` say, inserting the nodes some need before them. The
+    constants they replace may be shared and are left to the caller's dead-weight sweep."""
+    if not edits:
+        return
+    added: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        e = edits.get(node.output[0]) if node.output else None
+        if e is not None:
+            nodes.extend(_before(node, e, opset, added))
+            _edit(node, e, added)
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(added)
+
+
+def _before(node: onnx.NodeProto, e: Edit, opset: int, added: list[onnx.TensorProto]) -> list[onnx.NodeProto]:
+    """The nodes an edit puts in front of ``node`` (reading its first input instead of it)."""
+    if e.as_conv is not None:
+        kh, kw = _ints(node, "kernel_shape") or [1, 1]
+        value = np.asarray([1.0 / (kh * kw)], helper.tensor_dtype_to_np_dtype(e.pad_dtype))
+        weight = f"{node.output[0]}__os_mean"
+        node.input.append(weight)
+        if opset >= 9:
+            shape = numpy_helper.from_array(np.asarray([e.as_conv, 1, kh, kw], np.int64), f"{weight}_shape")
+            added.append(shape)
+            return [helper.make_node("ConstantOfShape", [shape.name], [weight], name=weight,
+                                     value=numpy_helper.from_array(value, "value"))]
+        added.append(numpy_helper.from_array(np.full((e.as_conv, 1, kh, kw), value[0]), weight))
+        return []
+    out = f"{node.output[0]}__os_in"
+    if e.subsample is not None:
+        pick = helper.make_node("MaxPool", [node.input[0]], [out], name=f"{node.name or node.output[0]}__os_subsample",
+                                kernel_shape=[1, 1], strides=list(e.subsample))
+    elif e.pad_with is not None:
+        assert e.pads is not None
+        hb, wb, he, we = e.pads
+        pads = [0, 0, hb, wb, 0, 0, he, we]
+        value = np.asarray(e.pad_with, helper.tensor_dtype_to_np_dtype(e.pad_dtype))
+        name = f"{node.name or node.output[0]}__os_pad"
+        if opset >= 11:
+            p = numpy_helper.from_array(np.asarray(pads, np.int64), f"{out}_pads")
+            v = numpy_helper.from_array(value, f"{out}_value")
+            added.extend([p, v])
+            pick = helper.make_node("Pad", [node.input[0], p.name, v.name], [out], name=name)
+        else:
+            pick = helper.make_node("Pad", [node.input[0]], [out], name=name, pads=pads, value=float(value))
+    else:
+        return []
+    node.input[0] = out
+    return [pick]
+
+
+def _edit(node: onnx.NodeProto, e: Edit, added: list[onnx.TensorProto]) -> None:
+    if e.as_conv is not None:  # an AveragePool: the Conv keeps its window, strides and pads
+        node.op_type = "Conv"
+        for a in list(node.attribute):
+            if a.name not in ("kernel_shape", "strides", "pads", "dilations", "auto_pad"):
+                node.attribute.remove(a)
+        node.attribute.append(helper.make_attribute("group", e.as_conv))
+    if node.op_type in ("Pad", "Slice"):
+        assert e.values is not None
+        name, pos = ("pads", 1) if node.op_type == "Pad" else ("ends", 2)
+        if _ints(node, name) is not None:
+            _set(node, name, list(e.values))
+        else:
+            tensor = numpy_helper.from_array(np.asarray(e.values, np.int64), f"{node.output[0]}__os_{name}")
+            added.append(tensor)
+            node.input[pos] = tensor.name
+        return
+    if e.factor != (1, 1):
+        old = _ints(node, "dilations") or [1, 1]
+        _set(node, "dilations", [old[0] * e.factor[0], old[1] * e.factor[1]])
+    if e.strides is not None:
+        _set(node, "strides", list(e.strides))
+    if e.pads is not None:
+        for a in list(node.attribute):
+            if a.name == "auto_pad":
+                node.attribute.remove(a)
+        _set(node, "pads", [0, 0, 0, 0] if e.pad_with is not None else list(e.pads))
+
+
+def _set(node: onnx.NodeProto, name: str, value: list[int]) -> None:
+    for a in list(node.attribute):
+        if a.name == name:
+            node.attribute.remove(a)
+    node.attribute.append(helper.make_attribute(name, value))
