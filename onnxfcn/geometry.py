@@ -220,10 +220,12 @@ def _kernel_edit(analysis: Analysis, node: onnx.NodeProto, target: tuple[int, in
             raise UnsupportedModelError(f"{where}: {why}", node_label(node))
         return _average_as_conv(analysis, node, edit, where, why)
     kernel = attr(node, "kernel_shape")
-    if node.op_type in ("MaxPool", "AveragePool") and kernel and any(
-            p >= kernel[k % 2] for k, p in enumerate(pads)):
-        # onnxruntime refuses a pool whose pads reach its kernel_shape (dilation aside): the pads
-        # go into a Pad node, which is the same where the pad value is what the pool ignores.
+    asymmetric = node.op_type == "MaxPool" and (pads[0], pads[1]) != (pads[2], pads[3])
+    if node.op_type in ("MaxPool", "AveragePool") and kernel and (asymmetric or any(
+            p >= kernel[k % 2] for k, p in enumerate(pads))):
+        # onnxruntime refuses a pool whose pads reach its kernel_shape (dilation aside), and
+        # onnx.reference (1.23) misreads a stride-1 MaxPool's asymmetric pads (a ceil_mode pool's
+        # end padding): the pads go into a Pad node, the same where its value is one the pool ignores.
         dtype = index.dtypes.get(node.input[0]) or onnx.TensorProto.FLOAT
         if node.op_type == "AveragePool" and not attr(node, "count_include_pad", 0):
             raise UnsupportedModelError(f"{where}: the AveragePool's pads {pads} reach its kernel {list(kernel)} once "

@@ -51,6 +51,7 @@ class Case:
     mode: str = "window"
     layout: str = "NCHW"
     small: bool = True  # run on the reference evaluator too (it is numpy loops: slow on big nets)
+    output_stride: int | None = None
 
 
 @dataclass
@@ -91,6 +92,11 @@ def _cases() -> list[Case]:
 
             return quantize_qdq(head(), layout, per_channel, fmt)
         return build
+
+    def deep_model() -> onnx.ModelProto:
+        from test_stride import deep
+
+        return deep("gap", down="ceil", pool="AveragePool", se=True)
 
     def fp16() -> onnx.ModelProto:
         return flatten_gemm(dtype=np.float16)
@@ -140,6 +146,14 @@ def _cases() -> list[Case]:
              quantized(True, "QOperator", nhwc_keras, "NHWC"), layout="NHWC"),
         Case("fp16_flatten", "float16 model, Flatten head", fp16),
         Case("fp16_gap", "float16 model, window mean", gap16),
+        Case("os_flatten", "output stride 1: stride-1 MaxPool, dilated Conv trunk and head", PATTERNS["flatten"],
+             output_stride=1),
+        Case("os_gap", "output stride 1: dilated depthwise Conv window mean", pooled("GlobalAveragePool"),
+             output_stride=1),
+        Case("os_gmp", "output stride 1: dilated MaxPool window, its Pad and Slice scaled", pooled("GlobalMaxPool"),
+             output_stride=1),
+        Case("os_deep", "output stride 8 of 32: SE pool subsampled, ceil_mode end pads, AveragePool as Conv",
+             deep_model, output_stride=8),
     ]
 
 
@@ -252,7 +266,7 @@ def _prepare(case: Case, folder: Path) -> None:
     import onnxfcn
 
     original = case.build()
-    converted, report = onnxfcn.convert(original, mode=case.mode)
+    converted, report = onnxfcn.convert(original, mode=case.mode, output_stride=case.output_stride)
     for tag, model, feeds in (("converted", converted, test_input(converted, report, case.layout)),
                               ("original", original, _reference_input(original))):
         path = folder / f"{case.name}.{tag}.onnx"
