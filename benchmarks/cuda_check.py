@@ -48,6 +48,7 @@ def median_time(sess, feeds, repeats: int = 10) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet50")
+    ap.add_argument("--output-stride", type=int, help="convert at this output stride (default: the network's)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -61,7 +62,8 @@ def main() -> None:
     out: dict[str, object] = {"onnxruntime": ort.__version__, "arch": args.arch}
     with tempfile.TemporaryDirectory() as tmp:
         path = export(args.arch, "legacy", 17, Path(tmp))
-        converted, report = onnxfcn.convert(path)
+        converted, report = onnxfcn.convert(path, output_stride=args.output_stride)
+        print(f"stride {report.geometry.stride}, feature dilation {report.geometry.feature_dilation}")
         ref = report.self_check[0]["outputs"][0]
         print(f"convert self-check (cpu): error {ref['error']:.3g}, bound {ref['bound']:.3g}, ratio {ref['ratio']:.3g}")
         out["self_check"] = ref
@@ -95,6 +97,12 @@ def main() -> None:
             small[n] = {"returncode": proc.returncode, "stdout": proc.stdout.strip()[:200]}
             print(f"cuda at {n}x{n}: rc {proc.returncode} {proc.stdout.strip()[:120]}")
         out["below_min_cuda"] = small
+        for p in ("cpu", "cuda"):  # one pass against the original on every window, on each provider
+            b = onnxfcn.bench(path, converted, size=(384, 384), repeats=5, provider=p)
+            print(f"bench {p} 384x384: one pass {b.converted.median * 1e3:.2f} ms, {b.windows} windows "
+                  f"{b.original_windows.median * 1e3:.1f} ms, speedup {b.speedup:.2f}, MAC ratio {b.mac_ratio:.2f}, "
+                  f"efficiency {b.efficiency:.3f}, reference latency ratio {b.reference_latency_ratio:.3f}")
+            out[f"bench_{p}"] = b.to_dict()
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str))
 

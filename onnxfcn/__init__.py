@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._version import __version__
+from .bench import BenchReport, bench
 from .convert import ConversionReport, convert
 from .errors import (
     AlreadyConvolutionalError,
@@ -19,6 +20,7 @@ from .verify import VerifyReport, verify
 
 __all__ = [
     "AlreadyConvolutionalError",
+    "BenchReport",
     "ConversionReport",
     "HeadRefusedError",
     "InspectReport",
@@ -30,6 +32,7 @@ __all__ = [
     "UnsupportedModelError",
     "VerifyReport",
     "__version__",
+    "bench",
     "convert",
     "inspect",
     "verify",

@@ -42,6 +42,7 @@ from .graph import GraphIndex, attr, node_label
 
 LAMBDA = 10.0
 TRANSCENDENTAL_ULPS = 128.0
+_BIG_CONST = 2**20  # elements: constants this large are read in float64 blocks, never whole
 _BLOCK_BYTES = 64 * 2**20  # float64 weight columns converted at a time (VGG's 25088x4096 layer: 411 MB)
 
 
@@ -181,7 +182,12 @@ class HeadEvaluator:
         if name in env:
             return env[name]
         if name in self._consts:
-            return Bounded.exact(self._consts[name], np.zeros(()))
+            v = self._consts[name]
+            if v.size >= _BIG_CONST and v.dtype.kind == "f":
+                # A dense layer's weight stays in its own (exactly representable) type; the dense
+                # rules convert it to float64 a block at a time (VGG16's first layer: 822 MB whole).
+                return Bounded(v, np.zeros(()), np.zeros(()))
+            return Bounded.exact(v, np.zeros(()))
         return None  # a shape operand: the rules read static shapes instead
 
     def out_shape(self, name: str) -> list[int]:

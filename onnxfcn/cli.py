@@ -21,6 +21,7 @@ import numpy as np
 import typer
 
 from ._version import __version__
+from .bench import bench as do_bench
 from .convert import convert as do_convert
 from .errors import AlreadyConvolutionalError, OnnxFcnError, SelfCheckError
 from .geometry import parse_output_stride
@@ -73,6 +74,8 @@ EXITS = {
               "bad option or out of memory.",
     "inspect": "0 convertible; 2 not convertible (the blockers are listed) or bad input; 3 already fully "
                "convolutional.",
+    "bench": "0 measured; 2 bad input (a second model without onnxfcn metadata, a size no window fits), bad "
+             "option or out of memory.",
 }
 
 
@@ -262,7 +265,7 @@ def _json_default(o: Any) -> Any:
     return o.item() if isinstance(o, (np.floating, np.integer)) else str(o)
 
 
-def _progress() -> Callable[[int, int], None]:
+def _progress(label: str = "crops") -> Callable[[int, int], None]:
     state: dict[str, Any] = {}
 
     def update(done: int, total: int) -> None:
@@ -270,7 +273,7 @@ def _progress() -> Callable[[int, int], None]:
             return
         bar = state.get("bar")
         if bar is None:
-            bar = typer.progressbar(length=total, label="crops", file=sys.stderr)
+            bar = typer.progressbar(length=total, label=label, file=sys.stderr)
             bar.__enter__()
             state["bar"], state["done"] = bar, 0
         bar.update(done - state["done"])
@@ -495,6 +498,58 @@ def _version(value: bool) -> None:
     if value:
         typer.echo(f"onnxfcn {__version__}")
         raise typer.Exit()
+
+
+@app.command(short_help="Time one pass of the converted model against the original on every window.",
+             epilog=_epilog("bench", ["onnxfcn bench vgg16.onnx vgg16.fcn.onnx --size 384x384",
+                                      "onnxfcn bench resnet50.onnx r50_os16.onnx --json bench.json"]))
+def bench(
+    original: Annotated[Path, typer.Argument(metavar="ORIGINAL", help="The classifier (.onnx).", show_default=False)],
+    converted: Annotated[Path, typer.Argument(metavar="CONVERTED", help="Its conversion by onnxfcn.", show_default=False)],
+    size: Annotated[Optional[str], typer.Option(metavar="HxW", help="Input size of the one pass [default: the window plus 5 network strides].")] = None,
+    repeats: Annotated[int, typer.Option(min=1, max=1000, help="Timed runs of each phase (after one warm-up); medians are reported.")] = 5,
+    batch: Annotated[int, typer.Option(min=1, max=4096, help="Windows per run of the original.")] = 16,
+    provider: Annotated[Provider, typer.Option(case_sensitive=False, help="cpu, cuda, or auto (CUDA when present).")] = Provider.cpu,
+    json_path: Annotated[Optional[Path], typer.Option("--json", metavar="FILE", help="Write the numbers as JSON to this file.")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """One pass of CONVERTED against ORIGINAL on every window it replaces, side by side: medians, MACs, memory."""
+    _set_verbose(verbose)
+    with _errors():
+        if json_path is not None:
+            check_output_path(json_path, what="JSON")
+        report = do_bench(original, converted, size=_size(size) if size else None, repeats=repeats, batch=batch,
+                          provider=provider.value, progress=_progress("runs"))
+    if json_path is not None:
+        with _errors():
+            _write_json(json_path, report.to_dict())
+    _print_bench(report)
+
+
+def _print_bench(r: Any) -> None:
+    def ms(t: Any) -> str:
+        return f"{t.median * 1e3:.2f} ms"
+
+    def rss(t: Any) -> str:
+        return "n/a" if t.peak_rss is None else f"{t.peak_rss / 2**20:.0f} MiB"
+
+    (h, w), (wh, ww), (gh, gw) = r.size, r.window, r.grid
+    typer.echo(f"bench at {h}x{w}: {gh}x{gw} windows of {wh}x{ww}, stride {r.stride[0]}x{r.stride[1]} "
+               f"({r.provider}, median of {r.repeats})")
+    def macs(n: int) -> str:
+        return f"{n / 1e9:.2f} G" if n >= 1e8 else f"{n / 1e6:.2f} M"
+
+    rows = [("run", "time", "MACs", "peak RSS"),
+            ("converted, one pass", ms(r.converted), macs(r.converted_macs), rss(r.converted)),
+            (f"original, {r.windows} windows", ms(r.original_windows), macs(r.original_macs * r.windows),
+             rss(r.original_windows)),
+            (f"converted at {wh}x{ww}", ms(r.converted_reference), "", rss(r.converted_reference)),
+            (f"original at {wh}x{ww}", ms(r.original_reference), macs(r.original_macs), rss(r.original_reference))]
+    typer.echo(_table(rows))
+    typer.echo(f"speedup {r.speedup:.2f}x, MAC ratio {r.mac_ratio:.2f}, efficiency {r.efficiency:.2f}, "
+               f"reference latency converted/original {r.reference_latency_ratio:.3f}")
+    for note in r.notes:
+        typer.echo(f"note: {note}")
 
 
 @app.callback()

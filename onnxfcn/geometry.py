@@ -19,13 +19,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 import onnx
 
 from .errors import OnnxFcnError, UnsupportedModelError
 from .graph import attr, node_label
 from .head import NCHW, Analysis, State
-from .stride import KERNEL_OPS, Edit, dilation_reason
+from .stride import KERNEL_OPS, Edit, dilation_reason, lowest
 
 _WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}  # where a convolution's weight is
 _SCALE_OPS = {"Resize", "Upsample", "ConvTranspose", "DepthToSpace", "SpaceToDepth", "MaxUnpool"}
@@ -231,7 +230,7 @@ def _kernel_edit(analysis: Analysis, node: onnx.NodeProto, target: tuple[int, in
             raise UnsupportedModelError(f"{where}: the AveragePool's pads {pads} reach its kernel {list(kernel)} once "
                                         "dilated, and excluding them from the mean has no Pad equivalent",
                                         node_label(node))
-        low = 0.0 if node.op_type == "AveragePool" else _lowest(dtype)
+        low = 0.0 if node.op_type == "AveragePool" else lowest(dtype)
         edit = replace(edit, pad_with=low, pad_dtype=dtype)
     return edit
 
@@ -251,11 +250,6 @@ def _average_as_conv(analysis: Analysis, node: onnx.NodeProto, edit: Edit, where
                                                       onnx.TensorProto.FLOAT16):
         raise UnsupportedModelError(f"{where}: {why}", node_label(node))
     return replace(edit, as_conv=channels, pad_dtype=dtype)
-
-
-def _lowest(dtype: int) -> float:
-    np_type = onnx.helper.tensor_dtype_to_np_dtype(dtype)
-    return float("-inf") if np.issubdtype(np_type, np.floating) else float(np.iinfo(np_type).min)
 
 
 def _scaled_pads(analysis: Analysis, node: onnx.NodeProto, dh: int, dw: int) -> tuple[int, ...]:

@@ -351,12 +351,14 @@ def _previous_data_files(path: Path) -> set[Path]:
     """Data files the model now at ``path`` (if any) keeps its weights in, inside its folder."""
     if not path.is_file():
         return set()
+    folder = path.resolve().parent
+    ours = re.compile(re.escape(path.name) + r"(\.\d+)?\.data")  # only files named as save_model names them
+    if not any(ours.fullmatch(f.name) for f in folder.iterdir()):
+        return set()  # nothing to remove: the old model (often as large as its weights) is not read
     try:
         old = onnx.load(str(path), load_external_data=False)
     except Exception:  # not a model we can read: leave every file alone
         return set()
-    folder = path.resolve().parent
-    ours = re.compile(re.escape(path.name) + r"(\.\d+)?\.data")  # only files named as save_model names them
     return {f for f in external_files(old, folder)
             if f.parent == folder and ours.fullmatch(f.name) and f.is_file() and not f.is_symlink()}
 

@@ -107,7 +107,7 @@ def plan_analysis(analysis: Analysis, mode: str = "window", output_stride: tuple
     geo, edits = plan_geometry(analysis, plan.features, windows.pop(), mode, output_stride)
     head_nodes = [n for pos in sorted(plan.replacements) for n in plan.replacements[pos]]
     edits |= plan_head_dilation(head_nodes, plan.sources, geo.feature_dilation, analysis.index.opset,
-                                plan.initializers)
+                                plan.initializers, analysis.index.dtypes.get(plan.features[0]) or onnx.TensorProto.FLOAT)
     trunk = plan_trunk_rewrite(analysis)
     return Planned(analysis, plan, trunk, geo, mode, edits, _stride_changes(analysis, head_nodes, edits))
 
@@ -132,9 +132,16 @@ def _stride_changes(analysis: Analysis, head_nodes: list[onnx.NodeProto], edits:
                 parts.append(f"dilations {dil[0] * e.factor[0]}x{dil[1] * e.factor[1]}")
             if e.pads is not None and e.pads != tuple(attr(node, "pads") or [0, 0, 0, 0]):
                 parts.append(f"pads {list(e.pads)}")
+            if e.as_conv is not None:
+                parts.insert(0, "as a depthwise Conv (AveragePool has no dilations before opset 19)")
+            if e.pad_with is not None:
+                parts.append("its pads in a Pad node before it")
+            if e.subsample is not None:
+                parts.append(f"reads every {e.subsample[0]}x{e.subsample[1]}th cell, the original's (a MaxPool "
+                             "1x1 picks them)")
             after = ", ".join(parts) or "unchanged"
         before = f"{e.op} (output stride)"
-        if e.values is None:
+        if e.values is None and e.subsample is None:
             s, d = attr(node, "strides") or [1, 1], attr(node, "dilations") or [1, 1]
             before = f"{e.op} strides {s[0]}x{s[1]}, dilations {d[0]}x{d[1]}"
         changes.append(Change(node_label(node), before, after))

@@ -143,13 +143,17 @@ def probe_shapes(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]],
             for n, v in zip(names, values)}
 
 
-def make_session(model: onnx.ModelProto | str, provider: str = "cpu",
-                 pin: dict[str, int] | None = None) -> ort.InferenceSession:
-    """A session on ``provider``. ``pin`` fixes named free dims: at the reference size the
-    converted model then gets the same kernels as the original (with symbolic H and W,
-    onnxruntime picks other grouped-convolution kernels, whose rounding differs)."""
+def make_session(model: onnx.ModelProto | str | bytes, provider: str = "cpu",
+                 pin: dict[str, int] | None = None, optimize: bool = True) -> ort.InferenceSession:
+    """A session on ``provider`` (``model``: a proto, a path or serialized bytes). ``pin`` fixes
+    named free dims: at the reference size the converted model then gets the same kernels as the
+    original (with symbolic H and W, onnxruntime's layout optimizations pick other grouped-
+    convolution kernels, whose rounding differs). ``optimize=False``: basic graph optimizations
+    only (no layout transforms, which cost more than two seconds on a VGG16 for a few runs)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # failures surface as exceptions; no console noise
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     for dim, value in (pin or {}).items():
         opts.add_free_dimension_override_by_name(dim, value)
     if provider == "cuda":
@@ -157,7 +161,7 @@ def make_session(model: onnx.ModelProto | str, provider: str = "cpu",
         providers: list[Any] = [("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]
     else:
         providers = ["CPUExecutionProvider"]
-    if isinstance(model, str):
+    if isinstance(model, (str, bytes)):
         sess = ort.InferenceSession(model, opts, providers=providers)
     elif needs_external_data(model):
         with tempfile.TemporaryDirectory(prefix="onnxfcn-") as tmp:

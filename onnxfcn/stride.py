@@ -79,11 +79,12 @@ def _const_ints(node: onnx.NodeProto, attr_name: str, input_pos: int,
 
 
 def plan_head_dilation(nodes: Iterable[onnx.NodeProto], sources: Sequence[str], factor: tuple[int, int],
-                       opset: int, initializers: Sequence[onnx.TensorProto]) -> dict[str, Edit]:
+                       opset: int, initializers: Sequence[onnx.TensorProto],
+                       dtype: int = onnx.TensorProto.FLOAT) -> dict[str, Edit]:
     """Edits for the head nodes the rules built (in graph order) that read the NCHW feature maps
-    ``sources``: every kernel wider than 1 is dilated by ``factor``, the window pool's end Pad and
-    its Slice of the valid windows are scaled alike. Raises, naming the node, where a kernel cannot
-    be dilated."""
+    ``sources`` (of element type ``dtype``): every kernel wider than 1 is dilated by ``factor``,
+    the window pool's end Pad and its Slice of the valid windows are scaled alike. Raises, naming
+    the node, where a kernel cannot be dilated."""
     if tuple(factor) == (1, 1):
         return {}
     consts = {t.name: t for t in initializers}
@@ -111,8 +112,18 @@ def plan_head_dilation(nodes: Iterable[onnx.NodeProto], sources: Sequence[str], 
                 if any(v > 0 for a, v in zip(axes, values) if a in (2, 3)):
                     raise UnsupportedModelError("output stride: a Slice that keeps a fixed number of cells", node.name)
                 new = [v * factor[a - 2] if a in (2, 3) else v for a, v in zip(axes, values)]
-            edits[node.output[0]] = Edit(node.op_type, factor, values=tuple(new))
+            # The window pool's padding is sliced away, so its value is free: not 0, which
+            # onnxruntime 1.31's PadFusion folds into the MaxPool's own pads, and then refuses
+            # them for reaching the kernel size once dilated.
+            low = lowest(dtype) if node.op_type == "Pad" else None
+            edits[node.output[0]] = Edit(node.op_type, factor, values=tuple(new), pad_with=low, pad_dtype=dtype)
     return edits
+
+
+def lowest(dtype: int) -> float:
+    """The value a max ignores: -inf, or the integer type's least."""
+    np_type = helper.tensor_dtype_to_np_dtype(dtype)
+    return float("-inf") if np.issubdtype(np_type, np.floating) else float(np.iinfo(np_type).min)
 
 
 def apply_edits(graph: onnx.GraphProto, edits: dict[str, Edit], opset: int) -> None:
@@ -135,6 +146,8 @@ def apply_edits(graph: onnx.GraphProto, edits: dict[str, Edit], opset: int) -> N
 
 def _before(node: onnx.NodeProto, e: Edit, opset: int, added: list[onnx.TensorProto]) -> list[onnx.NodeProto]:
     """The nodes an edit puts in front of ``node`` (reading its first input instead of it)."""
+    if node.op_type in ("Pad", "Slice"):  # edited in place
+        return []
     if e.as_conv is not None:
         kh, kw = _ints(node, "kernel_shape") or [1, 1]
         value = np.asarray([1.0 / (kh * kw)], helper.tensor_dtype_to_np_dtype(e.pad_dtype))
@@ -180,12 +193,24 @@ def _edit(node: onnx.NodeProto, e: Edit, added: list[onnx.TensorProto]) -> None:
     if node.op_type in ("Pad", "Slice"):
         assert e.values is not None
         name, pos = ("pads", 1) if node.op_type == "Pad" else ("ends", 2)
-        if _ints(node, name) is not None:
+        attrs = _ints(node, name) is not None  # Pad before opset 11, Slice before 10
+        if attrs:
             _set(node, name, list(e.values))
         else:
             tensor = numpy_helper.from_array(np.asarray(e.values, np.int64), f"{node.output[0]}__os_{name}")
             added.append(tensor)
             node.input[pos] = tensor.name
+        if node.op_type == "Pad" and e.pad_with is not None:
+            if attrs:
+                for a in [a for a in node.attribute if a.name == "value"]:
+                    node.attribute.remove(a)
+                node.attribute.append(helper.make_attribute("value", e.pad_with))
+            else:
+                v = numpy_helper.from_array(np.asarray(e.pad_with, helper.tensor_dtype_to_np_dtype(e.pad_dtype)),
+                                            f"{node.output[0]}__os_value")
+                added.append(v)
+                del node.input[2:]
+                node.input.append(v.name)
         return
     if e.factor != (1, 1):
         old = _ints(node, "dilations") or [1, 1]

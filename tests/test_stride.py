@@ -20,6 +20,7 @@ import onnxfcn
 from onnxfcn.cli import app
 from onnxfcn.errors import InvalidConversionError, OnnxFcnError, UnsupportedModelError
 from onnxfcn.plan import read_metadata, set_metadata
+from onnxfcn.runtime import cuda_available
 
 runner = CliRunner()
 DEEP_REF = 190  # 5 stages of (3x3 valid conv, /2): 190 -> 4x4 features, total stride 32
@@ -363,3 +364,20 @@ def test_crop_loop_control() -> None:
     cells, crops = cells_vs_crops(original, natural, x, 18, 1)
     with pytest.raises(AssertionError):
         assert_close(cells, crops)
+
+
+@pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-gpu and a GPU")
+@pytest.mark.parametrize("stride", [16, 8])
+def test_output_stride_on_cuda(stride: int) -> None:
+    """Dilated convolutions and pools on the CUDA provider: every cell against its crop (exact
+    model), and CUDA against the CPU."""
+    original = deep("gap", se=True, down="ceil", pool="AveragePool")
+    converted, _ = onnxfcn.convert(original, output_stride=stride)
+    result = onnxfcn.verify(original, converted, provider="auto", positions="all")
+    assert result, result.reason
+    assert result.providers == ["cpu", "cuda"]
+    exact = onnxfcn.verify(deep("flatten"), onnxfcn.convert(deep("flatten"), output_stride=stride)[0],
+                           provider="cuda", positions="all")
+    assert exact, exact.reason
+    sliding = next(c for c in exact.checks if c.name.startswith("sliding"))
+    assert sliding.exact and sliding.passed

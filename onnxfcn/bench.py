@@ -1,0 +1,223 @@
+"""``bench``: one pass of the converted model against the original on every window it replaces.
+
+Both run in this process, one after the other, on the same provider and the same random image:
+the converted model once at the given size, the original on each of the windows its cells stand
+for (cut at offset + (i, j) * stride, batched), and both at the reference size. Times are medians
+over repeats after one warm-up run. Multiply-accumulates come from the graphs (``macs``), so
+``efficiency`` = speedup / MAC ratio says how much of the arithmetic saving the runtime turns into
+time. Peak memory is the process's resident peak during each phase (Linux: reset between phases
+through /proc/self/clear_refs; elsewhere not reported).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .errors import InvalidConversionError, OnnxFcnError
+from .head import ImageInput, find_image_input
+from .io import load_model
+from .macs import count_macs
+from .plan import read_metadata
+from .runtime import check_memory, first_line, make_session, resolve_providers, resource_error, run_batched
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Timing:
+    """One phase: seconds per repeat and the process's peak resident memory while it ran."""
+
+    seconds: list[float]
+    peak_rss: int | None = None
+
+    @property
+    def median(self) -> float:
+        return float(statistics.median(self.seconds))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"median_s": self.median, "seconds": self.seconds, "peak_rss": self.peak_rss}
+
+
+@dataclass
+class BenchReport:
+    size: tuple[int, int]
+    window: tuple[int, int]
+    stride: tuple[int, int]
+    grid: tuple[int, int]
+    provider: str
+    repeats: int
+    converted: Timing  # one pass at ``size``
+    original_windows: Timing  # the original on every window, batched
+    converted_reference: Timing
+    original_reference: Timing
+    converted_macs: int
+    original_macs: int  # per window
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def windows(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def speedup(self) -> float:
+        return self.original_windows.median / self.converted.median
+
+    @property
+    def mac_ratio(self) -> float:
+        return self.original_macs * self.windows / self.converted_macs if self.converted_macs else float("nan")
+
+    @property
+    def efficiency(self) -> float:
+        return self.speedup / self.mac_ratio
+
+    @property
+    def reference_latency_ratio(self) -> float:
+        return self.converted_reference.median / self.original_reference.median
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "size": list(self.size), "window": list(self.window), "stride": list(self.stride),
+            "grid": list(self.grid), "windows": self.windows, "provider": self.provider, "repeats": self.repeats,
+            "speedup": self.speedup, "mac_ratio": self.mac_ratio, "efficiency": self.efficiency,
+            "reference_latency_ratio": self.reference_latency_ratio,
+            "converted_macs": self.converted_macs, "original_macs_per_window": self.original_macs,
+            "converted": self.converted.to_dict(), "original_windows": self.original_windows.to_dict(),
+            "converted_reference": self.converted_reference.to_dict(),
+            "original_reference": self.original_reference.to_dict(), "notes": self.notes,
+        }
+
+
+def _reset_peak() -> bool:
+    try:
+        with open(f"/proc/{os.getpid()}/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM, the peak resident set size (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def _peak() -> int | None:
+    try:
+        with open(f"/proc/{os.getpid()}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _pair(meta: dict[str, str], key: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in meta[key].split(","))
+    except (KeyError, ValueError):
+        raise InvalidConversionError(f"metadata onnxfcn.{key} is missing or not 'A,B'") from None
+    return a, b
+
+
+def windows(image: ImageInput, x: np.ndarray, grid: tuple[int, int], window: tuple[int, int],
+            stride: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:
+    """The windows of ``x`` (batch 1) that the converted model's cells stand for, stacked on the
+    batch axis in row-major cell order. Windows that reach past the image are not cut."""
+    hax, wax = (2, 3) if image.layout == "NCHW" else (1, 2)
+    (wh, ww), (sh, sw), (oh, ow) = window, stride, offset
+    crops = []
+    for i in range(grid[0]):
+        for j in range(grid[1]):
+            top, left = oh + i * sh, ow + j * sw
+            if top < 0 or left < 0 or top + wh > x.shape[hax] or left + ww > x.shape[wax]:
+                continue
+            idx: list[Any] = [slice(None)] * 4
+            idx[hax], idx[wax] = slice(top, top + wh), slice(left, left + ww)
+            crops.append(x[tuple(idx)])
+    return np.concatenate(crops, axis=0) if crops else x[:0]
+
+
+def bench(original: str | os.PathLike[str] | onnx.ModelProto, converted: str | os.PathLike[str] | onnx.ModelProto,
+          *, size: tuple[int, int] | None = None, repeats: int = 5, batch: int = 16, provider: str = "cpu",
+          seed: int = 0, progress: Progress | None = None) -> BenchReport:
+    """Time one pass of ``converted`` at ``size`` against ``original`` on every window it replaces
+    (default size: the window plus five of the network's strides, 384x384 for a 224, stride-32
+    classifier)."""
+    if repeats < 1 or batch < 1:
+        raise OnnxFcnError("repeats and batch must be at least 1")
+    (prov,) = resolve_providers(provider)[-1:]
+    orig, _ = load_model(original)
+    conv, _ = load_model(converted)
+    meta = read_metadata(conv)
+    if not meta.get("mode"):
+        raise InvalidConversionError("the second model has no onnxfcn metadata: is it a model converted by onnxfcn?")
+    window, stride = _pair(meta, "window"), _pair(meta, "stride")
+    offset = _pair(meta, "offset") if meta.get("mode") == "window" else (0, 0)
+    dil = _pair(meta, "feature_dilation") if "feature_dilation" in meta else (1, 1)
+    image = find_image_input(orig, None, window)
+    h, w = size or (window[0] + 5 * stride[0] * dil[0], window[1] + 5 * stride[1] * dil[1])
+    if h < window[0] or w < window[1]:
+        raise OnnxFcnError(f"no window fits {h}x{w}: the windows are {window[0]}x{window[1]}; use a larger --size")
+    check_memory(conv, image.name, image.shape_at(1, h, w), f"bench at {h}x{w}")
+    notes = []
+    if meta["mode"] == "dense":
+        notes.append("dense mode: a cell scores one feature position; the original still runs on the windows at "
+                     "the stride")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(image.shape_at(1, h, w)).astype(np.float32)
+    x_ref = rng.standard_normal(image.shape_at(1, *window)).astype(np.float32)
+    total = 2 * (repeats + 1) * 2
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total)
+
+    def phase(model: onnx.ModelProto, feed: np.ndarray, chunk: int) -> tuple[Timing, list[np.ndarray]]:
+        reset = _reset_peak()
+        sess = make_session(model, prov)
+        outs: list[np.ndarray] = []
+        times = []
+        for k in range(repeats + 1):  # the first run warms up
+            t = time.perf_counter()
+            try:
+                outs = run_batched(sess, image.name, feed, chunk=chunk)
+            except OnnxFcnError:
+                raise
+            except Exception as exc:  # onnxruntime raises several types
+                oom = resource_error(exc, f"{feed.shape[-2]}x{feed.shape[-1]}")
+                raise oom or OnnxFcnError(f"onnxruntime fails on input {list(feed.shape)}: {first_line(exc)}") from exc
+            if k:
+                times.append(time.perf_counter() - t)
+            tick()
+        peak = _peak() if reset else None
+        del sess
+        return Timing(times, peak), outs
+
+    conv_t, conv_out = phase(conv, x, 1)
+    y = conv_out[0]
+    grid_axes = (2, 3) if y.ndim == 4 else (1, 2)
+    grid = (int(y.shape[grid_axes[0]]), int(y.shape[grid_axes[1]]))
+    crops = windows(image, x, grid, window, stride, offset)
+    if len(crops) < grid[0] * grid[1]:
+        notes.append(f"{grid[0] * grid[1] - len(crops)} cells reach past the image: their windows are not cut, "
+                     "the original runs on the other ones")
+    if not len(crops):
+        raise OnnxFcnError(f"no whole window fits {h}x{w}: use a larger --size")
+    orig_t, _ = phase(orig, crops, batch)
+    if len(crops) < grid[0] * grid[1]:  # per window, as if every cell had one
+        orig_t = Timing([t * grid[0] * grid[1] / len(crops) for t in orig_t.seconds], orig_t.peak_rss)
+    conv_ref, _ = phase(conv, x_ref, 1)
+    orig_ref, _ = phase(orig, x_ref, 1)
+    conv_macs = count_macs(conv, image.name, image.shape_at(1, h, w))
+    orig_macs = count_macs(orig, image.name, image.shape_at(1, *window))
+    return BenchReport((h, w), window, stride, grid, prov, repeats, conv_t, orig_t, conv_ref, orig_ref,
+                       conv_macs, orig_macs, notes)
