@@ -43,7 +43,7 @@ def main() -> None:
     header = (f"{'model':20s} {'S':>3s} {'grid':>6s} {'one pass':>10s} {'windows':>10s} {'speedup':>8s} "
               f"{'MACs':>6s} {'effic.':>7s} {'ref lat.':>8s} {'RSS conv':>9s} {'RSS orig':>9s}")
     print(f"{args.size}x{args.size}, medians of {args.repeats}; one pass and windows in ms; MACs = MAC ratio; "
-          "ref lat. = converted / original latency at the reference size; peak RSS in MiB")
+          "ref lat. = converted / original latency at the reference size; RSS: the phase's peak above its start, MiB")
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.arch or ARCHS:
@@ -55,7 +55,7 @@ def main() -> None:
                 rows.append(d)
 
                 def mib(t: dict[str, object]) -> str:
-                    v = t["peak_rss"]
+                    v = t["added_rss"]
                     return f"{v / 2**20:9.0f}" if isinstance(v, int) else f"{'n/a':>9s}"
 
                 print(f"{arch:20s} {s:3d} {r.grid[0]:>3d}x{r.grid[1]:<2d} {r.converted.median * 1e3:10.1f} "

@@ -12,6 +12,7 @@ through /proc/self/clear_refs; elsewhere not reported).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import statistics
 import time
@@ -32,21 +33,32 @@ from .runtime import check_memory, first_line, make_session, resolve_providers, 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+_MIN_SECONDS = 0.5  # a phase's timed runs last at least this long (fast runs are noisy)...
+_MAX_RUNS = 200  # ...up to this many
 
 
 @dataclass
 class Timing:
-    """One phase: seconds per repeat and the process's peak resident memory while it ran."""
+    """One phase: seconds per repeat, and the process's peak resident memory while it ran and
+    its resident memory when it began (the phase's own share is the difference)."""
 
     seconds: list[float]
     peak_rss: int | None = None
+    start_rss: int | None = None
+
+    @property
+    def added_rss(self) -> int | None:
+        if self.peak_rss is None or self.start_rss is None:
+            return None
+        return max(0, self.peak_rss - self.start_rss)  # the peak is reset to the resident size at the start
 
     @property
     def median(self) -> float:
         return float(statistics.median(self.seconds))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"median_s": self.median, "seconds": self.seconds, "peak_rss": self.peak_rss}
+        return {"median_s": self.median, "seconds": self.seconds, "peak_rss": self.peak_rss,
+                "start_rss": self.start_rss, "added_rss": self.added_rss}
 
 
 @dataclass
@@ -107,11 +119,12 @@ def _reset_peak() -> bool:
         return False
 
 
-def _peak() -> int | None:
+def _status(key: str) -> int | None:
+    """VmHWM (peak) or VmRSS (now), in bytes."""
     try:
         with open(f"/proc/{os.getpid()}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -155,6 +168,10 @@ def bench(original: str | os.PathLike[str] | onnx.ModelProto, converted: str | o
     (prov,) = resolve_providers(provider)[-1:]
     orig, _ = load_model(original)
     conv, _ = load_model(converted)
+    # Sessions read a file from its path (no serialized copy in this process); a model in memory
+    # is serialized once per session.
+    orig_src: onnx.ModelProto | str = orig if isinstance(original, onnx.ModelProto) else str(original)
+    conv_src: onnx.ModelProto | str = conv if isinstance(converted, onnx.ModelProto) else str(converted)
     meta = read_metadata(conv)
     if not meta.get("mode"):
         raise InvalidConversionError("the second model has no onnxfcn metadata: is it a model converted by onnxfcn?")
@@ -173,7 +190,7 @@ def bench(original: str | os.PathLike[str] | onnx.ModelProto, converted: str | o
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(image.shape_at(1, h, w)).astype(np.float32)
     x_ref = rng.standard_normal(image.shape_at(1, *window)).astype(np.float32)
-    total = 2 * (repeats + 1) * 2
+    total = 4  # progress counts the phases
     done = [0]
 
     def tick() -> None:
@@ -181,12 +198,15 @@ def bench(original: str | os.PathLike[str] | onnx.ModelProto, converted: str | o
         if progress is not None:
             progress(done[0], total)
 
-    def phase(model: onnx.ModelProto, feed: np.ndarray, chunk: int) -> tuple[Timing, list[np.ndarray]]:
+    def phase(model: onnx.ModelProto | str, feed: np.ndarray, chunk: int) -> tuple[Timing, list[np.ndarray]]:
         reset = _reset_peak()
+        start = _status("VmRSS") if reset else None
         sess = make_session(model, prov)
         outs: list[np.ndarray] = []
-        times = []
-        for k in range(repeats + 1):  # the first run warms up
+        times: list[float] = []
+        runs = repeats + 1
+        k = 0
+        while k < runs:  # the first run warms up; runs of a few ms repeat for half a second at least
             t = time.perf_counter()
             try:
                 outs = run_batched(sess, image.name, feed, chunk=chunk)
@@ -195,14 +215,18 @@ def bench(original: str | os.PathLike[str] | onnx.ModelProto, converted: str | o
             except Exception as exc:  # onnxruntime raises several types
                 oom = resource_error(exc, f"{feed.shape[-2]}x{feed.shape[-1]}")
                 raise oom or OnnxFcnError(f"onnxruntime fails on input {list(feed.shape)}: {first_line(exc)}") from exc
+            took = time.perf_counter() - t
             if k:
-                times.append(time.perf_counter() - t)
-            tick()
-        peak = _peak() if reset else None
+                times.append(took)
+            else:
+                runs = min(_MAX_RUNS, max(runs, 1 + math.ceil(_MIN_SECONDS / max(took, 1e-6))))
+            k += 1
+        tick()
+        peak = _status("VmHWM") if reset else None
         del sess
-        return Timing(times, peak), outs
+        return Timing(times, peak, start), outs
 
-    conv_t, conv_out = phase(conv, x, 1)
+    conv_t, conv_out = phase(conv_src, x, 1)
     y = conv_out[0]
     grid_axes = (2, 3) if y.ndim == 4 else (1, 2)
     grid = (int(y.shape[grid_axes[0]]), int(y.shape[grid_axes[1]]))
@@ -212,11 +236,12 @@ def bench(original: str | os.PathLike[str] | onnx.ModelProto, converted: str | o
                      "the original runs on the other ones")
     if not len(crops):
         raise OnnxFcnError(f"no whole window fits {h}x{w}: use a larger --size")
-    orig_t, _ = phase(orig, crops, batch)
+    orig_t, _ = phase(orig_src, crops, batch)
     if len(crops) < grid[0] * grid[1]:  # per window, as if every cell had one
-        orig_t = Timing([t * grid[0] * grid[1] / len(crops) for t in orig_t.seconds], orig_t.peak_rss)
-    conv_ref, _ = phase(conv, x_ref, 1)
-    orig_ref, _ = phase(orig, x_ref, 1)
+        orig_t = Timing([t * grid[0] * grid[1] / len(crops) for t in orig_t.seconds], orig_t.peak_rss,
+                        orig_t.start_rss)
+    conv_ref, _ = phase(conv_src, x_ref, 1)
+    orig_ref, _ = phase(orig_src, x_ref, 1)
     conv_macs = count_macs(conv, image.name, image.shape_at(1, h, w))
     orig_macs = count_macs(orig, image.name, image.shape_at(1, *window))
     return BenchReport((h, w), window, stride, grid, prov, repeats, conv_t, orig_t, conv_ref, orig_ref,

@@ -531,7 +531,7 @@ def _print_bench(r: Any) -> None:
         return f"{t.median * 1e3:.2f} ms"
 
     def rss(t: Any) -> str:
-        return "n/a" if t.peak_rss is None else f"{t.peak_rss / 2**20:.0f} MiB"
+        return "n/a" if t.added_rss is None else f"+{t.added_rss / 2**20:.0f} MiB"
 
     (h, w), (wh, ww), (gh, gw) = r.size, r.window, r.grid
     typer.echo(f"bench at {h}x{w}: {gh}x{gw} windows of {wh}x{ww}, stride {r.stride[0]}x{r.stride[1]} "
@@ -539,7 +539,7 @@ def _print_bench(r: Any) -> None:
     def macs(n: int) -> str:
         return f"{n / 1e9:.2f} G" if n >= 1e8 else f"{n / 1e6:.2f} M"
 
-    rows = [("run", "time", "MACs", "peak RSS"),
+    rows = [("run", "time", "MACs", "peak memory"),
             ("converted, one pass", ms(r.converted), macs(r.converted_macs), rss(r.converted)),
             (f"original, {r.windows} windows", ms(r.original_windows), macs(r.original_macs * r.windows),
              rss(r.original_windows)),

@@ -44,12 +44,14 @@ def test_bench_report(stride: int, tmp_path: Path) -> None:
     size = (DEEP_REF + 2 * 32, DEEP_REF + 32)
     r = bench(original, converted, size=size, repeats=2, batch=4)
     assert r.grid == report.geometry.grid(*size) and r.windows == r.grid[0] * r.grid[1]
-    assert len(r.converted.seconds) == len(r.original_windows.seconds) == 2
+    # at least the repeats asked for; a run of a few ms is repeated for about half a second
+    assert len(r.original_windows.seconds) >= 2 and 2 < len(r.converted.seconds) <= 200
     assert r.original_macs == count_macs(original, "image", [1, 3, DEEP_REF, DEEP_REF])
     assert r.mac_ratio == pytest.approx(r.original_macs * r.windows / r.converted_macs)
     assert r.efficiency == pytest.approx(r.speedup / r.mac_ratio)
     assert r.mac_ratio > 1 and r.speedup > 0 and r.reference_latency_ratio > 0
-    assert r.converted.peak_rss is None or r.converted.peak_rss > 0
+    for t in (r.converted, r.original_windows):  # Linux: the phase's peak is at least where it began
+        assert t.peak_rss is None or (t.start_rss is not None and t.peak_rss >= t.start_rss > 0)
     d = r.to_dict()
     for key in ("speedup", "mac_ratio", "efficiency", "reference_latency_ratio"):
         assert isinstance(d[key], float)

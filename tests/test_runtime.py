@@ -40,6 +40,16 @@ def test_cuda_session_that_falls_back_to_cpu_is_refused() -> None:
         make_session(model, "cuda")
 
 
+def _overcommit_always() -> bool:
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(_overcommit_always(), reason="vm.overcommit_memory=1: a 16 TiB allocation succeeds and then "
+                    "fills memory instead of failing (seen on the GPU machine, where this test ran until killed)")
 def test_onnxruntime_allocation_failure_is_a_resource_error() -> None:
     """A real onnxruntime allocation failure (a 64 TiB ConstantOfShape): out of memory, never a mismatch."""
     import onnx
