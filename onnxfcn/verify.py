@@ -37,7 +37,7 @@ from .errors import AlreadyConvolutionalError, InvalidConversionError, OnnxFcnEr
 from .geometry import Geometry
 from .graph import skeleton
 from .head import NCHW, Analysis, ImageInput, Layout, perm_to
-from .io import load_model
+from .io import load_model, needs_external_data
 from .plan import Planned, plan_conversion, read_metadata
 from .runtime import (
     Progress,
@@ -394,9 +394,13 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str], dtype: int) -> on
     return probe
 
 
-def _serialized_with_outputs(model: onnx.ModelProto, names: Sequence[str], dtype: int) -> bytes:
+def _serialized_with_outputs(model: onnx.ModelProto, names: Sequence[str], dtype: int) -> bytes | onnx.ModelProto:
     """``model`` serialized with ``names`` as extra outputs, without copying the proto (its
-    weights can be most of the memory): the outputs are added, serialized and removed."""
+    weights can be most of the memory): the outputs are added, serialized and removed. A model
+    that needs external data (over 2 GB) cannot be serialized whole: a copy with the outputs,
+    which ``make_session`` saves beside its data."""
+    if needs_external_data(model):
+        return with_outputs(model, names, dtype)
     have = {o.name for o in model.graph.output}
     extra = [n for n in names if n not in have]
     n0 = len(model.graph.output)
@@ -731,7 +735,7 @@ def verify(
     checks: list[CheckResult] = []
     orig_src: onnx.ModelProto | str = orig if isinstance(original, onnx.ModelProto) else str(original)
     feat_dtype = subject.analysis.index.dtypes.get(subject.feature, 0)
-    probe = with_outputs(conv, [subject.conv_feature], feat_dtype)
+    probe = _serialized_with_outputs(conv, [subject.conv_feature], feat_dtype)  # once, for every session
     ctx = _Context(orig, subject, positions, seed, rtol, atol, strict, progress)
     for p in providers:
         tag = "" if len(providers) == 1 else f" [{p}]"
@@ -799,7 +803,7 @@ def _finish(report: VerifyReport, t0: float, reasons: str) -> VerifyReport:
     return report
 
 
-def _converted_session(model: onnx.ModelProto, provider: str, tag: str, pin: dict[str, int] | None = None
+def _converted_session(model: onnx.ModelProto | bytes, provider: str, tag: str, pin: dict[str, int] | None = None
                        ) -> tuple[ort.InferenceSession | None, CheckResult]:
     """A session of the converted model, or a failed "load" check: a model onnxruntime cannot load
     is a wrong conversion (exit 1), running out of memory is a ResourceError."""
