@@ -21,10 +21,12 @@ bound by ``atol + rtol * max|reference|`` against the original's output.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -394,22 +396,31 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str], dtype: int) -> on
     return probe
 
 
-def _serialized_with_outputs(model: onnx.ModelProto, names: Sequence[str], dtype: int) -> bytes | onnx.ModelProto:
-    """``model`` serialized with ``names`` as extra outputs, without copying the proto (its
-    weights can be most of the memory): the outputs are added, serialized and removed. A model
-    that needs external data (over 2 GB) cannot be serialized whole: a copy with the outputs,
-    which ``make_session`` saves beside its data."""
+@contextlib.contextmanager
+def _probe_file(model: onnx.ModelProto, names: Sequence[str], dtype: int) -> Iterator[str | onnx.ModelProto]:
+    """``model`` with ``names`` as extra outputs, for onnxruntime sessions: written once to a
+    temporary file, without copying the proto (its weights can be most of the memory; the outputs
+    are added, serialized and removed), so that the serialized bytes are gone before a session
+    holds its own copy. A model that needs external data (over 2 GB) cannot be serialized whole:
+    a copy with the outputs, which ``make_session`` saves beside its data."""
     if needs_external_data(model):
-        return with_outputs(model, names, dtype)
+        yield with_outputs(model, names, dtype)
+        return
     have = {o.name for o in model.graph.output}
     extra = [n for n in names if n not in have]
     n0 = len(model.graph.output)
     model.graph.output.extend(onnx.helper.make_tensor_value_info(n, dtype, None) if dtype else onnx.ValueInfoProto(name=n)
                               for n in extra)
     try:
-        return model.SerializeToString()
+        data = model.SerializeToString()
     finally:
         del model.graph.output[n0:]
+    with tempfile.TemporaryDirectory(prefix="onnxfcn-") as tmp:
+        path = os.path.join(tmp, "converted.onnx")
+        with open(path, "wb") as f:
+            f.write(data)
+        del data
+        yield path
 
 
 def reference_pins(original_image: ImageInput, converted: onnx.ModelProto) -> dict[str, int]:
@@ -520,9 +531,8 @@ def self_check(original: onnx.ModelProto | str, converted: onnx.ModelProto, subj
         orig_sess = _session(original, "cpu", "the original model", error=OnnxFcnError, optimize=False)
         want = _batched(orig_sess, image.name, x, f"{image.height}x{image.width}")
         del orig_sess
-    blob = _serialized_with_outputs(converted, [subject.conv_feature], feat_dtype)
-    conv_sess = _session(blob, "cpu", "the converted model", optimize=False)
-    del blob
+    with _probe_file(converted, [subject.conv_feature], feat_dtype) as probe:
+        conv_sess = _session(probe, "cpu", "the converted model", optimize=False)
     names = [o.name for o in conv_sess.get_outputs()]
     ref_got = None
     if subject.mode == "window":
@@ -735,35 +745,35 @@ def verify(
     checks: list[CheckResult] = []
     orig_src: onnx.ModelProto | str = orig if isinstance(original, onnx.ModelProto) else str(original)
     feat_dtype = subject.analysis.index.dtypes.get(subject.feature, 0)
-    probe = _serialized_with_outputs(conv, [subject.conv_feature], feat_dtype)  # once, for every session
     ctx = _Context(orig, subject, positions, seed, rtol, atol, strict, progress)
-    for p in providers:
-        tag = "" if len(providers) == 1 else f" [{p}]"
-        orig_sess = _session(orig_src, p, "the original model", error=OnnxFcnError)
-        # 1. reference size, dims pinned so that the trunk runs the original's kernels
-        if mode == "window":
-            ref_sess, failure = _converted_session(probe, p, tag, reference_pins(image, conv))
-            if ref_sess is None:
+    with _probe_file(conv, [subject.conv_feature], feat_dtype) as probe:  # written once, for every session
+        for p in providers:
+            tag = "" if len(providers) == 1 else f" [{p}]"
+            orig_sess = _session(orig_src, p, "the original model", error=OnnxFcnError)
+            # 1. reference size, dims pinned so that the trunk runs the original's kernels
+            if mode == "window":
+                ref_sess, failure = _converted_session(probe, p, tag, reference_pins(image, conv))
+                if ref_sess is None:
+                    checks.append(failure)
+                    break
+                x = random_input(image, batch, image.height, image.width, seed, dtype)
+                want = _batched(orig_sess, image.name, x, f"{image.height}x{image.width}")
+                check = reference_check(subject, want, ref_sess, x, rtol, atol)
+                check.name += tag
+                checks.append(check)
+                del ref_sess
+            else:
+                checks.append(_skipped("reference" + tag, "not applicable in dense mode: cells score single feature "
+                                       "positions, not reference-size windows"))
+            conv_sess, failure = _converted_session(probe, p, tag)
+            if conv_sess is None:
                 checks.append(failure)
                 break
-            x = random_input(image, batch, image.height, image.width, seed, dtype)
-            want = _batched(orig_sess, image.name, x, f"{image.height}x{image.width}")
-            check = reference_check(subject, want, ref_sess, x, rtol, atol)
-            check.name += tag
-            checks.append(check)
-            del ref_sess
-        else:
-            checks.append(_skipped("reference" + tag, "not applicable in dense mode: cells score single feature "
-                                   "positions, not reference-size windows"))
-        conv_sess, failure = _converted_session(probe, p, tag)
-        if conv_sess is None:
-            checks.append(failure)
-            break
-        for k, (h, w) in enumerate(size_list):
-            xb = x_big if x_big is not None else random_input(image, batch, h, w, seed + 1 + k, dtype)
-            checks.extend(_sliding_and_feature(ctx, p, orig_sess, conv_sess, xb, tag))
-        ctx.conv_sessions[p] = conv_sess
-        del orig_sess
+            for k, (h, w) in enumerate(size_list):
+                xb = x_big if x_big is not None else random_input(image, batch, h, w, seed + 1 + k, dtype)
+                checks.extend(_sliding_and_feature(ctx, p, orig_sess, conv_sess, xb, tag))
+            ctx.conv_sessions[p] = conv_sess
+            del orig_sess
     if len(providers) == 2 and len(ctx.conv_sessions) == 2:
         xb = x_big if x_big is not None else random_input(image, batch, *size_list[0], seed + 1, dtype)
         by_provider = {}
@@ -803,7 +813,7 @@ def _finish(report: VerifyReport, t0: float, reasons: str) -> VerifyReport:
     return report
 
 
-def _converted_session(model: onnx.ModelProto | bytes, provider: str, tag: str, pin: dict[str, int] | None = None
+def _converted_session(model: onnx.ModelProto | str, provider: str, tag: str, pin: dict[str, int] | None = None
                        ) -> tuple[ort.InferenceSession | None, CheckResult]:
     """A session of the converted model, or a failed "load" check: a model onnxruntime cannot load
     is a wrong conversion (exit 1), running out of memory is a ResourceError."""
