@@ -37,11 +37,13 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from .graph import GraphIndex, attr, node_label
+from .graph import GraphIndex, attr, node_label, tensor_nbytes
 
 LAMBDA = 10.0
 TRANSCENDENTAL_ULPS = 128.0
+_LAZY_BYTES = 16 * 2**20  # initializers this large are read at run time, not copied in advance
 _BIG_CONST = 2**20  # elements: constants this large are read in float64 blocks, never whole
 _BLOCK_BYTES = 64 * 2**20  # float64 weight columns converted at a time (VGG's 25088x4096 layer: 411 MB)
 
@@ -145,13 +147,22 @@ class HeadEvaluator:
         self.u = unit_roundoff(dtype)
         self.tiny = 4 * float(np.finfo(np.float32 if np.dtype(dtype).itemsize >= 4 else np.float16).tiny)
         self._consts: dict[str, np.ndarray] = {}
+        self._lazy: dict[str, tuple[onnx.TensorProto, tuple[int, ...]]] = {}
         unsupported = [n for n in nodes if n.op_type not in _RULES]
         if unsupported:
             n = unsupported[0]
             raise NoBoundError(f"no rounding model for {n.op_type} ({node_label(n)})")
         # Constant operands are read now: the caller may rewrite the graph in place afterwards.
+        # Large float initializers (a VGG16's 411 MB first layer) are not copied: the rewrite
+        # changes an initializer's dims in place at most (a dense weight reused as a Conv weight),
+        # never its data, so they are read when a run needs them, in their original shape.
         for node in nodes:
             for i in node.input:
+                t = self.index.initializers.get(i) if i else None
+                if (t is not None and tensor_nbytes(t) >= _LAZY_BYTES and t.HasField("raw_data")
+                        and t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)):
+                    self._lazy[i] = (t, tuple(int(d) for d in t.dims))
+                    continue
                 if i and self.index.is_const(i):
                     v = self.index.const_value(i)
                     if v is None:
@@ -181,6 +192,12 @@ class HeadEvaluator:
     def _get(self, env: dict[str, Bounded], name: str) -> Bounded | None:
         if name in env:
             return env[name]
+        if name in self._lazy:
+            t, dims = self._lazy[name]
+            v = numpy_helper.to_array(t).reshape(dims)
+            if v.size >= _BIG_CONST:
+                return Bounded(v, np.zeros(()), np.zeros(()))
+            return Bounded.exact(v, np.zeros(()))
         if name in self._consts:
             v = self._consts[name]
             if v.size >= _BIG_CONST and v.dtype.kind == "f":
