@@ -27,7 +27,7 @@ from .errors import InvalidConversionError, OnnxFcnError
 from .head import ImageInput, find_image_input
 from .io import load_model
 from .macs import count_macs
-from .plan import read_metadata
+from .plan import meta_pair, read_metadata
 from .runtime import check_memory, first_line, make_session, resolve_providers, resource_error, run_batched
 
 log = logging.getLogger(__name__)
@@ -131,14 +131,6 @@ def _status(key: str) -> int | None:
     return None
 
 
-def _pair(meta: dict[str, str], key: str) -> tuple[int, int]:
-    try:
-        a, b = (int(v) for v in meta[key].split(","))
-    except (KeyError, ValueError):
-        raise InvalidConversionError(f"metadata onnxfcn.{key} is missing or not 'A,B'") from None
-    return a, b
-
-
 def windows(image: ImageInput, x: np.ndarray, grid: tuple[int, int], window: tuple[int, int],
             stride: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:
     """The windows of ``x`` (batch 1) that the converted model's cells stand for, stacked on the
@@ -175,9 +167,9 @@ def bench(original: str | os.PathLike[str] | onnx.ModelProto, converted: str | o
     meta = read_metadata(conv)
     if not meta.get("mode"):
         raise InvalidConversionError("the second model has no onnxfcn metadata: is it a model converted by onnxfcn?")
-    window, stride = _pair(meta, "window"), _pair(meta, "stride")
-    offset = _pair(meta, "offset") if meta.get("mode") == "window" else (0, 0)
-    dil = _pair(meta, "feature_dilation") if "feature_dilation" in meta else (1, 1)
+    window, stride = meta_pair(meta, "window", 1), meta_pair(meta, "stride", 1)
+    offset = meta_pair(meta, "offset", 0) if meta.get("mode") == "window" else (0, 0)
+    dil = meta_pair(meta, "feature_dilation", 1) if "feature_dilation" in meta else (1, 1)
     image = find_image_input(orig, None, window)
     h, w = size or (window[0] + 5 * stride[0] * dil[0], window[1] + 5 * stride[1] * dil[1])
     if h < window[0] or w < window[1]:

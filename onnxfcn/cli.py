@@ -24,7 +24,6 @@ from ._version import __version__
 from .bench import bench as do_bench
 from .convert import convert as do_convert
 from .errors import AlreadyConvolutionalError, OnnxFcnError, SelfCheckError
-from .geometry import parse_output_stride
 from .inspect import inspect as do_inspect
 from .io import check_output_path, load_model, save_model, write_text_atomic
 from .plan import analyse_model
@@ -126,17 +125,17 @@ def _errors() -> Iterator[None]:
               EXIT_BAD_INPUT)
 
 
-def _size(text: str, option: str = "--size") -> tuple[int, int]:
-    """'384x320', '384,320' or '384' (square)."""
+def _size(text: str, option: str = "--size", example: str = "384x320") -> tuple[int, int]:
+    """'384x320', '384,320' or '384' (the same on both axes); also --output-stride's '16x32'."""
     parts = text.strip().lower().replace("×", "x").replace(",", "x").split("x")
     try:
         values = [int(v) for v in parts]
     except ValueError:
-        raise OnnxFcnError(f"{option} {text!r}: expected HxW (e.g. 384x320), or one number for a square") from None
+        raise OnnxFcnError(f"{option} {text!r}: expected HxW (e.g. {example}), or one number for both") from None
     if len(values) == 1:
         values *= 2
     if len(values) != 2 or min(values) <= 0:
-        raise OnnxFcnError(f"{option} {text!r}: expected two positive sizes HxW, e.g. 384x320")
+        raise OnnxFcnError(f"{option} {text!r}: expected two positive values HxW, e.g. {example}")
     return values[0], values[1]
 
 
@@ -314,7 +313,7 @@ def convert(
             check_output_path(json_path, what="JSON")
         new, report = do_convert(model, mode=mode.value, input_name=input_name, size=_size(size) if size else None,
                                  self_check=self_check, max_memory=parse_bytes(max_memory) if max_memory else None,
-                                 output_stride=parse_output_stride(output_stride) if output_stride else None)
+                                 output_stride=_size(output_stride, "--output-stride", "16x32") if output_stride else None)
         vreport = None
         if verify:
             vreport = do_verify(model, new, progress=None if quiet else _progress())
@@ -456,7 +455,7 @@ def inspect(
     with _errors():
         report = do_inspect(model, mode=mode.value, input_name=input_name, size=_size(size) if size else None,
                             at=_size(at, "--at") if at else None,
-                            output_stride=parse_output_stride(output_stride) if output_stride else None)
+                            output_stride=_size(output_stride, "--output-stride", "16x32") if output_stride else None)
     if as_json:
         typer.echo(_dumps(report.to_dict()))
     else:

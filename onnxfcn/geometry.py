@@ -165,8 +165,8 @@ def _padded_size_fn(prev: SizeFn, extra: int) -> SizeFn:
     return lambda n: prev(n) + extra
 
 
-def _pad_amounts(analysis: Analysis, node: onnx.NodeProto, h: _Axis, w: _Axis) -> list[tuple[str, _Axis, int, int]]:
-    """(axis name, axis, pad begin, pad end) for H and W of a Pad node on the trunk."""
+def _pad_spec(analysis: Analysis, node: onnx.NodeProto) -> tuple[list[int], list[int]]:
+    """A Pad node's pads (begins, then ends, as the node lists them) and the axes they are for."""
     index = analysis.index
     rank = index.rank(node.input[0]) or 4
     pads = attr(node, "pads")
@@ -180,6 +180,12 @@ def _pad_amounts(analysis: Analysis, node: onnx.NodeProto, h: _Axis, w: _Axis) -
         if given is None:
             raise UnsupportedModelError("Pad axes are computed, not constant", node_label(node))
         axes = [a % rank for a in given]
+    return [int(p) for p in pads], axes
+
+
+def _pad_amounts(analysis: Analysis, node: onnx.NodeProto, h: _Axis, w: _Axis) -> list[tuple[str, _Axis, int, int]]:
+    """(axis name, axis, pad begin, pad end) for H and W of a Pad node on the trunk."""
+    pads, axes = _pad_spec(analysis, node)
     n = len(axes)
     by_axis = {a: (int(pads[k]), int(pads[k + n])) for k, a in enumerate(axes)}
     lay = analysis.layout(node.input[0])
@@ -254,17 +260,10 @@ def _average_as_conv(analysis: Analysis, node: onnx.NodeProto, edit: Edit, where
 
 def _scaled_pads(analysis: Analysis, node: onnx.NodeProto, dh: int, dw: int) -> tuple[int, ...]:
     """A trunk Pad's pads (all of them, as the node lists them) with those on H and W scaled."""
-    index = analysis.index
-    rank = index.rank(node.input[0]) or 4
-    pads = attr(node, "pads") or index.int_list(node.input[1])
-    assert pads is not None  # _pad_amounts has read them
-    axes = list(range(rank))
-    if len(node.input) > 3 and node.input[3]:
-        axes = [a % rank for a in index.int_list(node.input[3]) or []]
+    pads, axes = _pad_spec(analysis, node)
     lay = analysis.layout(node.input[0])
     scale = {lay[2]: dh, lay[3]: dw}
-    n = len(axes)
-    return tuple(int(v) * scale.get(axes[k % n], 1) for k, v in enumerate(pads))
+    return tuple(v * scale.get(axes[k % len(axes)], 1) for k, v in enumerate(pads))
 
 
 def _size_fn(prev: SizeFn, ke: int, s: int, pb: int, pe: int, ceil: bool, auto: str) -> SizeFn:
@@ -278,18 +277,6 @@ def _size_fn(prev: SizeFn, ke: int, s: int, pb: int, pe: int, ceil: bool, auto: 
 def compute_geometry(analysis: Analysis, features: list[str], feature_window: tuple[int, int], mode: str) -> Geometry:
     """Walk the trunk from the image input to ``features`` and compose the per-layer geometry."""
     return plan_geometry(analysis, features, feature_window, mode)[0]
-
-
-def parse_output_stride(text: str) -> tuple[int, int]:
-    """'16' or '16x32' (H x W) -> (16, 16) or (16, 32)."""
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise OnnxFcnError(f"--output-stride {text!r}: expected S or SHxSW, such as 16 or 16x32") from None
-    if len(values) not in (1, 2) or min(values) < 1:
-        raise OnnxFcnError(f"--output-stride {text!r}: expected one or two positive integers, such as 16 or 16x32")
-    return (values[0], values[-1])
 
 
 def plan_geometry(analysis: Analysis, features: list[str], feature_window: tuple[int, int], mode: str,

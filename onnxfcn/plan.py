@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import onnx
 
 from ._version import __version__
-from .errors import AlreadyConvolutionalError, OnnxFcnError
+from .errors import AlreadyConvolutionalError, InvalidConversionError, OnnxFcnError
 from .geometry import Geometry, plan_geometry
 from .graph import attr, node_label
 from .head import Analysis, analyze, find_image_input
@@ -48,6 +48,20 @@ def metadata(geo: Geometry, features: list[str]) -> dict[str, str]:
 
 def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
+
+
+def meta_pair(meta: dict[str, str], key: str, minimum: int) -> tuple[int, int]:
+    """A metadata value 'A,B' (``read_metadata``'s keys), each at least ``minimum``."""
+    text = meta.get(key)
+    if text is None:
+        raise InvalidConversionError(f"metadata onnxfcn.{key} is missing")
+    try:
+        a, b = (int(v) for v in text.split(","))
+    except ValueError:
+        raise InvalidConversionError(f"metadata onnxfcn.{key} is {text!r}, not two integers 'A,B'") from None
+    if a < minimum or b < minimum:
+        raise InvalidConversionError(f"metadata onnxfcn.{key} is {text!r}: values must be at least {minimum}")
+    return a, b
 
 
 def set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:

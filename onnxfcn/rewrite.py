@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import GraphIndex, walk_back
+from .graph import GraphIndex, set_attr, walk_back
 from .head import NCHW, Analysis, Layout, State, perm_to
 from .stride import Edit, apply_edits
 
@@ -134,13 +134,6 @@ def window_mismatch(m: Mapped, d: int) -> str | None:
         return None
     _, (c, h, w) = m.window
     return None if c * h * w == d else f"weight expects {d} features, the window holds {c}x{h}x{w}"
-
-
-def set_attr(node: onnx.NodeProto, name: str, value: Any) -> None:
-    for a in list(node.attribute):
-        if a.name == name:
-            node.attribute.remove(a)
-    node.attribute.append(helper.make_attribute(name, value))
 
 
 class HeadContext:

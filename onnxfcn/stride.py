@@ -15,6 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import UnsupportedModelError
+from .graph import attr, set_attr
 
 KERNEL_OPS = frozenset({"Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool",
                         "QLinearAveragePool"})
@@ -62,17 +63,10 @@ def dilation_reason(op: str, opset: int) -> str | None:
     return None
 
 
-def _ints(node: onnx.NodeProto, name: str) -> list[int] | None:
-    for a in node.attribute:
-        if a.name == name:
-            return list(a.ints)
-    return None
-
-
 def _const_ints(node: onnx.NodeProto, attr_name: str, input_pos: int,
                 consts: dict[str, onnx.TensorProto]) -> list[int] | None:
-    if (v := _ints(node, attr_name)) is not None:
-        return v
+    if (v := attr(node, attr_name)) is not None:
+        return list(v)
     if len(node.input) > input_pos and node.input[input_pos] in consts:
         return [int(x) for x in numpy_helper.to_array(consts[node.input[input_pos]]).reshape(-1)]
     return None
@@ -94,7 +88,7 @@ def plan_head_dilation(nodes: Iterable[onnx.NodeProto], sources: Sequence[str], 
             continue
         live.update(o for o in node.output if o)
         if node.op_type in KERNEL_OPS:
-            kernel = _ints(node, "kernel_shape") or [1, 1]
+            kernel = attr(node, "kernel_shape") or [1, 1]
             f = (factor[0] if kernel[0] > 1 else 1, factor[1] if kernel[1] > 1 else 1)
             if f != (1, 1):
                 if (why := dilation_reason(node.op_type, opset)) is not None:
@@ -149,7 +143,7 @@ def _before(node: onnx.NodeProto, e: Edit, opset: int, added: list[onnx.TensorPr
     if node.op_type in ("Pad", "Slice"):  # edited in place
         return []
     if e.as_conv is not None:
-        kh, kw = _ints(node, "kernel_shape") or [1, 1]
+        kh, kw = attr(node, "kernel_shape") or [1, 1]
         value = np.asarray([1.0 / (kh * kw)], helper.tensor_dtype_to_np_dtype(e.pad_dtype))
         weight = f"{node.output[0]}__os_mean"
         node.input.append(weight)
@@ -193,18 +187,16 @@ def _edit(node: onnx.NodeProto, e: Edit, added: list[onnx.TensorProto]) -> None:
     if node.op_type in ("Pad", "Slice"):
         assert e.values is not None
         name, pos = ("pads", 1) if node.op_type == "Pad" else ("ends", 2)
-        attrs = _ints(node, name) is not None  # Pad before opset 11, Slice before 10
+        attrs = attr(node, name) is not None  # Pad before opset 11, Slice before 10
         if attrs:
-            _set(node, name, list(e.values))
+            set_attr(node, name, list(e.values))
         else:
             tensor = numpy_helper.from_array(np.asarray(e.values, np.int64), f"{node.output[0]}__os_{name}")
             added.append(tensor)
             node.input[pos] = tensor.name
         if node.op_type == "Pad" and e.pad_with is not None:
             if attrs:
-                for a in [a for a in node.attribute if a.name == "value"]:
-                    node.attribute.remove(a)
-                node.attribute.append(helper.make_attribute("value", e.pad_with))
+                set_attr(node, "value", e.pad_with)
             else:
                 v = numpy_helper.from_array(np.asarray(e.pad_with, helper.tensor_dtype_to_np_dtype(e.pad_dtype)),
                                             f"{node.output[0]}__os_value")
@@ -213,19 +205,12 @@ def _edit(node: onnx.NodeProto, e: Edit, added: list[onnx.TensorProto]) -> None:
                 node.input.append(v.name)
         return
     if e.factor != (1, 1):
-        old = _ints(node, "dilations") or [1, 1]
-        _set(node, "dilations", [old[0] * e.factor[0], old[1] * e.factor[1]])
+        old = attr(node, "dilations") or [1, 1]
+        set_attr(node, "dilations", [old[0] * e.factor[0], old[1] * e.factor[1]])
     if e.strides is not None:
-        _set(node, "strides", list(e.strides))
+        set_attr(node, "strides", list(e.strides))
     if e.pads is not None:
         for a in list(node.attribute):
             if a.name == "auto_pad":
                 node.attribute.remove(a)
-        _set(node, "pads", [0, 0, 0, 0] if e.pad_with is not None else list(e.pads))
-
-
-def _set(node: onnx.NodeProto, name: str, value: list[int]) -> None:
-    for a in list(node.attribute):
-        if a.name == name:
-            node.attribute.remove(a)
-    node.attribute.append(helper.make_attribute(name, value))
+        set_attr(node, "pads", [0, 0, 0, 0] if e.pad_with is not None else list(e.pads))

@@ -40,7 +40,7 @@ from .geometry import Geometry
 from .graph import skeleton
 from .head import NCHW, Analysis, ImageInput, Layout, perm_to
 from .io import load_model, needs_external_data
-from .plan import Planned, plan_conversion, read_metadata
+from .plan import Planned, meta_pair, plan_conversion, read_metadata
 from .runtime import (
     Progress,
     check_memory,
@@ -464,11 +464,11 @@ def reference_compare(subject: Subject, want: list[np.ndarray], got_by_name: dic
     fmap = got_by_name[subject.conv_feature]
     subject.check_feature_shape(fmap, (h, w))
     heads = head_outputs(subject.analysis)
-    if subject.geo.feature_dilation != (1, 1):  # an output stride: the window's cells lie apart
+    dilated = subject.geo.feature_dilation != (1, 1)
+    if dilated:  # an output stride: the window's cells lie apart
         fmap = _windows(subject, fmap, [(0, 0)])
     exact = _exact_or_none(subject, fmap, heads, details)
     cmps = []
-    dilated = subject.geo.feature_dilation != (1, 1)
     for name, ref in zip(subject.out_names, want):
         g = got_by_name[name]
         if dilated:  # finer than the windows: more than one cell fits the reference size; the first is the image
@@ -598,19 +598,6 @@ def sample_positions(gh: int, gw: int, positions: int | str, seed: int) -> list[
     return (pick + rest)[:max(n, 1)]
 
 
-def _meta_pair(meta: dict[str, str], key: str, minimum: int) -> tuple[int, int]:
-    text = meta.get(key)
-    if text is None:
-        raise InvalidConversionError(f"metadata onnxfcn.{key} is missing")
-    try:
-        a, b = (int(v) for v in text.split(","))
-    except ValueError:
-        raise InvalidConversionError(f"metadata onnxfcn.{key} is {text!r}, not two integers 'A,B'") from None
-    if a < minimum or b < minimum:
-        raise InvalidConversionError(f"metadata onnxfcn.{key} is {text!r}: values must be at least {minimum}")
-    return a, b
-
-
 def read_conversion(orig: onnx.ModelProto, conv: onnx.ModelProto) -> Subject:
     """Check the converted model's metadata against the original's own analysis; raise
     :class:`InvalidConversionError` where they disagree."""
@@ -623,8 +610,8 @@ def read_conversion(orig: onnx.ModelProto, conv: onnx.ModelProto) -> Subject:
     mode = meta["mode"]
     if mode not in ("window", "dense"):
         raise InvalidConversionError(f"metadata onnxfcn.mode is {mode!r}, not window or dense")
-    window = _meta_pair(meta, "window", 1)
-    stride = _meta_pair(meta, "stride", 1)
+    window = meta_pair(meta, "window", 1)
+    stride = meta_pair(meta, "stride", 1)
     try:
         # The original planned at the stride the metadata states: its own, or an output stride
         # that must follow from its graph (the same edits, the same geometry).
@@ -645,7 +632,7 @@ def read_conversion(orig: onnx.ModelProto, conv: onnx.ModelProto) -> Subject:
     meta.setdefault("feature_dilation", "1,1")  # files from before output strides
     for key, value in (("stride", geo.stride), ("offset", geo.offset), ("feature_window", geo.feature_window),
                        ("feature_dilation", geo.feature_dilation)):
-        got = _meta_pair(meta, key, 0 if key == "offset" else 1) if key != "offset" else _meta_offset(meta)
+        got = meta_pair(meta, key, 0 if key == "offset" else 1) if key != "offset" else _meta_offset(meta)
         if got != tuple(value):
             raise InvalidConversionError(f"metadata onnxfcn.{key} is {got[0]},{got[1]} but the original's graph gives "
                                          f"{value[0]},{value[1]}")
