@@ -160,3 +160,29 @@ def test_weights_read_at_run_time(pattern: str, monkeypatch: pytest.MonkeyPatch)
     assert all(o["ratio"] <= 1 for o in report.self_check[0]["outputs"])
     result = onnxfcn.verify(original, converted, positions="all")
     assert result, result.reason
+
+
+def test_weights_read_at_run_time_are_not_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exact head reads a reused weight from the rewritten graph: a rewrite that changed its
+    data in place (a bug) must still fail the self-check, because the original's own outputs,
+    run by onnxruntime from the untouched input, are held to the same bound."""
+    from onnxfcn import bounds, pipeline
+    from onnxfcn.errors import SelfCheckError
+
+    monkeypatch.setattr(bounds, "_LAZY_BYTES", 0)
+    real_apply = pipeline.apply_plan
+    touched: list[str] = []
+
+    def corrupting_apply(model: onnx.ModelProto, plan: object, *args: object, **kw: object) -> None:
+        real_apply(model, plan, *args, **kw)  # type: ignore[arg-type]
+        name = plan.retarget[0][0]  # type: ignore[attr-defined]
+        t = next(t for t in model.graph.initializer if t.name == name)
+        w = numpy_helper.to_array(t).copy()
+        w[0] += 0.5  # class 0's weights, each by about 8x their spread
+        t.CopyFrom(numpy_helper.from_array(w, name))
+        touched.append(name)
+
+    monkeypatch.setattr(pipeline, "apply_plan", corrupting_apply)
+    with pytest.raises(SelfCheckError, match="differs from the original"):
+        onnxfcn.convert(PATTERNS["flatten"]())
+    assert touched  # the reused weight was the one changed
