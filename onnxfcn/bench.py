@@ -29,6 +29,7 @@ from .io import load_model
 from .macs import count_macs
 from .plan import meta_pair, read_metadata
 from .runtime import check_memory, first_line, make_session, resolve_providers, resource_error, run_batched
+from .verify import crop
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +138,9 @@ def windows(image: ImageInput, x: np.ndarray, grid: tuple[int, int], window: tup
     batch axis in row-major cell order. Windows that reach past the image are not cut."""
     hax, wax = (2, 3) if image.layout == "NCHW" else (1, 2)
     (wh, ww), (sh, sw), (oh, ow) = window, stride, offset
-    crops = []
-    for i in range(grid[0]):
-        for j in range(grid[1]):
-            top, left = oh + i * sh, ow + j * sw
-            if top < 0 or left < 0 or top + wh > x.shape[hax] or left + ww > x.shape[wax]:
-                continue
-            idx: list[Any] = [slice(None)] * 4
-            idx[hax], idx[wax] = slice(top, top + wh), slice(left, left + ww)
-            crops.append(x[tuple(idx)])
+    corners = [(oh + i * sh, ow + j * sw) for i in range(grid[0]) for j in range(grid[1])]
+    crops = [crop(x, image.layout, top, left, wh, ww) for top, left in corners
+             if top >= 0 and left >= 0 and top + wh <= x.shape[hax] and left + ww <= x.shape[wax]]
     return np.concatenate(crops, axis=0) if crops else x[:0]
 
 

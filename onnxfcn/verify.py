@@ -844,7 +844,8 @@ def summarize_reasons(text: str) -> str:
     return "; ".join(parts + rest) or "not exact"
 
 
-def _crop(x: np.ndarray, layout: str, top: int, left: int, h: int, w: int) -> np.ndarray:
+def crop(x: np.ndarray, layout: str, top: int, left: int, h: int, w: int) -> np.ndarray:
+    """The h x w window of ``x`` at (top, left), in its layout."""
     if layout == "NCHW":
         return x[:, :, top:top + h, left:left + w]
     return x[:, top:top + h, left:left + w, :]
@@ -923,7 +924,7 @@ def _sliding_and_feature(ctx: _Context, provider: str, orig_sess: ort.InferenceS
         if not cells:
             checks.append(_skipped("sliding" + tag, f"no window fits inside {h}x{w}", {"size": [h, w]}))
         else:
-            crops = np.concatenate([_crop(x, image.layout, oh + i * sh, ow + j * sw, image.height, image.width)
+            crops = np.concatenate([crop(x, image.layout, oh + i * sh, ow + j * sw, image.height, image.width)
                                     for i, j in cells], axis=0)
             want = _batched(orig_sess, image.name, crops, f"{image.height}x{image.width}", chunk=max(x.shape[0], 8),
                             progress=ctx.progress)
