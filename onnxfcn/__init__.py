@@ -16,6 +16,8 @@ from .errors import (
 )
 from .inspect import InspectReport, inspect
 from .matcher import HeadRefusedError
+from .preprocess import Preprocess
+from .scan import ScanResult, scan
 from .verify import VerifyReport, verify
 
 __all__ = [
@@ -27,7 +29,9 @@ __all__ = [
     "InvalidConversionError",
     "ModelLoadError",
     "OnnxFcnError",
+    "Preprocess",
     "ResourceError",
+    "ScanResult",
     "SelfCheckError",
     "UnsupportedModelError",
     "VerifyReport",
@@ -35,5 +39,6 @@ __all__ = [
     "bench",
     "convert",
     "inspect",
+    "scan",
     "verify",
 ]

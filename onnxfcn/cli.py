@@ -27,6 +27,7 @@ from .errors import AlreadyConvolutionalError, OnnxFcnError, SelfCheckError
 from .inspect import inspect as do_inspect
 from .io import check_output_path, load_model, save_model, write_text_atomic
 from .plan import analyse_model
+from .preprocess import Preprocess, parse_floats, parse_scale, read_image, read_labels
 from .runtime import parse_bytes
 from .verify import verify as do_verify
 
@@ -56,6 +57,11 @@ class Mode(str, enum.Enum):
     dense = "dense"
 
 
+class ChannelOrder(str, enum.Enum):
+    rgb = "rgb"
+    bgr = "bgr"
+
+
 class Provider(str, enum.Enum):
     cpu = "cpu"
     cuda = "cuda"
@@ -73,6 +79,9 @@ EXITS = {
               "bad option or out of memory.",
     "inspect": "0 convertible; 2 not convertible (the blockers are listed) or bad input; 3 already fully "
                "convolutional.",
+    "scan": "0 every input scanned and its files written; 2 bad input (a model not converted by onnxfcn, an "
+            "unreadable or too small image, a bad option), out of memory, or no Dask for --workers. An input's files "
+            "are each written whole or not at all.",
     "bench": "0 measured; 2 bad input (a second model without onnxfcn metadata, a size no window fits), bad "
              "option or out of memory.",
 }
@@ -299,6 +308,11 @@ def convert(
     json_path: Annotated[Optional[Path], typer.Option("--json", metavar="FILE", help="Write the report as JSON to this file.")] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only errors.")] = False,
     max_memory: Annotated[Optional[str], typer.Option(metavar="SIZE", help="Memory the self-check may take, e.g. 16G [default: what is available now].")] = None,
+    mean: Annotated[Optional[str], typer.Option(metavar="M[,M,M]", help="Preprocessing stored for scan: per-channel mean (after --scale).")] = None,
+    std: Annotated[Optional[str], typer.Option(metavar="S[,S,S]", help="Preprocessing stored for scan: per-channel std.")] = None,
+    scale: Annotated[Optional[str], typer.Option(metavar="F", help="Preprocessing stored for scan: pixel values (0..255) are multiplied by F first [scan's default: 1/255].")] = None,
+    channels: Annotated[Optional[ChannelOrder], typer.Option(case_sensitive=False, help="Preprocessing stored for scan: the model's channel order.")] = None,
+    labels: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Class names stored for scan: one per line, or a JSON list.")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Rewrite the dense head into convolutions so the model runs on larger images."""
@@ -311,9 +325,15 @@ def convert(
         check_output_path(out)
         if json_path is not None:
             check_output_path(json_path, what="JSON")
+        pre = None
+        if any(v is not None for v in (mean, std, scale, channels)):
+            pre = Preprocess().with_overrides(parse_scale(scale), parse_floats(mean, "--mean"),
+                                              parse_floats(std, "--std"), channels.value if channels else None)
+        names = read_labels(labels) if labels is not None else None
         new, report = do_convert(model, mode=mode.value, input_name=input_name, size=_size(size) if size else None,
                                  self_check=self_check, max_memory=parse_bytes(max_memory) if max_memory else None,
-                                 output_stride=_size(output_stride, "--output-stride", "16x32") if output_stride else None)
+                                 output_stride=_size(output_stride, "--output-stride", "16x32") if output_stride else None,
+                                 preprocess=pre, labels=names)
         vreport = None
         if verify:
             vreport = do_verify(model, new, progress=None if quiet else _progress())
@@ -391,18 +411,6 @@ def verify(
     raise typer.Exit(EXIT_OK if report else EXIT_MISMATCH)
 
 
-def _floats(text: str | None, n: int) -> np.ndarray | None:
-    if text is None:
-        return None
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise OnnxFcnError(f"{text!r}: expected comma-separated numbers") from None
-    if len(vals) not in (1, n):
-        raise OnnxFcnError(f"{text!r}: expected 1 or {n} values")
-    return np.asarray(vals, dtype=np.float32)
-
-
 def _load_input(npy: Path | None, image: Path | None, mean: str | None, std: str | None, scale: float,
                 original: Path) -> np.ndarray | None:
     if npy is not None and image is not None:
@@ -414,26 +422,11 @@ def _load_input(npy: Path | None, image: Path | None, mean: str | None, std: str
             raise OnnxFcnError(f"{npy}: not a readable .npy file: {exc}") from None
     if image is None:
         return None
-    try:
-        from PIL import Image
-    except ImportError:
-        raise OnnxFcnError("--image needs Pillow: pip install 'onnxfcn[image]'") from None
-
     model, _ = load_model(original)
     img_in = analyse_model(model).image
-    try:
-        pil = Image.open(image).convert("L" if img_in.channels == 1 else "RGB")
-    except OSError as exc:
-        raise OnnxFcnError(f"{image}: not a readable image: {exc}") from None
-    arr = np.asarray(pil, dtype=np.float32) * scale
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    m, s = _floats(mean, img_in.channels), _floats(std, img_in.channels)
-    if m is not None:
-        arr = arr - m
-    if s is not None:
-        arr = arr / s
-    arr = arr[None]
+    pre = Preprocess(scale, parse_floats(mean, "--mean"), parse_floats(std, "--std"))
+    pre.check(img_in.channels)
+    arr = pre.apply(read_image(image, img_in.channels))[None]
     return arr if img_in.layout == "NHWC" else arr.transpose(0, 3, 1, 2).copy()
 
 
@@ -549,6 +542,118 @@ def _print_bench(r: Any) -> None:
                f"reference latency converted/original {r.reference_latency_ratio:.3f}")
     for note in r.notes:
         typer.echo(f"note: {note}")
+
+
+@app.command(short_help="Score maps, best cells with boxes, and pictures for images of any size.",
+             epilog=_epilog("scan", ["onnxfcn scan digits_fcn.onnx models/digits_scene.png --out scan --display-scale 6",
+                                     "onnxfcn scan r50.fcn.onnx photos/ --out maps --top 10 --softmax",
+                                     "onnxfcn scan r50.fcn.onnx slide.npy --out maps --tile 1024 --workers 4"]))
+def scan(
+    converted: Annotated[Path, typer.Argument(metavar="CONVERTED", help="A model written by onnxfcn convert.", show_default=False)],
+    inputs: Annotated[list[Path], typer.Argument(metavar="INPUT...", help="Images (PNG, JPEG, TIFF), .npy arrays (the model input as it is: HxW, HxWxC or CxHxW), or folders of them.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where NAME.scores.npy, NAME.json and NAME.png go (created if missing).")],
+    top: Annotated[Optional[int], typer.Option(metavar="K", help="Keep the K best cells per input [default: 5; with --threshold, all above it].")] = None,
+    threshold: Annotated[Optional[float], typer.Option(metavar="T", help="Keep every cell whose best score is at least T.")] = None,
+    class_: Annotated[Optional[str], typer.Option("--class", metavar="C", help="The class drawn in the picture, by index or label [default: the best class overall].")] = None,
+    use_softmax: Annotated[bool, typer.Option("--softmax", help="Scores of cells and pictures as softmax probabilities (the .npy stays the model's output).")] = False,
+    display_scale: Annotated[float, typer.Option(metavar="F", help="Picture size relative to the input.")] = 1.0,
+    png: Annotated[bool, typer.Option(help="Write the picture NAME.png.")] = True,
+    tile: Annotated[Optional[int], typer.Option(metavar="N", help="Run in stride-aligned tiles of about NxN input pixels [default: one pass, or tiles when it would not fit in memory].")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, max=1024, metavar="N", help="Run on a local Dask cluster of N processes (needs onnxfcn[scale]).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(metavar="ADDRESS", help="Run on this dask.distributed scheduler, e.g. tcp://host:8786.")] = None,
+    mean: Annotated[Optional[str], typer.Option(metavar="M[,M,M]", help="Override the model's stored per-channel mean (image files only).")] = None,
+    std: Annotated[Optional[str], typer.Option(metavar="S[,S,S]", help="Override the model's stored per-channel std.")] = None,
+    scale: Annotated[Optional[str], typer.Option(metavar="F", help="Override the stored pixel scale (e.g. 1/255).")] = None,
+    channels: Annotated[Optional[ChannelOrder], typer.Option(case_sensitive=False, help="Override the stored channel order.")] = None,
+    labels: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Override the stored class names: one per line, or a JSON list.")] = None,
+    output_name: Annotated[Optional[str], typer.Option("--output", metavar="NAME", help="The score map output, if the model has several.")] = None,
+    provider: Annotated[Provider, typer.Option(case_sensitive=False, help="cpu, cuda, or auto (CUDA when present).")] = Provider.cpu,
+    max_memory: Annotated[Optional[str], typer.Option(metavar="SIZE", help="Memory one pass may take before scan tiles by itself, e.g. 8G [default: half of what is available].")] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only errors.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Run a converted model on images of any size: score maps, the best cells with their boxes, pictures."""
+    from dataclasses import replace
+
+    from .scan import Runner, ScanModel, ScanOptions, ScoresFile, list_inputs, open_input, scan_source, write_result
+
+    _set_verbose(verbose)
+    if workers is not None and scheduler is not None:
+        _fail("give --workers or --scheduler, not both", EXIT_BAD_INPUT)
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out}: exists and is not a folder", EXIT_BAD_INPUT)
+    if not display_scale > 0:
+        _fail("--display-scale must be positive", EXIT_BAD_INPUT)
+    with _errors():
+        files = list_inputs(inputs)
+        model = ScanModel.load(converted, output_name)
+        if labels is not None:
+            model = replace(model, labels=tuple(read_labels(labels)), _grids={})
+        pre = model.preprocess.with_overrides(parse_scale(scale), parse_floats(mean, "--mean"),
+                                              parse_floats(std, "--std"), channels.value if channels else None)
+        if class_ is not None:
+            model.class_index(class_)
+        opts = ScanOptions(top if top is not None or threshold is not None else 5, threshold, use_softmax, tile,
+                           parse_bytes(max_memory) if max_memory else None, _provider(provider))
+        out.mkdir(parents=True, exist_ok=True)
+        temps: list[str] = []
+
+        def scores_for(name: str) -> Callable[[tuple[int, int, int]], ScoresFile]:
+            def make(shape: tuple[int, int, int]) -> ScoresFile:
+                f = ScoresFile(out / f"{name}.scores.npy", shape)
+                temps.append(f.tmp)
+                return f
+            return make
+
+        def finish(result: Any) -> None:
+            tmp = temps.pop() if temps else None
+            written = write_result(result, out, class_, display_scale, png, tmp)
+            if not quiet:
+                _print_scan(result, written)
+
+        try:
+            if workers is not None or scheduler is not None:
+                from .distributed import client, scan_files, scan_tiled
+
+                with client(workers, scheduler) as c:
+                    if len(files) == 1 and tile is not None:
+                        src = open_input(files[0], model, pre)
+                        finish(scan_tiled(c, model, src, opts, None if quiet else _progress("tiles"),
+                                          scores_for(src.name)))
+                    else:
+                        for result in scan_files(c, model, files, opts, pre):
+                            finish(result)
+            else:
+                runner = Runner(model, opts.provider)
+                for f in files:
+                    src = open_input(f, model, pre)
+                    finish(scan_source(runner, model, src, opts, None if quiet else _progress("tiles"),
+                                       scores_for(src.name)))
+        finally:
+            for tmp in temps:
+                Path(tmp).unlink(missing_ok=True)
+
+
+def _provider(p: Provider) -> str:
+    if p is Provider.auto:
+        from .runtime import cuda_available
+
+        return "cuda" if cuda_available() else "cpu"
+    return p.value
+
+
+def _print_scan(r: Any, written: list[Path]) -> None:
+    (h, w), (gh, gw) = r.size, r.grid
+    tiles = f" in {r.tiles} tiles" if r.tiles > 1 else ""
+    line = f"{r.name}: {h}x{w} -> {gh}x{gw} cells{tiles}"
+    if r.cells:
+        c = r.cells[0]
+        what = f"class {c.cls}" + (f" '{c.label}'" if c.label is not None else "")
+        line += f"; best {what} {c.score:.4g} at {c.box}"
+    typer.echo(line)
+    if not r.tiles_exact:
+        typer.echo("  note: a global pool inside the trunk sees the whole image, so tiled scores differ from one pass")
+    typer.echo("  wrote " + ", ".join(str(p) for p in written))
 
 
 @app.callback()

@@ -11,10 +11,14 @@ from typing import Any
 import onnx
 
 from . import pipeline
+from .errors import OnnxFcnError
 from .geometry import Geometry
 from .head import ImageInput
 from .pipeline import ModelStats
+from .plan import set_metadata
+from .preprocess import Preprocess, labels_metadata
 from .rewrite import Change
+from .shapes import class_count
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,8 @@ def convert(
     seed: int = 0,
     max_memory: int | None = None,
     output_stride: int | tuple[int, int] | None = None,
+    preprocess: Preprocess | None = None,
+    labels: list[str] | None = None,
 ) -> tuple[onnx.ModelProto, ConversionReport]:
     """Rewrite a classifier's dense head into convolutions; return the new model and a report.
 
@@ -72,13 +78,22 @@ def convert(
     self-check whose estimated memory exceeds what is available (or ``max_memory`` bytes) is
     refused before it runs. ``output_stride`` (S, or (SH, SW)), a divisor of the network's own
     stride, gives a denser map in one pass: the stride is taken out of the last strided layers
-    and every later kernel is dilated (a trous).
+    and every later kernel is dilated (a trous). ``preprocess`` and ``labels`` are stored in the
+    metadata for ``scan`` (``preprocess.py``); labels must match the number of classes.
     """
     t0 = time.perf_counter()
     stride = (output_stride, output_stride) if isinstance(output_stride, int) else output_stride
     state = pipeline.run(model_or_path, pipeline.Options(mode, input_name, size, self_check, seed, max_memory,
                                                          stride))
     planned, model = state.plan, state.model
+    if preprocess is not None:
+        preprocess.check(planned.analysis.image.channels)
+        set_metadata(model, preprocess.to_metadata())
+    if labels is not None:
+        classes = class_count(model)
+        if classes is not None and len(labels) != classes:
+            raise OnnxFcnError(f"{len(labels)} labels for {classes} classes: give one label per class")
+        set_metadata(model, labels_metadata(labels))
     report = ConversionReport(
         image=planned.analysis.image, mode=planned.mode, geometry=planned.geometry,
         changes=planned.trunk.changes + planned.plan.changes + planned.stride_changes, features=sorted(set(planned.plan.features)),
@@ -88,3 +103,4 @@ def convert(
     report.seconds = time.perf_counter() - t0
     log.info("converted in %.2fs: %d changes", report.seconds, len(report.changes))
     return model, report
+

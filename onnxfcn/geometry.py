@@ -27,6 +27,7 @@ from .head import NCHW, Analysis, State
 from .stride import KERNEL_OPS, Edit, dilation_reason, lowest
 
 _WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}  # where a convolution's weight is
+WHOLE_IMAGE = "sees the whole image"
 _SCALE_OPS = {"Resize", "Upsample", "ConvTranspose", "DepthToSpace", "SpaceToDepth", "MaxUnpool"}
 
 SizeFn = Callable[[int], int]
@@ -64,6 +65,11 @@ class Geometry:
     _size_w: SizeFn
     # Output stride below the network's: the feature window's cells lie this far apart.
     feature_dilation: tuple[int, int] = (1, 1)
+    # Where cell (0, 0)'s receptive field begins (negative: it reaches into the zero padding);
+    # cell (i, j)'s is shifted by (i, j) * stride. Tiling keeps a cell only where this lies inside.
+    receptive_field_start: tuple[int, int] = (0, 0)
+    # A global pool inside the trunk: every cell depends on the whole image, not only its field.
+    global_context: bool = False
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Output cells for an input of ``height`` x ``width`` (<= 0: too small)."""
@@ -105,6 +111,7 @@ class Geometry:
             "window": list(self.window), "stride": list(self.stride), "offset": list(self.offset),
             "receptive_field": list(self.receptive_field), "feature_window": list(self.feature_window),
             "feature_dilation": list(self.feature_dilation),
+            "receptive_field_start": list(self.receptive_field_start), "global_context": self.global_context,
             "mode": self.mode, "exact": self.exact, "reasons": list(self.reasons),
             "grid_formula": [self.formula(0), self.formula(1)], "min_size": list(self.min_size()),
             "below_min": self.below_min(),
@@ -361,7 +368,7 @@ def _walk(analysis: Analysis, features: list[str], feature_window: tuple[int, in
                 mine.rf = end - mine.start
         for i in node.input:
             if i in pooled_in_trunk:
-                reasons.append(f"global pooling inside the trunk ({pooled_in_trunk[i]}) sees the whole image")
+                reasons.append(f"global pooling inside the trunk ({pooled_in_trunk[i]}) {WHOLE_IMAGE}")
         if node.op_type in KERNEL_OPS and analysis.info[node.input[0]].state is State.SPATIAL:
             lay = analysis.layout(node.input[0])
             shape = index.static_shape(node.input[0])
@@ -453,4 +460,5 @@ def _walk(analysis: Analysis, features: list[str], feature_window: tuple[int, in
         window=ref, stride=(g0.h.jump, g0.w.jump), offset=offset, receptive_field=rf,
         feature_window=(kh, kw), mode=mode, exact=not reasons, reasons=tuple(reasons),
         _size_h=g0.h.size, _size_w=g0.w.size, feature_dilation=(g0.h.dense, g0.w.dense),
+        receptive_field_start=(g0.h.start, g0.w.start), global_context=any(WHOLE_IMAGE in r for r in reasons),
     ), edits

@@ -389,3 +389,30 @@ def _write_text(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def temp_beside(path: str | os.PathLike[str]) -> str:
+    """An empty temporary file in ``path``'s folder, to be moved onto ``path`` by ``commit``."""
+    folder = Path(path).parent
+    fd, tmp = tempfile.mkstemp(dir=folder if str(folder) else ".", prefix=".onnxfcn-", suffix=".tmp")
+    os.close(fd)
+    return tmp
+
+
+def commit(tmp: str, path: str | os.PathLike[str]) -> None:
+    """Move a finished temporary file onto ``path`` in one step, with the umask's permissions."""
+    os.chmod(tmp, _umask_mode())
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
+    """A temporary path to write; on success it replaces ``path``, on failure it is removed."""
+    tmp = temp_beside(path)
+    try:
+        with signals_deferred():
+            yield tmp
+            commit(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)

@@ -143,7 +143,7 @@ def _make_dynamic(s: State) -> bool:
         dim = shape[m.layout[1]] if shape and m.layout is not None else None
         channels[name] = dim if isinstance(dim, int) else None
     make_dynamic(s.model, image, plan.outputs, channels)
-    set_metadata(s.model, metadata(s.plan.geometry, list(dict.fromkeys(plan.sources))))
+    set_metadata(s.model, metadata(s.plan.geometry, list(dict.fromkeys(plan.sources)), s.plan.analysis.image))
     return True
 
 

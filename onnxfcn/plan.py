@@ -13,7 +13,7 @@ from ._version import __version__
 from .errors import AlreadyConvolutionalError, InvalidConversionError, OnnxFcnError
 from .geometry import Geometry, plan_geometry
 from .graph import attr, node_label
-from .head import Analysis, analyze, find_image_input
+from .head import Analysis, ImageInput, analyze, find_image_input
 from .matcher import plan_head_rewrite
 from .rewrite import MODES, Change, Plan
 from .runtime import probe_shapes
@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 META_PREFIX = "onnxfcn."
 
 
-def metadata(geo: Geometry, features: list[str]) -> dict[str, str]:
-    """The geometry, and the converted graph's NCHW tensor the head reads (for verify)."""
+def metadata(geo: Geometry, features: list[str], image: ImageInput) -> dict[str, str]:
+    """The geometry, the image input, and the converted graph's NCHW tensor the head reads (for verify)."""
     def pair(p: tuple[int, int]) -> str:
         return f"{p[0]},{p[1]}"
 
@@ -35,6 +35,10 @@ def metadata(geo: Geometry, features: list[str]) -> dict[str, str]:
         META_PREFIX + "stride": pair(geo.stride),
         META_PREFIX + "offset": pair(geo.offset),
         META_PREFIX + "receptive_field": pair(geo.receptive_field),
+        META_PREFIX + "receptive_field_start": pair(geo.receptive_field_start),
+        META_PREFIX + "global_context": "true" if geo.global_context else "false",
+        META_PREFIX + "input": image.name,
+        META_PREFIX + "input_layout": image.layout,
         META_PREFIX + "mode": geo.mode,
         META_PREFIX + "exact": "true" if geo.exact else "false",
         META_PREFIX + "reasons": "; ".join(geo.reasons),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 import re
 import tempfile
@@ -52,6 +55,24 @@ def available_memory() -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return 2**62
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand memory that is free but still held by the C allocator back to the system (glibc's
+    ``malloc_trim``; nothing elsewhere). Runs of different input sizes (scan's tiles) otherwise
+    fragment its heap, and the peak grows with the number of runs rather than their size."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def human_bytes(n: float) -> str:
@@ -144,14 +165,17 @@ def probe_shapes(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]],
 
 
 def make_session(model: onnx.ModelProto | str | bytes, provider: str = "cpu",
-                 pin: dict[str, int] | None = None, optimize: bool = True) -> ort.InferenceSession:
+                 pin: dict[str, int] | None = None, optimize: bool = True, arena: bool = True) -> ort.InferenceSession:
     """A session on ``provider`` (``model``: a proto, a path or serialized bytes). ``pin`` fixes
     named free dims: at the reference size the converted model then gets the same kernels as the
     original (with symbolic H and W, onnxruntime's layout optimizations pick other grouped-
     convolution kernels, whose rounding differs). ``optimize=False``: basic graph optimizations
-    only (no layout transforms, which cost more than two seconds on a VGG16 for a few runs)."""
+    only (no layout transforms, which cost more than two seconds on a VGG16 for a few runs).
+    ``arena=False``: no CPU memory arena, which grows with every new input shape and never
+    shrinks (scan's tiles of several sizes would otherwise hold the sum of their peaks)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # failures surface as exceptions; no console noise
+    opts.enable_cpu_mem_arena = arena
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     for dim, value in (pin or {}).items():

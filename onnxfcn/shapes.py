@@ -57,3 +57,14 @@ def make_dynamic(model: onnx.ModelProto, image: ImageInput, outputs: dict[str, M
         _set_dims(out, dims)
     # Every intermediate shape was recorded at the reference size and is stale now.
     del g.value_info[:]
+
+
+def class_count(model: onnx.ModelProto) -> int | None:
+    """Classes of the first score map output (the dim beside batch, out_height and out_width)."""
+    for out in model.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        params = [d.dim_param for d in dims]
+        if len(dims) == 4 and OUT_H in params and OUT_W in params:
+            k = next(a for a in (1, 2, 3) if params[a] not in (OUT_H, OUT_W))
+            return int(dims[k].dim_value) if dims[k].HasField("dim_value") else None
+    return None

@@ -96,3 +96,16 @@ def test_python_snippet(tmp_path: Path) -> None:
                          timeout=600)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines() == wanted
+
+
+def test_scan_transcript(tmp_path: Path) -> None:
+    """The scan block: the convert line before it, then the scan command against its transcript."""
+    command, expected = transcript("onnxfcn scan digits_fcn.onnx")
+    shutil.copytree(ROOT / "models", tmp_path / "models")
+    bash = next(b for b in blocks("bash") if "make_digits_scene.py" in b)
+    convert_line = next(line for line in bash.splitlines() if line.startswith("onnxfcn convert"))
+    assert run_cli(convert_line, tmp_path).returncode == 0
+    res = run_cli(command, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert mask(res.stdout) == mask(expected)
+    assert (tmp_path / "scan" / "digits_scene.png").exists()

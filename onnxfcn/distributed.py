@@ -1,0 +1,150 @@
+"""Scan on Dask: one task per file for many inputs, one task per tile for a huge image.
+
+Optional (``pip install 'onnxfcn[scale]'``). ``--workers N`` starts a local cluster of N worker
+processes; ``--scheduler ADDRESS`` uses a running ``dask.distributed`` cluster, whose workers
+must see the model and input paths. Each worker process loads the model once and keeps the
+session for every later task. The tiles are those of the serial run (``scan.plan_tiles``), so
+the stitched result is the same; a huge image in memory is a ``dask.array`` whose overlapping
+tile regions travel to the workers, a ``.npy`` file is read region by region by the workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import OnnxFcnError
+from .preprocess import Preprocess
+from .scan import (
+    ArraySource,
+    PixelSource,
+    Runner,
+    ScanModel,
+    ScanOptions,
+    ScanResult,
+    Source,
+    Tile,
+    open_input,
+    scan_source,
+)
+
+log = logging.getLogger(__name__)
+
+# In each worker process: the sessions it has loaded, by model, and how many loads it did.
+_RUNNERS: dict[tuple[str, str], Runner] = {}
+LOADS = {"count": 0}
+
+
+def _key(model: ScanModel) -> str:
+    src = model.source
+    return src if isinstance(src, str) else hashlib.sha256(src).hexdigest()
+
+
+def worker_runner(model: ScanModel, provider: str) -> Runner:
+    """This process's session of ``model``, loaded on first use."""
+    key = (_key(model), provider)
+    if key not in _RUNNERS:
+        _RUNNERS[key] = Runner(model, provider)
+        LOADS["count"] += 1
+        log.info("worker loaded the model (%d loads in this process)", LOADS["count"])
+    return _RUNNERS[key]
+
+
+def worker_loads() -> int:
+    """How many times this process loaded a model (run on workers by the tests)."""
+    return LOADS["count"]
+
+
+@contextmanager
+def client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Any]:
+    """A Dask client: a local cluster of ``workers`` processes, or the cluster at ``scheduler``."""
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise OnnxFcnError("--workers and --scheduler need Dask: pip install 'onnxfcn[scale]'") from None
+    if scheduler is not None:
+        try:
+            c = Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise OnnxFcnError(f"--scheduler {scheduler}: cannot connect: {exc}") from None
+        try:
+            yield c
+        finally:
+            c.close()
+        return
+    quiet = logging.getLogger().getEffectiveLevel() > logging.INFO
+    previous = logging.getLogger("distributed").level
+    if quiet:  # the scheduler runs in this process and logs every start and stop
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    try:
+        with LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                          silence_logs=logging.ERROR if quiet else logging.INFO) as cluster, Client(cluster) as c:
+            yield c
+    finally:
+        logging.getLogger("distributed").setLevel(previous)
+
+
+def _scan_file(model: ScanModel, path: str, opts: ScanOptions, preprocess: Preprocess | None) -> ScanResult:
+    runner = worker_runner(model, opts.provider)
+    return scan_source(runner, model, open_input(path, model, preprocess), opts)
+
+
+def scan_files(c: Any, model: ScanModel, files: Sequence[Path], opts: ScanOptions,
+               preprocess: Preprocess | None) -> Iterator[ScanResult]:
+    """One task per file, results in the files' order."""
+    shared = c.scatter(model, broadcast=True)
+    futures = [c.submit(_scan_file, shared, str(f), opts, preprocess, pure=False) for f in files]
+    for fut in futures:
+        yield fut.result()
+
+
+def _tile_region(model: ScanModel, provider: str, region: np.ndarray, preprocess: Preprocess | None,
+                 t: Tile) -> np.ndarray:
+    runner = worker_runner(model, provider)
+    x = preprocess.apply(region) if preprocess is not None else np.asarray(region, dtype=np.float32)
+    return runner.keep(runner.run(x), t)
+
+
+def _tile_file(model: ScanModel, provider: str, source: Source, t: Tile) -> np.ndarray:
+    return worker_runner(model, provider).run_tile(source, t)
+
+
+def scan_tiled(c: Any, model: ScanModel, source: Source, opts: ScanOptions, progress: Any = None,
+               scores_for: Any = None) -> ScanResult:
+    """One image, one task per tile; the tiles and the stitching are the serial run's."""
+    import dask
+    import dask.array as da
+    from dask.distributed import as_completed
+
+    shared = c.scatter(model, broadcast=True)
+
+    def run(tiles: list[Tile]) -> Iterator[tuple[Tile, np.ndarray]]:
+        if isinstance(source, ArraySource) and source.path is not None:  # workers read their own regions
+            futures = [c.submit(_tile_file, shared, opts.provider, source, t, pure=False) for t in tiles]
+        else:
+            if isinstance(source, PixelSource):
+                data, pre = source.pixels, source.preprocess
+            else:
+                assert isinstance(source, ArraySource) and source.array is not None
+                a = source.array
+                data = a[:, :, None] if source.order == "HW" else (np.moveaxis(a, 0, -1) if source.order == "CHW" else a)
+                pre = None
+            side = max(t.y1 - t.y0 for t in tiles)
+            image = da.from_array(data, chunks=(side, side, data.shape[2]))
+            tasks = [dask.delayed(_tile_region)(shared, opts.provider, image[t.y0:t.y1, t.x0:t.x1], pre, t)
+                     for t in tiles]
+            futures = c.compute(tasks)
+        index = {f.key: t for f, t in zip(futures, tiles)}
+        for fut, block in as_completed(futures, with_results=True):
+            yield index[fut.key], block
+
+    # Tiles even where one pass would fit: the point is to spread them.
+    if opts.tile is None:
+        raise OnnxFcnError("a single input on Dask runs in tiles: give --tile N")
+    return scan_source(None, model, source, opts, progress, scores_for, run)

@@ -1,0 +1,170 @@
+"""Preprocessing and labels that travel with a converted model, and reading inputs for it.
+
+``convert --mean --std --scale --channels --labels`` stores them in the model's metadata
+(``onnxfcn.scale``, ``onnxfcn.mean``, ``onnxfcn.std``, ``onnxfcn.channels``, ``onnxfcn.labels``);
+``scan`` and ``verify --image`` apply them to image files: pixel values 0..255 times ``scale``,
+minus ``mean``, divided by ``std``, per channel, in the stated channel order. A ``.npy`` input is
+the model input as it is and is never preprocessed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidConversionError, OnnxFcnError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+CHANNEL_ORDERS = ("rgb", "bgr")
+_PREFIX = "onnxfcn."
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How image pixels (0..255) become model input values."""
+
+    scale: float = 1 / 255
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channels: str = "rgb"  # order of a colour model's input channels
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.scale) or self.scale == 0:
+            raise OnnxFcnError(f"scale must be a finite non-zero number, not {self.scale}")
+        if self.channels not in CHANNEL_ORDERS:
+            raise OnnxFcnError(f"channels must be rgb or bgr, not {self.channels!r}")
+        for what, vals in (("mean", self.mean), ("std", self.std)):
+            if vals is not None and (not vals or not all(math.isfinite(v) for v in vals)):
+                raise OnnxFcnError(f"{what} must be finite numbers, not {vals}")
+        if self.std is not None and any(v == 0 for v in self.std):
+            raise OnnxFcnError("std must not be zero")
+
+    def check(self, channels: int) -> None:
+        """Mean and std have one value, or one per input channel."""
+        for what, vals in (("mean", self.mean), ("std", self.std)):
+            if vals is not None and len(vals) not in (1, channels):
+                raise OnnxFcnError(f"{what} has {len(vals)} values; the model's input has {channels} channels "
+                                   "(give 1 or one per channel)")
+
+    def with_overrides(self, scale: float | None = None, mean: Sequence[float] | None = None,
+                       std: Sequence[float] | None = None, channels: str | None = None) -> Preprocess:
+        """These values, with any that are given replaced (scan's options over the metadata's)."""
+        return replace(self, scale=self.scale if scale is None else scale,
+                       mean=self.mean if mean is None else tuple(mean),
+                       std=self.std if std is None else tuple(std),
+                       channels=self.channels if channels is None else channels)
+
+    def apply(self, pixels: np.ndarray) -> np.ndarray:
+        """H x W x C pixels (0..255, RGB order) -> float32 model values, channels last."""
+        x = pixels.astype(np.float32) * np.float32(self.scale)
+        if self.channels == "bgr" and x.shape[-1] == 3:
+            x = x[..., ::-1]
+        if self.mean is not None:
+            x = x - np.asarray(self.mean, dtype=np.float32)
+        if self.std is not None:
+            x = x / np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def to_metadata(self) -> dict[str, str]:
+        def floats(v: tuple[float, ...] | None) -> str:
+            return "" if v is None else ",".join(repr(float(f)) for f in v)
+
+        return {_PREFIX + "scale": repr(float(self.scale)), _PREFIX + "mean": floats(self.mean),
+                _PREFIX + "std": floats(self.std), _PREFIX + "channels": self.channels}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str]) -> Preprocess:
+        """From ``plan.read_metadata``'s keys; the defaults where a key is missing."""
+        try:
+            scale = float(meta["scale"]) if meta.get("scale") else 1 / 255
+            mean = tuple(float(v) for v in meta["mean"].split(",")) if meta.get("mean") else None
+            std = tuple(float(v) for v in meta["std"].split(",")) if meta.get("std") else None
+            return cls(scale, mean, std, meta.get("channels") or "rgb")
+        except (ValueError, OnnxFcnError) as exc:
+            raise InvalidConversionError(f"the preprocessing in the model's metadata is not valid: {exc}") from None
+
+
+def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    """'0.485,0.456,0.406' -> a tuple; None stays None."""
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise OnnxFcnError(f"{option} {text!r}: expected comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+    return vals
+
+
+def parse_scale(text: str | None) -> float | None:
+    """'0.00392', '1/255' or None."""
+    if text is None:
+        return None
+    try:
+        if "/" in text:
+            num, den = text.split("/")
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise OnnxFcnError(f"--scale {text!r}: expected a number such as 0.0039 or 1/255") from None
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """A labels file: a JSON list of strings, or one label per line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OnnxFcnError(f"{path}: cannot read the labels file: {exc}") from None
+    if text.lstrip().startswith("["):
+        try:
+            labels = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise OnnxFcnError(f"{path}: not a valid JSON list of labels: {exc}") from None
+        if not isinstance(labels, list) or not all(isinstance(v, str) for v in labels):
+            raise OnnxFcnError(f"{path}: a JSON labels file must be a list of strings")
+    else:
+        labels = [line.strip() for line in text.splitlines()]
+        while labels and not labels[-1]:
+            labels.pop()
+    if not labels:
+        raise OnnxFcnError(f"{path}: no labels in the file")
+    return labels
+
+
+def labels_metadata(labels: Sequence[str]) -> dict[str, str]:
+    return {_PREFIX + "labels": json.dumps(list(labels), ensure_ascii=False)}
+
+
+def labels_from_metadata(meta: dict[str, str]) -> list[str] | None:
+    text = meta.get("labels")
+    if not text:
+        return None
+    try:
+        labels: Any = json.loads(text)
+    except json.JSONDecodeError:
+        raise InvalidConversionError("metadata onnxfcn.labels is not a JSON list") from None
+    if not isinstance(labels, list) or not all(isinstance(v, str) for v in labels):
+        raise InvalidConversionError("metadata onnxfcn.labels is not a JSON list of strings")
+    return labels
+
+
+def read_image(path: str | Path, channels: int) -> np.ndarray:
+    """An image file as H x W x C uint8 pixels (RGB, or grey for a one-channel model)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise OnnxFcnError("image files need Pillow: pip install 'onnxfcn[image]'") from None
+    if channels not in (1, 3):
+        raise OnnxFcnError(f"{path}: the model reads {channels} channels; give a .npy array instead of an image")
+    Image.MAX_IMAGE_PIXELS = None  # scan is made for huge images; the memory check comes later
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
+    except OSError as exc:
+        raise OnnxFcnError(f"{path}: not a readable image: {exc}") from None
+    return arr[:, :, None] if arr.ndim == 2 else arr
