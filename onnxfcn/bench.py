@@ -24,10 +24,11 @@ import numpy as np
 import onnx
 
 from .errors import InvalidConversionError, OnnxFcnError
+from .geometry import check_on_lattice, next_on_lattice
 from .head import ImageInput, find_image_input
 from .io import load_model
 from .macs import count_macs
-from .plan import meta_pair, read_metadata
+from .plan import meta_pair, parse_sizes, read_metadata
 from .runtime import check_memory, first_line, make_session, resolve_providers, resource_error, run_batched
 from .verify import crop
 
@@ -166,7 +167,10 @@ def bench(original: str | os.PathLike[str] | onnx.ModelProto, converted: str | o
     offset = meta_pair(meta, "offset", 0) if meta.get("mode") == "window" else (0, 0)
     dil = meta_pair(meta, "feature_dilation", 1) if "feature_dilation" in meta else (1, 1)
     image = find_image_input(orig, None, window)
-    h, w = size or (window[0] + 5 * stride[0] * dil[0], window[1] + 5 * stride[1] * dil[1])
+    lattice = parse_sizes(meta.get("sizes", "any"))
+    h, w = size or (next_on_lattice(window[0] + 5 * stride[0] * dil[0], lattice[0]),
+                    next_on_lattice(window[1] + 5 * stride[1] * dil[1], lattice[1]))
+    check_on_lattice(h, w, lattice, "--size")
     if h < window[0] or w < window[1]:
         raise OnnxFcnError(f"no window fits {h}x{w}: the windows are {window[0]}x{window[1]}; use a larger --size")
     check_memory(conv, image.name, image.shape_at(1, h, w), f"bench at {h}x{w}")

@@ -188,6 +188,7 @@ def print_conversion(report: Any, out_path: Path | None) -> None:
     mh, mw = geo.min_size()
     typer.echo(f"min    input at least {mh}x{mw}; smaller inputs fit no window: onnxruntime raises an error "
                "(never a crash)")
+    _print_sizes(geo.summary()["sizes"])
     if geo.exact:
         typer.echo("exact  yes: each cell equals the original classifier on its crop (no padding inside a window)")
     else:
@@ -259,6 +260,12 @@ def _strict(o: Any) -> Any:
 
 def _dumps(data: dict[str, Any]) -> str:
     return json.dumps(_strict(json.loads(json.dumps(data, default=_json_default))), indent=2, allow_nan=False)
+
+
+def _print_sizes(sizes: list[str]) -> None:
+    if sizes != ["any", "any"]:
+        typer.echo(f"sizes  H = {sizes[0]}, W = {sizes[1]} only: merged branches' sizes agree there alone "
+                   "(elsewhere onnxruntime fails at the merge; onnxfcn refuses such sizes)")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -481,6 +488,7 @@ def _print_inspect(report: Any) -> None:
                        f"{g['grid_at']['cells'][0]}x{g['grid_at']['cells'][1]} cells")
             if "note" in g["grid_at"]:
                 typer.echo(f"       {g['grid_at']['note']}")
+        _print_sizes(g["sizes"])
         typer.echo("exact  " + ("yes" if g["exact"] else "no: " + "; ".join(g["reasons"][:3])))
     typer.echo("\n" + ("convertible" if report.convertible else
                        "already fully convolutional" if report.already_convolutional else "NOT convertible"))

@@ -15,6 +15,7 @@ and offsets do not change; the layers to edit are returned as :class:`Edit`.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -26,8 +27,13 @@ from .graph import attr, node_label
 from .head import NCHW, Analysis, State
 from .stride import KERNEL_OPS, Edit, dilation_reason, lowest
 
+log = logging.getLogger(__name__)
+
 _WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}  # where a convolution's weight is
 WHOLE_IMAGE = "sees the whole image"
+# The input sizes a model runs at, per axis: n with n % period in residues ((1, (0,)): any size).
+Lattice = tuple[int, tuple[int, ...]]
+ANY_SIZE: Lattice = (1, (0,))
 _SCALE_OPS = {"Resize", "Upsample", "ConvTranspose", "DepthToSpace", "SpaceToDepth", "MaxUnpool"}
 
 SizeFn = Callable[[int], int]
@@ -70,6 +76,20 @@ class Geometry:
     receptive_field_start: tuple[int, int] = (0, 0)
     # A global pool inside the trunk: every cell depends on the whole image, not only its field.
     global_context: bool = False
+    # Branches that merge maps whose sizes agree only at some input sizes (Inception v2, DLA):
+    # the sizes the model runs at, per axis.
+    lattice: tuple[Lattice, Lattice] = (ANY_SIZE, ANY_SIZE)
+
+    def on_lattice(self, height: int, width: int) -> bool:
+        return on_lattice(height, self.lattice[0]) and on_lattice(width, self.lattice[1])
+
+    def check_size(self, height: int, width: int, what: str = "size") -> None:
+        """Refuse, with one line, a size the model does not run at."""
+        check_on_lattice(height, width, self.lattice, what)
+
+    def next_size(self, height: int, width: int) -> tuple[int, int]:
+        """The smallest size at least ``height`` x ``width`` that the model runs at."""
+        return next_on_lattice(height, self.lattice[0]), next_on_lattice(width, self.lattice[1])
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Output cells for an input of ``height`` x ``width`` (<= 0: too small)."""
@@ -77,13 +97,15 @@ class Geometry:
         return (self._size_h(height) - (kh - 1) * dh, self._size_w(width) - (kw - 1) * dw)
 
     def min_size(self) -> tuple[int, int]:
-        """Smallest input height and width that give at least one cell."""
+        """Smallest input height and width (that the model runs at) that give at least one cell."""
         out = []
         for axis, ref in ((0, self.window[0]), (1, self.window[1])):
-            n = ref
+            n, best = ref, ref
             while n > 1 and self._cells(axis, n - 1) >= 1:
                 n -= 1
-            out.append(n)
+                if on_lattice(n, self.lattice[axis]):
+                    best = n
+            out.append(best)
         return out[0], out[1]
 
     def _cells(self, axis: int, n: int) -> int:
@@ -95,7 +117,9 @@ class Geometry:
         s = self.stride[axis]
         lo = self.min_size()[axis]
         # cells(X) = floor((X - lo) / s) + 1 holds for stride-aligned trunks; check it on a range.
-        ok = all(self._cells(axis, x) == (x - lo) // s + 1 for x in range(lo, lo + 4 * s + 1))
+        lat = self.lattice[axis]
+        ok = all(self._cells(axis, x) == (x - lo) // s + 1 for x in range(lo, lo + 4 * max(s, lat[0]) + 1)
+                 if on_lattice(x, lat))
         if ok:
             return f"floor(({sym} - {lo}) / {s}) + 1"
         return f"cells({sym}) (irregular; {sym}={self.window[axis]} gives {self._cells(axis, self.window[axis])})"
@@ -112,6 +136,7 @@ class Geometry:
             "receptive_field": list(self.receptive_field), "feature_window": list(self.feature_window),
             "feature_dilation": list(self.feature_dilation),
             "receptive_field_start": list(self.receptive_field_start), "global_context": self.global_context,
+            "sizes": [lattice_text(self.lattice[0]), lattice_text(self.lattice[1])],
             "mode": self.mode, "exact": self.exact, "reasons": list(self.reasons),
             "grid_formula": [self.formula(0), self.formula(1)], "min_size": list(self.min_size()),
             "below_min": self.below_min(),
@@ -123,6 +148,63 @@ class Geometry:
                 grid_at["note"] = self.below_min()
             d["grid_at"] = grid_at
         return d
+
+
+def on_lattice(n: int, lattice: Lattice) -> bool:
+    return n % lattice[0] in lattice[1]
+
+
+def check_on_lattice(height: int, width: int, lattice: tuple[Lattice, Lattice], what: str = "size") -> None:
+    """Refuse, with one line, a size off the lattice, naming the next size on it."""
+    if on_lattice(height, lattice[0]) and on_lattice(width, lattice[1]):
+        return
+    nh, nw = next_on_lattice(height, lattice[0]), next_on_lattice(width, lattice[1])
+    raise OnnxFcnError(f"{what} {height}x{width} is not a size the model runs at (H = {lattice_text(lattice[0])}, "
+                       f"W = {lattice_text(lattice[1])}: merged branches' sizes differ at other sizes, and onnxruntime "
+                       f"fails at the merge); the next size that is: {nh}x{nw}")
+
+
+def next_on_lattice(n: int, lattice: Lattice) -> int:
+    return next(m for m in range(n, n + lattice[0]) if on_lattice(m, lattice))
+
+
+def lattice_text(lattice: Lattice) -> str:
+    """'any', '32k+7' or '32k+{7,8}'."""
+    period, residues = lattice
+    if period == 1:
+        return "any"
+    return f"{period}k+{residues[0]}" if len(residues) == 1 else f"{period}k+{{{','.join(map(str, residues))}}}"
+
+
+def parse_lattice(text: str) -> Lattice:
+    """The inverse of ``lattice_text``."""
+    if text == "any":
+        return ANY_SIZE
+    try:
+        period_text, rest = text.split("k+", 1)
+        period = int(period_text)
+        residues = tuple(sorted(int(r) for r in rest.strip("{}").split(",")))
+    except ValueError:
+        raise OnnxFcnError(f"{text!r} is not a size lattice such as 32k+7") from None
+    if period < 1 or not residues or any(not 0 <= r < period for r in residues):
+        raise OnnxFcnError(f"{text!r} is not a size lattice such as 32k+7")
+    return period, residues
+
+
+def _meet(a: Lattice, b: Lattice) -> Lattice:
+    period = math.lcm(a[0], b[0])
+    return period, tuple(r for r in range(period) if on_lattice(r, a) and on_lattice(r, b))
+
+
+def _agreeing(mine: SizeFn, theirs: SizeFn, period: int, ref: int) -> Lattice:
+    """The sizes at which two merged branches have the same size: residues modulo ``period`` (the
+    stride at the merge, after which the sizes repeat) that agree at every probed size."""
+    bad: set[int] = set()
+    for n in range(max(1, ref - 2 * period), ref + 4 * period):
+        a, b = mine(n), theirs(n)
+        if (a >= 1 or b >= 1) and a != b:
+            bad.add(n % period)
+    return period, tuple(r for r in range(period) if r not in bad)
 
 
 def _kernel_axis(node: onnx.NodeProto, analysis: Analysis, ax: int, ref_in: int) -> tuple[int, int, int, int, bool, str]:
@@ -322,6 +404,7 @@ def _walk(analysis: Analysis, features: list[str], feature_window: tuple[int, in
     edits: dict[str, Edit] = {}
     index = analysis.index
     geo: dict[str, _Geo] = {image.name: _Geo(_Axis(), _Axis(), [])}
+    lattice = [ANY_SIZE, ANY_SIZE]
     needed = index.ancestors(features)
     pooled_in_trunk: dict[str, str] = {}
     for node in analysis.index.graph.node:
@@ -352,17 +435,21 @@ def _walk(analysis: Analysis, features: list[str], feature_window: tuple[int, in
         h = _Axis(base.h.jump, base.h.start, base.h.rf, base.h.size, base.h.dense)
         w = _Axis(base.w.jump, base.w.start, base.w.rf, base.w.size, base.w.dense)
         for other in ins[1:]:  # merge branches (residual Add, Concat): union of receptive fields
-            for mine, theirs, ref_n in ((h, geo[other].h, image.height), (w, geo[other].w, image.width)):
+            for axis_key, (mine, theirs, ref_n) in enumerate(((h, geo[other].h, image.height),
+                                                              (w, geo[other].w, image.width))):
                 if (theirs.jump, theirs.dense) != (mine.jump, mine.dense):
                     raise UnsupportedModelError(
                         f"merges maps of stride {mine.jump * mine.dense} and {theirs.jump * theirs.dense}"
                         + (f" (at output stride {mine.jump} and {theirs.jump})" if target else ""), node_label(node))
-                bad = next((n for n in range(ref_n, ref_n + 2 * mine.jump + 1) if mine.size(n) != theirs.size(n)),
-                           None)
-                if bad is not None:
-                    raise UnsupportedModelError(
-                        f"merges branches whose sizes differ at input size {bad} ({mine.size(bad)} vs "
-                        f"{theirs.size(bad)}): the model only runs at some sizes", node_label(node))
+                agree = _agreeing(mine.size, theirs.size, mine.jump * mine.dense, ref_n)
+                if len(agree[1]) < agree[0]:
+                    met = _meet(lattice[axis_key], agree)
+                    if not on_lattice(ref_n, met):  # the original itself runs at the reference size
+                        raise UnsupportedModelError(
+                            f"merges branches whose sizes differ at the reference size ({mine.size(ref_n)} vs "
+                            f"{theirs.size(ref_n)})", node_label(node))
+                    lattice[axis_key] = met
+                    log.info("%s: branch sizes agree only at %s", node_label(node), lattice_text(agree))
                 end = max(mine.start + mine.rf, theirs.start + theirs.rf)
                 mine.start = min(mine.start, theirs.start)
                 mine.rf = end - mine.start
@@ -461,4 +548,5 @@ def _walk(analysis: Analysis, features: list[str], feature_window: tuple[int, in
         feature_window=(kh, kw), mode=mode, exact=not reasons, reasons=tuple(reasons),
         _size_h=g0.h.size, _size_w=g0.w.size, feature_dilation=(g0.h.dense, g0.w.dense),
         receptive_field_start=(g0.h.start, g0.w.start), global_context=any(WHOLE_IMAGE in r for r in reasons),
+        lattice=(lattice[0], lattice[1]),
     ), edits

@@ -73,6 +73,8 @@ def inspect(model_or_path: str | os.PathLike[str] | onnx.ModelProto, *, mode: st
     report.mode = planned.mode
     # convert's order
     report.changes = [c.__dict__ for c in planned.trunk.changes + planned.plan.changes + planned.stride_changes]
-    h, w = at or (img.height + 2 * geo.stride[0], img.width + 2 * geo.stride[1])
+    if at is not None:
+        geo.check_size(*at, what="--at")
+    h, w = at or geo.next_size(img.height + 2 * geo.stride[0], img.width + 2 * geo.stride[1])
     report.geometry = geo.summary(h, w)
     return report

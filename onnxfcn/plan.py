@@ -11,7 +11,7 @@ import onnx
 
 from ._version import __version__
 from .errors import AlreadyConvolutionalError, InvalidConversionError, OnnxFcnError
-from .geometry import Geometry, plan_geometry
+from .geometry import Geometry, Lattice, lattice_text, parse_lattice, plan_geometry
 from .graph import attr, node_label
 from .head import Analysis, ImageInput, analyze, find_image_input
 from .matcher import plan_head_rewrite
@@ -37,6 +37,7 @@ def metadata(geo: Geometry, features: list[str], image: ImageInput) -> dict[str,
         META_PREFIX + "receptive_field": pair(geo.receptive_field),
         META_PREFIX + "receptive_field_start": pair(geo.receptive_field_start),
         META_PREFIX + "global_context": "true" if geo.global_context else "false",
+        META_PREFIX + "sizes": sizes_text(geo),
         META_PREFIX + "input": image.name,
         META_PREFIX + "input_layout": image.layout,
         META_PREFIX + "mode": geo.mode,
@@ -48,6 +49,23 @@ def metadata(geo: Geometry, features: list[str], image: ImageInput) -> dict[str,
         META_PREFIX + "feature_layout": "NCHW",
         META_PREFIX + "version": __version__,
     }
+
+
+def sizes_text(geo: Geometry) -> str:
+    """The input sizes the model runs at: 'any', '32k+7' (both axes), or '32k+7 x 32k+3' (H x W)."""
+    h, w = (lattice_text(lat) for lat in geo.lattice)
+    return h if h == w else f"{h} x {w}"
+
+
+def parse_sizes(text: str) -> tuple[Lattice, Lattice]:
+    """The inverse of ``sizes_text``."""
+    try:
+        parts = [parse_lattice(p.strip()) for p in text.split(" x ")]
+    except OnnxFcnError:
+        raise InvalidConversionError(f"metadata onnxfcn.sizes is {text!r}, not 'any', '32k+7' or '32k+7 x 32k+3'") from None
+    if len(parts) not in (1, 2):
+        raise InvalidConversionError(f"metadata onnxfcn.sizes is {text!r}, not 'any', '32k+7' or '32k+7 x 32k+3'")
+    return parts[0], parts[-1]
 
 
 def read_metadata(model: onnx.ModelProto) -> dict[str, str]:

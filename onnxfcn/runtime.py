@@ -229,8 +229,10 @@ def resource_error(exc: BaseException, where: str) -> ResourceError | None:
 
 
 def run_batched(sess: ort.InferenceSession, input_name: str, x: np.ndarray, chunk: int | None = None,
-                progress: Progress | None = None, extra: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
-    """Run ``sess`` on ``x`` in chunks along the batch axis (``extra``: feeds every run shares).
+                progress: Progress | None = None, extra: dict[str, np.ndarray] | None = None,
+                alongside: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """Run ``sess`` on ``x`` in chunks along the batch axis (``extra``: feeds every run shares;
+    ``alongside``: feeds chunked with ``x``, same batch).
 
     Exporters often bake batch 1 into a Reshape even when the input's batch dim is symbolic; if
     a chunk fails, the rest runs one sample at a time.
@@ -242,7 +244,8 @@ def run_batched(sess: ort.InferenceSession, input_name: str, x: np.ndarray, chun
     while k < len(x):
         n = min(size, len(x) - k)
         try:
-            outs = sess.run(None, {input_name: x[k:k + n], **(extra or {})})
+            side = {name: np.ascontiguousarray(a[k:k + n]) for name, a in (alongside or {}).items()}
+            outs = sess.run(None, {input_name: x[k:k + n], **side, **(extra or {})})
             # A baked batch of 1 can also run silently and return one sample (dynamo's as_strided).
             ok = all(o.ndim and o.shape[0] == n for o in outs)
         except Exception as exc:  # onnxruntime raises several types

@@ -32,9 +32,10 @@ import onnx
 from onnx import helper, shape_inference
 
 from .errors import InvalidConversionError, OnnxFcnError, ResourceError
+from .geometry import Lattice, check_on_lattice
 from .graph import skeleton, tensor_nbytes
 from .io import atomic_path, commit, load_model, temp_beside, write_text_atomic
-from .plan import meta_pair, read_metadata
+from .plan import meta_pair, parse_sizes, read_metadata
 from .preprocess import IMAGE_SUFFIXES, Preprocess, labels_from_metadata, read_image
 from .runtime import (
     available_memory,
@@ -79,6 +80,7 @@ class ScanModel:
     preprocess: Preprocess
     weight_bytes: int
     classes: int | None
+    lattice: tuple[Lattice, Lattice]  # the input sizes the model runs at (geometry.Lattice)
     shapes: onnx.ModelProto = field(repr=False, compare=False)  # the graph without its weights
     _grids: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -109,7 +111,7 @@ class ScanModel:
         return cls(source, window, stride, offset, rf, start, meta["mode"], meta.get("exact") == "true",
                    global_context, name, layout, channels, dtype, out_name, axes,
                    tuple(labels) if labels else None, Preprocess.from_metadata(meta), weights, class_count(proto),
-                   skeleton(proto, {}))
+                   parse_sizes(meta.get("sizes", "any")), skeleton(proto, {}))
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Output cells at this input size (shape inference on the converted graph)."""
@@ -182,6 +184,7 @@ def _image_input(model: onnx.ModelProto, meta: dict[str, str]) -> tuple[str, str
 def _score_output(model: onnx.ModelProto, wanted: str | None) -> tuple[str, tuple[int, int, int]]:
     """The output of class scores, N x K x out_h x out_w in some order, and its K, h, w axes."""
     found: list[tuple[str, tuple[int, int, int]]] = []
+    unnamed: list[tuple[str, tuple[int, int, int]]] = []
     for out in model.graph.output:
         dims = [d.dim_param for d in out.type.tensor_type.shape.dim]
         if len(dims) != 4:
@@ -191,13 +194,14 @@ def _score_output(model: onnx.ModelProto, wanted: str | None) -> tuple[str, tupl
             k = next(a for a in (1, 2, 3) if a not in (h, w))
             found.append((out.name, (k, h, w)))
         else:  # dims renamed by another tool: the converted layout, N x K x h x w
-            found.append((out.name, (1, 2, 3)))
+            unnamed.append((out.name, (1, 2, 3)))
     if wanted is not None:
-        for name, axes in found:
+        for name, axes in found + unnamed:
             if name == wanted:
                 return name, axes
         raise OnnxFcnError(f"--output {wanted!r}: not a score map output of the model "
-                           f"({', '.join(n for n, _ in found) or 'none'})")
+                           f"({', '.join(n for n, _ in found + unnamed) or 'none'})")
+    found = found or unnamed
     if not found:
         raise InvalidConversionError("the model has no four-dimensional score map output")
     return found[0]
@@ -395,23 +399,29 @@ class Tile:
     i1: int
     j0: int
     j1: int
+    last_row: bool = False  # holds the image's last row of cells (and reaches its bottom edge)
+    last_col: bool = False
 
 
-def _axis_tiles(n: int, cells: int, s: int, start: int, span: int, tile: int) -> list[tuple[int, int, int, int]]:
+def _axis_tiles(n: int, cells: int, s: int, start: int, span: int, tile: int,
+                period: int = 1) -> list[tuple[int, int, int, int]]:
     """Split one axis: (input a, b, cells c0, c1) with a a multiple of the stride, and every kept
-    cell's field [start + c*s, + span) inside [a, b) or crossing only the image's own edge."""
+    cell's field [start + c*s, + span) inside [a, b) or crossing only the image's own edge.
+    ``period``: the model runs only at sizes n + k * period (its size lattice)."""
+    q = math.lcm(s, period)
     per = max(1, (tile - span) // s + 1)
     out = []
     for c0 in range(0, cells, per):
         c1 = min(cells, c0 + per)
         lo, hi = start + c0 * s, start + (c1 - 1) * s + span
-        a = 0 if lo <= 0 else lo // s * s
-        if hi >= n:
+        a = 0 if lo <= 0 else lo // q * q
+        if hi >= n or c1 == cells:  # the last cells' tile reaches the edge, where a cell more would show
             b = n
         else:
-            # A length congruent to the image's modulo the stride: SAME padding, whose amount
-            # depends on the size, then pads the tile as it pads the image.
-            b = min(n, hi + (n - hi) % s)
+            # A length congruent to the image's modulo the stride (and the lattice's period): SAME
+            # padding, whose amount depends on the size, then pads the tile as it pads the image,
+            # and a model that runs only at some sizes runs at the tile's.
+            b = min(n, hi + (n - hi) % q)
         out.append((a, b, c0, c1))
     return out
 
@@ -423,9 +433,9 @@ def plan_tiles(model: ScanModel, height: int, width: int, tile: int) -> list[Til
     if tile < max(spans):
         raise OnnxFcnError(f"--tile {tile} is smaller than what one cell depends on ({spans[0]}x{spans[1]} px: "
                            f"the {'window' if model.exact else 'receptive field'}); use at least {max(spans)}")
-    rows = _axis_tiles(height, gh, model.stride[0], model.field_start[0], spans[0], tile)
-    cols = _axis_tiles(width, gw, model.stride[1], model.field_start[1], spans[1], tile)
-    return [Tile(a, b, c, d, i0, i1, j0, j1) for a, b, i0, i1 in rows for c, d, j0, j1 in cols]
+    rows = _axis_tiles(height, gh, model.stride[0], model.field_start[0], spans[0], tile, model.lattice[0][0])
+    cols = _axis_tiles(width, gw, model.stride[1], model.field_start[1], spans[1], tile, model.lattice[1][0])
+    return [Tile(a, b, c, d, i0, i1, j0, j1, i1 == gh, j1 == gw) for a, b, i0, i1 in rows for c, d, j0, j1 in cols]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,9 +474,12 @@ class Runner:
         """Of a tile's output, the cells it keeps: its first cell is the image's (y0, x0) / stride."""
         di, dj = t.i0 - t.y0 // self.model.stride[0], t.j0 - t.x0 // self.model.stride[1]
         hi, wj = di + t.i1 - t.i0, dj + t.j1 - t.j0
-        if y.shape[1] < hi or y.shape[2] < wj:
+        # Fewer cells than planned, or cells past the image's last (a grid shape inference got
+        # wrong): never stitched silently.
+        if y.shape[1] < hi or y.shape[2] < wj or (t.last_row and y.shape[1] > hi) or (t.last_col and y.shape[2] > wj):
             raise OnnxFcnError(f"a tile at rows {t.y0}:{t.y1}, columns {t.x0}:{t.x1} gave {y.shape[1]}x{y.shape[2]} "
-                               f"cells, fewer than the {hi}x{wj} planned (the model's grid is not stride-aligned)")
+                               f"cells where {hi}x{wj} were planned: the model's grid is not the one its shapes "
+                               "give; scan it without --tile")
         return y[:, di:hi, dj:wj]
 
 
@@ -625,6 +638,7 @@ def scan_source(runner: Runner | None, model: ScanModel, source: Source, opts: S
     t0 = time.perf_counter()
     m = model
     h, w = source.height, source.width
+    check_on_lattice(h, w, m.lattice, f"{source.name}: the input size")
     gh, gw = m.grid(h, w)
     if gh < 1 or gw < 1:
         raise OnnxFcnError(f"{source.name}: the input is {h}x{w}, smaller than the model's {m.window[0]}x"

@@ -40,7 +40,7 @@ from .geometry import Geometry
 from .graph import skeleton
 from .head import NCHW, Analysis, ImageInput, Layout, perm_to
 from .io import load_model, needs_external_data
-from .plan import Planned, meta_pair, plan_conversion, read_metadata
+from .plan import Planned, meta_pair, plan_conversion, read_metadata, sizes_text
 from .runtime import (
     Progress,
     check_memory,
@@ -507,8 +507,9 @@ def _bound_note(subject: Subject, rtol: float | None, atol: float | None) -> str
 def self_check_sizes(image: ImageInput, geo: Geometry) -> list[tuple[int, int]]:
     sh, sw = geo.stride
     h, w = image.height, image.width
-    # One stride-aligned size, one that is not a multiple of the stride.
-    return [(h + sh, w + 2 * sw), (h + sh + max(1, sh // 2) + 1, w + max(1, sw // 3) + 2)]
+    # One stride-aligned size, one that is not a multiple of the stride (each the next size the
+    # model runs at, for models whose branches agree only at some sizes).
+    return [geo.next_size(h + sh, w + 2 * sw), geo.next_size(h + sh + max(1, sh // 2) + 1, w + max(1, sw // 3) + 2)]
 
 
 def self_check(original: onnx.ModelProto | str, converted: onnx.ModelProto, subject: Subject,
@@ -577,8 +578,8 @@ def default_size(image: ImageInput, geo: Geometry) -> tuple[int, int]:
     """A larger size that gives a grid of at least 3 x 4 windows, all inside the image."""
     sh, sw = geo.stride
     if geo.mode == "dense":
-        return image.height + 2 * sh, image.width + 3 * sw
-    return image.height + 2 * sh + geo.offset[0], image.width + 3 * sw + geo.offset[1]
+        return geo.next_size(image.height + 2 * sh, image.width + 3 * sw)
+    return geo.next_size(image.height + 2 * sh + geo.offset[0], image.width + 3 * sw + geo.offset[1])
 
 
 def sample_positions(gh: int, gw: int, positions: int | str, seed: int) -> list[tuple[int, int]]:
@@ -638,6 +639,9 @@ def read_conversion(orig: onnx.ModelProto, conv: onnx.ModelProto) -> Subject:
                                          f"{value[0]},{value[1]}")
     if meta.get("exact") not in ("true", "false"):
         raise InvalidConversionError(f"metadata onnxfcn.exact is {meta.get('exact')!r}, not true or false")
+    if meta.get("sizes", sizes_text(geo)) != sizes_text(geo):  # (absent in files from before lattices)
+        raise InvalidConversionError(f"metadata onnxfcn.sizes is {meta['sizes']!r} but the original's graph runs at "
+                                     f"{sizes_text(geo)!r}")
     if (meta["exact"] == "true") != geo.exact:
         raise InvalidConversionError(f"metadata onnxfcn.exact is {meta['exact']} but the original's graph makes the "
                                      f"conversion {'exact' if geo.exact else 'approximate'}")
@@ -826,6 +830,7 @@ def _sizes(image: ImageInput, geo: Geometry, sizes: Sequence[tuple[int, int]] | 
     for h, w in size_list:
         if h < image.height or w < image.width:
             raise OnnxFcnError(f"size {h}x{w} is smaller than the reference window {image.height}x{image.width}")
+        geo.check_size(h, w)
     return size_list
 
 
@@ -1036,7 +1041,9 @@ def _head_model(orig: onnx.ModelProto, feature: str, analysis: Analysis) -> tupl
 
     The surgery runs on the weightless skeleton, where large weights are typed graph inputs; they
     stay inputs, fed as arrays, so a 500 MB head is neither copied into a new proto nor serialized.
-    Returns the model and those weight feeds.
+    Returns the model and those weight feeds. A head that reads the image input too (tf2onnx's
+    Reshape takes the batch size from ``Shape(image)``) keeps it as a second input:
+    ``_feature_check`` feeds it a zero image of the reference size, batch by batch.
     """
     import onnx_graphsurgeon as gs
     from onnx import numpy_helper
@@ -1051,10 +1058,12 @@ def _head_model(orig: onnx.ModelProto, feature: str, analysis: Analysis) -> tupl
     elem = analysis.index.dtypes.get(feature) or onnx.TensorProto.FLOAT
     fmap.to_variable(dtype=onnx.helper.tensor_dtype_to_np_dtype(elem), shape=dims or None)
     weights = analysis.index.initializers
-    graph.inputs = [fmap]
+    image = analysis.image.name
+    graph.inputs = [fmap, tensors[image]] if image in tensors else [fmap]
     graph.cleanup(remove_unused_graph_inputs=True).toposort()
     used = [t.name for n in graph.nodes for t in n.inputs if t.name in weights and not isinstance(t, gs.Constant)]
-    graph.inputs = [fmap, *(tensors[name] for name in dict.fromkeys(used))]
+    reads_image = any(t.name == image for n in graph.nodes for t in n.inputs)
+    graph.inputs = [fmap, *([tensors[image]] if reads_image else []), *(tensors[name] for name in dict.fromkeys(used))]
     model = gs.export_onnx(graph, do_type_check=False)
     del model.graph.value_info[:]
     model.ir_version = max(orig.ir_version, 4)
@@ -1071,7 +1080,14 @@ def _feature_check(ctx: _Context, head: tuple[ort.InferenceSession, dict[str, np
     wins = _windows(subject, fmap, cells)
     head_sess, weights = head
     orig_wins = np.ascontiguousarray(np.transpose(wins, subject.conv_to_orig))
-    outs = _batched(head_sess, subject.feature, orig_wins, "the original's head", chunk=max(batch, 8), extra=weights)
+    image = subject.analysis.image
+    alongside = None
+    if image.name in {i.name for i in head_sess.get_inputs()}:  # read for its shape: zeros will do
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(subject.analysis.index.dtypes.get(image.name) or onnx.TensorProto.FLOAT)
+        zeros = np.zeros(image.shape_at(1, image.height, image.width), dtype=dtype)
+        alongside = {image.name: np.broadcast_to(zeros, (len(orig_wins), *zeros.shape[1:]))}
+    outs = _batched(head_sess, subject.feature, orig_wins, "the original's head", chunk=max(batch, 8), extra=weights,
+                    alongside=alongside)
     want = dict(zip([o.name for o in head_sess.get_outputs()], outs))
     details: dict[str, Any] = {"size": list(size), "grid": [gh, gw], "cells_checked": len(cells),
                                "feature": subject.conv_feature}

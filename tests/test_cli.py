@@ -110,13 +110,19 @@ def test_already_fully_convolutional_exit_3(tmp_path: Path) -> None:
     assert res.exit_code == 3 and "already converted" in res.output
 
 
-def test_self_check_failure_writes_nothing(tmp_path: Path) -> None:
-    """inception_v2 from the light zoo runs only at some sizes: refused, nothing written."""
+def test_lattice_model_states_its_sizes(tmp_path: Path) -> None:
+    """inception_v2 from the light zoo runs only at some sizes: converted, with the sizes stated;
+    verify and inspect refuse a size off them with one line."""
     out = tmp_path / "o.onnx"
     res = runner.invoke(app, ["convert", str(LIGHT / "light_inception_v2.onnx"), "-o", str(out)])
-    assert res.exit_code == 2
-    assert "n161" in res.output
-    assert not out.exists()
+    assert res.exit_code == 0, res.output
+    assert "sizes  H = 32k+{0,1,2,3,4,5,6,31}, W = 32k+{0,1,2,3,4,5,6,31} only" in res.output
+    assert {p.key: p.value for p in onnx.load(out).metadata_props}["onnxfcn.sizes"] == "32k+{0,1,2,3,4,5,6,31}"
+    for args in (["verify", str(LIGHT / "light_inception_v2.onnx"), str(out), "--size", "300x300"],
+                 ["inspect", str(LIGHT / "light_inception_v2.onnx"), "--at", "250x288"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and "is not a size the model runs at" in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1
 
 
 def test_help_explains_modes() -> None:

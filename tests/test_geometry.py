@@ -161,3 +161,57 @@ def test_unknown_spatial_kernel_is_refused() -> None:
     plan = onnxfcn.inspect(model)
     assert not plan and plan.blockers[0]["node"] == "lp" and "SmoothPool" in str(plan.blockers[0]["reason"])
 
+
+
+# --------------------------------------------------------------------------------------------
+# Size lattices: merged branches whose sizes agree only at some input sizes
+
+
+def _floor_ceil_merge() -> onnx.ModelProto:
+    """A MaxPool 2/2 branch (floor(m/2)) and a padded Conv 3/2 branch (ceil(m/2)) added: they agree
+    only where the map m = n - 2 is even, so at even input sizes alone."""
+    b = Builder(13, seed=31)
+    x = b.node("Conv", ["image", b.weight("w1", (8, 3, 3, 3)), b.weight("b1", (8,), 0.1)], kernel_shape=[3, 3])
+    x = b.node("Relu", [x])
+    a = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    c = b.node("Conv", [x, b.weight("w2", (8, 8, 3, 3)), b.weight("b2", (8,), 0.1)], kernel_shape=[3, 3],
+               strides=[2, 2], pads=[1, 1, 1, 1])
+    y = b.node("Relu", [b.node("Add", [a, c])])
+    y = b.node("Conv", [y, b.weight("w3", (8, 8, 3, 3)), b.weight("b3", (8,), 0.1)], kernel_shape=[3, 3])
+    y = gemm(b, b.node("Flatten", [y], axis=1), 8 * 7 * 7, 12)
+    y = gemm(b, b.node("Relu", [y]), 12, 6)
+    return b.model([1, 3, 20, 20], [y], out_names=["scores"])
+
+
+def test_lattice_helpers() -> None:
+    from onnxfcn.geometry import _meet, lattice_text, next_on_lattice, on_lattice, parse_lattice
+
+    for lat in [(1, (0,)), (32, (7,)), (32, (0, 1, 31))]:
+        assert parse_lattice(lattice_text(lat)) == lat
+    assert lattice_text((32, (0, 1, 31))) == "32k+{0,1,31}" and lattice_text((1, (0,))) == "any"
+    assert _meet((2, (0,)), (3, (1,))) == (6, (4,))
+    assert next_on_lattice(250, (32, (0, 31))) == 255 and on_lattice(256, (32, (0, 31)))
+    for bad in ("32k+40", "k+1", "32k+", "0k+0"):
+        with pytest.raises(onnxfcn.OnnxFcnError):
+            parse_lattice(bad)
+
+
+def test_branches_agreeing_at_even_sizes_give_a_lattice() -> None:
+    model = _floor_ceil_merge()
+    converted, report = onnxfcn.convert(model)
+    geo = report.geometry
+    assert geo.lattice == ((2, (0,)), (2, (0,)))
+    assert {p.key: p.value for p in converted.metadata_props}["onnxfcn.sizes"] == "2k+0"
+    assert all(n % 2 == 0 for r in report.self_check for n in r["size"])
+    for n in range(20, 31):  # the converted model runs exactly at the stated sizes
+        try:
+            run(converted, rand([1, 3, n, 22]))
+            ran = True
+        except Exception:  # onnxruntime's error types vary
+            ran = False
+        assert ran == (n % 2 == 0), n
+    assert onnxfcn.verify(model, converted, positions="all")
+    with pytest.raises(onnxfcn.OnnxFcnError, match="next size that is: 24x26"):
+        onnxfcn.verify(model, converted, sizes=[(23, 26)])
+    summary = onnxfcn.inspect(model, at=(24, 30)).geometry
+    assert summary is not None and summary["grid_at"]["cells"] == list(geo.grid(24, 30))

@@ -304,6 +304,19 @@ def test_files_from_before_the_field_start_key_still_tile_right(padded_rgb: tupl
     np.testing.assert_allclose(tiled.scores, one.scores, rtol=0, atol=1e-5 * float(np.abs(one.scores).max()))
 
 
+@pytest.mark.parametrize("wrong", [(-1, 0), (0, -1), (1, 0)])
+def test_a_wrong_grid_is_never_stitched_silently(padded_rgb: tuple[onnx.ModelProto, Path],
+                                                 wrong: tuple[int, int]) -> None:
+    """If the grid shape inference gave were off by a cell, the tiles would drop or invent a row:
+    the edge tiles' own outputs catch it."""
+    _, conv = padded_rgb
+    sm = ScanModel.load(conv)
+    gh, gw = sm.grid(70, 64)
+    sm._grids[70, 64] = (gh + wrong[0], gw + wrong[1])
+    with pytest.raises(OnnxFcnError, match="not the one its shapes give"):
+        scan(sm, np.zeros((70, 64, 3), np.float32), tile=sm.receptive_field[0] + 2)
+
+
 def test_tile_smaller_than_the_field_is_refused(padded_rgb: tuple[onnx.ModelProto, Path]) -> None:
     _, conv = padded_rgb
     with pytest.raises(OnnxFcnError, match="smaller than what one cell depends on"):
@@ -510,4 +523,23 @@ def test_tiles_equal_one_pass_digits_model(digits: Path) -> None:
     one = scan(digits, x, top=None)
     tiled = scan(digits, x, top=None, tile=30)
     assert tiled.tiles > 20 and tiled.tiles_exact
+    np.testing.assert_allclose(tiled.scores, one.scores, rtol=0, atol=1e-5 * float(np.abs(one.scores).max()))
+
+
+def test_lattice_model_scans_only_its_sizes_and_tiles_on_them(tmp_path: Path) -> None:
+    """A model that runs only at even sizes: an odd input is refused with the next size; tiles
+    keep to the lattice (their lengths too) and equal one pass."""
+    from test_geometry import _floor_ceil_merge
+
+    conv, _ = convert(_floor_ceil_merge())
+    onnx.save(conv, tmp_path / "m.onnx")
+    sm = ScanModel.load(tmp_path / "m.onnx")
+    assert sm.lattice == ((2, (0,)), (2, (0,)))
+    with pytest.raises(OnnxFcnError, match="next size that is: 42x60"):
+        scan(sm, np.zeros((41, 60, 3), np.float32))
+    x = np.random.default_rng(17).standard_normal((82, 60, 3)).astype(np.float32)
+    one = scan(sm, x, top=None)
+    tiles = plan_tiles(sm, 82, 60, sm.receptive_field[0] + 3)
+    assert len(tiles) > 2 and all((t.y1 - t.y0) % 2 == 0 and (t.x1 - t.x0) % 2 == 0 for t in tiles)
+    tiled = scan(sm, x, top=None, tile=sm.receptive_field[0] + 3)
     np.testing.assert_allclose(tiled.scores, one.scores, rtol=0, atol=1e-5 * float(np.abs(one.scores).max()))

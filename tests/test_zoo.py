@@ -55,7 +55,31 @@ def test_light_zoo_realistic_weights_convert_and_verify(name: str, tier_table: l
                        "verify_feature_ratio": max(o.ratio or 0.0 for o in feature.outputs)})
 
 
-def test_inception_v2_is_refused_with_the_merging_node() -> None:
-    """Its branches disagree in size at most inputs: convert says which node and why."""
-    with pytest.raises(onnxfcn.UnsupportedModelError, match="n161.*sizes differ"):
-        onnxfcn.convert(LIGHT / "light_inception_v2.onnx")
+def test_inception_v2_runs_exactly_at_its_lattice() -> None:
+    """Its branches agree in size only at H, W = 32k + {31, 0..6}: the converted model runs at
+    every such size and fails (an onnxruntime error at a merge) at every other, as stated."""
+    from onnxfcn.geometry import on_lattice
+
+    converted, report = onnxfcn.convert(LIGHT / "light_inception_v2.onnx")
+    lat = report.geometry.lattice
+    assert lat[0] == lat[1] == (32, (0, 1, 2, 3, 4, 5, 6, 31))
+    for n in range(223, 290):
+        x = rand([1, 3, n, 224])
+        try:
+            run(converted, x)
+            ran = True
+        except Exception as exc:  # onnxruntime's error types vary
+            assert "n1" in str(exc) or "dimension" in str(exc).lower() or "broadcast" in str(exc).lower(), exc
+            ran = False
+        assert ran == on_lattice(n, lat[0]), n
+
+
+def test_inception_v2_realistic_verifies_on_its_lattice() -> None:
+    original = realistic("inception_v2")
+    converted, report = onnxfcn.convert(original)
+    assert report.self_check[0]["outputs"][0]["ratio"] <= 1
+    assert all(report.geometry.on_lattice(*r["size"]) for r in report.self_check)
+    result = onnxfcn.verify(original, converted, batch=1, positions=4, sizes=[(287, 256), (320, 262)])
+    assert result, result.reason
+    with pytest.raises(onnxfcn.OnnxFcnError, match="not a size the model runs at"):
+        onnxfcn.verify(original, converted, sizes=[(300, 256)])
