@@ -34,7 +34,8 @@ WHOLE_IMAGE = "sees the whole image"
 # The input sizes a model runs at, per axis: n with n % period in residues ((1, (0,)): any size).
 Lattice = tuple[int, tuple[int, ...]]
 ANY_SIZE: Lattice = (1, (0,))
-_SCALE_OPS = {"Resize", "Upsample", "ConvTranspose", "DepthToSpace", "SpaceToDepth", "MaxUnpool"}
+_SCALE_OPS = {"ConvTranspose", "DepthToSpace", "SpaceToDepth", "MaxUnpool"}
+_RESIZE_OPS = {"Resize", "Upsample"}
 
 SizeFn = Callable[[int], int]
 
@@ -250,6 +251,48 @@ def _keeps_spatial_size(analysis: Analysis, node: onnx.NodeProto) -> bool:
     return a is None or b is None or a == b
 
 
+def resize_factors(analysis: Analysis, node: onnx.NodeProto) -> tuple[tuple[int, int] | None, str]:
+    """A Resize/Upsample's integer upsampling factors on H and W, or None and why not. Only
+    constant scales qualify: ``sizes`` hold the reference size, and a scale that is not a whole
+    number puts output cells between input cells, where no sliding geometry exists."""
+    index = analysis.index
+    lay = analysis.layout(node.input[0])
+    if node.op_type == "Upsample" and len(node.input) < 2:
+        raw = attr(node, "scales")
+        scales = None if raw is None else [float(v) for v in raw]
+    else:
+        pos = 1 if node.op_type == "Upsample" or index.opset < 11 else 2
+        if len(node.input) > 3 and node.input[3]:
+            return None, "it resizes to constant sizes (the reference size's), not by a scale"
+        value = index.const_value(node.input[pos]) if len(node.input) > pos and node.input[pos] else None
+        scales = None if value is None else [float(v) for v in value.reshape(-1)]
+    if not scales or lay is None or len(scales) != 4:
+        return None, "its scales are not a constant of one value per axis"
+    if scales[lay[0]] != 1 or scales[lay[1]] != 1:
+        return None, f"it scales the batch or channel axis ({scales})"
+    f = (scales[lay[2]], scales[lay[3]])
+    if any(v < 1 or v != int(v) for v in f):
+        return None, f"its spatial scales {f[0]:g}x{f[1]:g} are not whole numbers of at least 1"
+    mode = attr(node, "mode", "nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    coord = attr(node, "coordinate_transformation_mode", "half_pixel" if index.opset >= 11 else "asymmetric")
+    coord = coord.decode() if isinstance(coord, bytes) else str(coord)
+    if mode not in ("nearest", "linear"):
+        return None, f"its {mode} interpolation is not modelled (nearest and linear are)"
+    if coord not in ("asymmetric", "half_pixel", "pytorch_half_pixel"):
+        # align_corners maps positions by the input's own size: a window's cells move with the image
+        return None, f"its coordinate_transformation_mode {coord} depends on the input size"
+    nearest_mode = attr(node, "nearest_mode", "round_prefer_floor")
+    nearest_mode = nearest_mode.decode() if isinstance(nearest_mode, bytes) else str(nearest_mode)
+    if mode == "nearest" and ((coord == "asymmetric" and nearest_mode == "floor") or node.op_type == "Upsample"):
+        mode = "nearest_floor"  # output cell k is input cell floor(k / f) exactly
+    return (int(f[0]), int(f[1])), mode
+
+
+def _scaled_size_fn(prev: SizeFn, factor: int) -> SizeFn:
+    return lambda n: prev(n) * factor
+
+
 def _padded_size_fn(prev: SizeFn, extra: int) -> SizeFn:
     return lambda n: prev(n) + extra
 
@@ -405,6 +448,7 @@ def _walk(analysis: Analysis, features: list[str], feature_window: tuple[int, in
     index = analysis.index
     geo: dict[str, _Geo] = {image.name: _Geo(_Axis(), _Axis(), [])}
     lattice = [ANY_SIZE, ANY_SIZE]
+    coarse = [1, 1]  # the coarsest stride any map so far has had, per axis
     needed = index.ancestors(features)
     pooled_in_trunk: dict[str, str] = {}
     for node in analysis.index.graph.node:
@@ -441,7 +485,8 @@ def _walk(analysis: Analysis, features: list[str], feature_window: tuple[int, in
                     raise UnsupportedModelError(
                         f"merges maps of stride {mine.jump * mine.dense} and {theirs.jump * theirs.dense}"
                         + (f" (at output stride {mine.jump} and {theirs.jump})" if target else ""), node_label(node))
-                agree = _agreeing(mine.size, theirs.size, mine.jump * mine.dense, ref_n)
+                # Sizes repeat with the coarsest stride on the way here (an upsampled branch's too).
+                agree = _agreeing(mine.size, theirs.size, math.lcm(coarse[axis_key], mine.jump * mine.dense), ref_n)
                 if len(agree[1]) < agree[0]:
                     met = _meet(lattice[axis_key], agree)
                     if not on_lattice(ref_n, met):  # the original itself runs at the reference size
@@ -486,6 +531,30 @@ def _walk(analysis: Analysis, features: list[str], feature_window: tuple[int, in
             if edited:
                 assert target is not None
                 edits[node.output[0]] = _kernel_edit(analysis, node, target, factor, strides, pads)
+        elif node.op_type in _RESIZE_OPS and analysis.info[node.input[0]].state is State.SPATIAL:
+            factors, interp = resize_factors(analysis, node)
+            if factors is None:
+                raise UnsupportedModelError(f"{node.op_type} changes the spatial scale and {interp}; sliding-window "
+                                            "geometry is undefined", node_label(node))
+            if target is not None:
+                raise UnsupportedModelError("output stride: an upsampling trunk is not supported", node_label(node))
+            for ax, axis in ((0, h), (1, w)):
+                f = factors[ax]
+                if axis.jump % f:
+                    raise UnsupportedModelError(f"{node.op_type} upsamples a stride-{axis.jump} map by {f}: its cells "
+                                                "would fall between input pixels", node_label(node))
+                new_jump = axis.jump // f
+                # Output cell k reads input cell floor(k / f) (nearest, asymmetric, floor), a cell
+                # within one of k / f (other nearest modes), or two neighbours within [k/f - 2,
+                # k/f + 1] (linear): the field spans those cells' fields.
+                before, after = {"nearest_floor": ((f - 1) * new_jump, 0), "nearest": (axis.jump, axis.jump),
+                                 "linear": (2 * axis.jump, axis.jump)}[interp]
+                axis.start -= before
+                axis.rf += before + after
+                axis.jump = new_jump
+                axis.size = _scaled_size_fn(axis.size, f)
+            if interp == "linear":
+                reasons.append(f"linear Resize at {node_label(node)} clamps at the map's edge")
         elif node.op_type == "Pad" and analysis.info[node.input[0]].state is State.SPATIAL:
             pad_mode = attr(node, "mode", "constant")
             for axis_name, axis, pb, pe in _pad_amounts(analysis, node, h, w):
@@ -513,6 +582,7 @@ def _walk(analysis: Analysis, features: list[str], feature_window: tuple[int, in
         elif node.op_type in _SCALE_OPS:
             raise UnsupportedModelError(f"{node.op_type} changes the spatial scale; sliding-window geometry is undefined",
                                         node_label(node))
+        coarse = [math.lcm(coarse[0], h.jump * h.dense), math.lcm(coarse[1], w.jump * w.dense)]
         for o in node.output:
             if o:
                 geo[o] = _Geo(h, w, reasons)
@@ -536,6 +606,12 @@ def _walk(analysis: Analysis, features: list[str], feature_window: tuple[int, in
                 features[0])
     kh, kw = feature_window
     reasons = list(dict.fromkeys(r for g in feats for r in g.reasons))
+    for axis_name, jump, coarsest in (("H", g0.h.jump * g0.h.dense, coarse[0]), ("W", g0.w.jump * g0.w.dense, coarse[1])):
+        if coarsest > jump:
+            # An upsampled branch: its stride-`coarsest` cells pair up differently for a crop that
+            # starts between them, so only every (coarsest / jump)-th cell is a crop's.
+            reasons.append(f"upsampling: the stride-{jump} map on {axis_name} draws on a stride-{coarsest} one, so "
+                           f"only cells every {coarsest} px see it as their crops do")
     if mode == "dense":
         reasons.append("dense mode: each cell scores one feature position, not a reference-size window")
         rf = (g0.h.rf, g0.w.rf)

@@ -173,8 +173,7 @@ def _refuse_baked(analysis: Analysis, node: onnx.NodeProto) -> None:
     if shape is None:
         return
     if node.op_type in ("Resize", "Upsample"):
-        raise UnsupportedModelError(f"{node.op_type} rescales the feature map; sliding-window geometry is undefined",
-                                    node_label(node))
+        return  # the geometry takes constant scales and refuses constant sizes (geometry.resize_factors)
     operand = node.input[1] if node.op_type in ("Expand", "Tile") else node.input[0]
     if not index.is_const(operand):
         return

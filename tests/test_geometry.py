@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -215,3 +217,103 @@ def test_branches_agreeing_at_even_sizes_give_a_lattice() -> None:
         onnxfcn.verify(model, converted, sizes=[(23, 26)])
     summary = onnxfcn.inspect(model, at=(24, 30)).geometry
     assert summary is not None and summary["grid_at"]["cells"] == list(geo.grid(24, 30))
+
+
+# --------------------------------------------------------------------------------------------
+# Upsampling trunks (HRNet): Resize by a constant whole scale
+
+
+def _upsampling_model(mode: str = "nearest", coord: str = "asymmetric", scales: Any = (1, 1, 2, 2),
+                      sizes: bool = False, padded: bool = False) -> onnx.ModelProto:
+    """A high-resolution branch (stride 2) plus a low one (stride 4) upsampled back and added, as
+    HRNet fuses its branches; padding-free unless ``padded``."""
+    b = Builder(13, seed=41)
+    pads = [1, 1, 1, 1] if padded else [0, 0, 0, 0]
+    x = b.node("Conv", ["image", b.weight("w1", (8, 3, 3, 3)), b.weight("b1", (8,), 0.1)], kernel_shape=[3, 3], pads=pads)
+    high = b.node("MaxPool", [b.node("Relu", [x])], kernel_shape=[2, 2], strides=[2, 2])
+    low = b.node("Conv", [b.node("MaxPool", [high], kernel_shape=[2, 2], strides=[2, 2]), b.weight("w2", (8, 8, 1, 1)),
+                          b.weight("b2", (8,), 0.1)], kernel_shape=[1, 1])
+    attrs: dict[str, Any] = {"mode": mode, "coordinate_transformation_mode": coord}
+    if mode == "nearest":
+        attrs["nearest_mode"] = "floor"
+    if sizes:
+        up = b.node("Resize", [low, "", "", b.ints("sizes", [1, 8, 10, 10])], **attrs)
+    else:
+        up = b.node("Resize", [low, "", b.const("scales", np.asarray(scales, np.float32))], **attrs)
+    y = b.node("Relu", [b.node("Add", [high, up])])
+    y = b.node("Conv", [y, b.weight("w3", (8, 8, 3, 3)), b.weight("b3", (8,), 0.1)], kernel_shape=[3, 3], pads=pads)
+    hw = 10 if padded else 8
+    y = gemm(b, b.node("Flatten", [b.node("Relu", [y])], axis=1), 8 * hw * hw, 16)
+    y = gemm(b, b.node("Relu", [y]), 16, 6)
+    return b.model([1, 3, 22 if not padded else 20, 22 if not padded else 20], [y], out_names=["scores"])
+
+
+def test_nearest_upsampling_trunk_on_its_lattice() -> None:
+    """Padding-free: cells on the coarse branch's grid (every 4 px) equal their crops exactly; the
+    cells between see the low branch in another phase than their crops, and the report says so."""
+    from onnxfcn.geometry import on_lattice
+
+    model = _upsampling_model()
+    converted, report = onnxfcn.convert(model)
+    geo = report.geometry
+    assert geo.stride == (2, 2) and not geo.exact
+    assert any("draws on a stride-4 one" in r for r in geo.reasons)
+    assert geo.lattice[0] == geo.lattice[1] == (4, (2, 3))
+    for n in range(22, 35):  # the converted model runs exactly at the stated sizes
+        try:
+            run(converted, rand([1, 3, n, 22]))
+            ran = True
+        except Exception:  # onnxruntime's error types vary
+            ran = False
+        assert ran == on_lattice(n, geo.lattice[0]), n
+    x = rand([2, 3, 34, 30], seed=5)
+    y = run(converted, x)[0]
+    off_grid = 0.0
+    for i in range(y.shape[2]):
+        for j in range(y.shape[3]):
+            crop = np.ascontiguousarray(x[:, :, 2 * i:2 * i + 22, 2 * j:2 * j + 22])
+            if crop.shape[2:] != (22, 22):
+                continue
+            want = np.concatenate([run(model, crop[k:k + 1])[0] for k in range(2)])
+            if i % 2 == 0 and j % 2 == 0:
+                assert_close(y[:, :, i, j], want, rel=1e-5)
+            else:
+                off_grid = max(off_grid, float(np.abs(y[:, :, i, j] - want).max() / np.abs(want).max()))
+    assert off_grid > 1e-3  # the reason is real: cells between the coarse grid differ from their crops
+    assert onnxfcn.verify(model, converted, positions="all")
+
+
+def test_upsampled_fields_hold_what_a_cell_reads() -> None:
+    """The field the geometry gives an upsampled cell is large enough: tiles that overlap by it
+    stitch to one pass (they would not if it missed a pixel a cell depends on)."""
+    from onnxfcn import scan
+
+    for mode, coord in (("nearest", "asymmetric"), ("linear", "half_pixel"), ("nearest", "half_pixel")):
+        model = _upsampling_model(mode, coord, padded=True)
+        converted, report = onnxfcn.convert(model)
+        assert (mode == "linear") == any("linear Resize" in r for r in report.geometry.reasons)
+        assert onnxfcn.verify(model, converted, positions="all"), (mode, coord)
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx.save(converted, Path(tmp) / "m.onnx")
+            h = report.geometry.next_size(64, 60)
+            x = rand([h[0], h[1], 3], seed=6)
+            one = scan(Path(tmp) / "m.onnx", x, top=None)
+            tiled = scan(Path(tmp) / "m.onnx", x, top=None, tile=report.geometry.receptive_field[0] + 4)
+            assert tiled.tiles > 2
+            np.testing.assert_allclose(tiled.scores, one.scores, rtol=0, atol=1e-5 * float(np.abs(one.scores).max()))
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("sizes", "constant sizes"),
+    ("align_corners", "depends on the input size"),
+    ("fractional", "not whole numbers"),
+    ("cubic", "cubic interpolation is not modelled"),
+])
+def test_resize_that_has_no_sliding_geometry_is_refused_by_name(kind: str, message: str) -> None:
+    model = {"sizes": lambda: _upsampling_model(sizes=True),
+             "align_corners": lambda: _upsampling_model("linear", "align_corners"),
+             "fractional": lambda: _upsampling_model(scales=(1, 1, 2.1, 2.1)),
+             "cubic": lambda: _upsampling_model("cubic", "half_pixel")}[kind]()
+    with pytest.raises(onnxfcn.UnsupportedModelError, match=message) as err:
+        onnxfcn.convert(model)
+    assert "Resize" in str(err.value)

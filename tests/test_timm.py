@@ -1,6 +1,7 @@
 """timm models (random weights, realistic scale, legacy exporter): DLA34, whose merged branches
-agree in size only on a lattice, converts with the lattice stated and runs exactly there;
-HRNet-W18-small, whose trunk upsamples, is refused by name (Resize trunks are not supported)."""
+agree in size only on a lattice, and HRNet-W18-small, whose trunk upsamples its low-resolution
+branches (Resize, nearest, by 2, 4 and 8) into the high ones, convert with their lattices stated,
+run exactly there, and pass verify."""
 
 from __future__ import annotations
 
@@ -35,20 +36,10 @@ def export_timm(name: str, folder: Path) -> Path:
     return path
 
 
-def test_dla34_converts_on_its_lattice_and_verifies(export_dir: Path) -> None:
+def test_dla34_verifies_on_its_lattice(export_dir: Path) -> None:
     path = export_timm("dla34", export_dir)
     converted, report = onnxfcn.convert(path)
-    lat = report.geometry.lattice
-    assert lat[0] == lat[1] == (32, (0, 31))
-    out = report.self_check[0]["outputs"][0]
-    assert out["ratio"] <= 1
-    for n in range(222, 258):  # the converted model runs exactly at the stated heights
-        try:
-            run(converted, rand([1, 3, n, 224]))
-            ran = True
-        except Exception:  # onnxruntime's error types vary
-            ran = False
-        assert ran == on_lattice(n, lat[0]), n
+    assert report.geometry.lattice[0] == (32, (0, 31))
     result = onnxfcn.verify(path, converted, sizes=[(287, 320)], positions="all")
     assert result, result.reason
     feature = next(c for c in result.checks if c.name == "feature")
@@ -57,7 +48,21 @@ def test_dla34_converts_on_its_lattice_and_verifies(export_dir: Path) -> None:
     assert float(np.std(logits)) >= 2
 
 
-def test_hrnet_upsampling_trunk_is_refused_by_name(export_dir: Path) -> None:
-    path = export_timm("hrnet_w18_small", export_dir)
-    with pytest.raises(onnxfcn.UnsupportedModelError, match="Resize.*spatial axes"):
-        onnxfcn.convert(path)
+@pytest.mark.parametrize("name, lattice", [("dla34", (32, (0, 31))), ("hrnet_w18_small", (32, (0, 29, 30, 31)))])
+def test_lattice_models_run_exactly_at_their_sizes(export_dir: Path, name: str, lattice: tuple[int, tuple[int, ...]]
+                                                   ) -> None:
+    path = export_timm(name, export_dir)
+    converted, report = onnxfcn.convert(path)
+    assert report.geometry.lattice == (lattice, lattice)
+    assert report.self_check[0]["outputs"][0]["ratio"] <= 1
+    for n in range(220, 258):
+        try:
+            run(converted, rand([1, 3, n, 224]))
+            ran = True
+        except Exception:  # onnxruntime's error types vary
+            ran = False
+        assert ran == on_lattice(n, lattice), n
+    if name == "hrnet_w18_small":
+        result = onnxfcn.verify(path, converted, sizes=[(286, 320)], positions="all")
+        assert result, result.reason
+        assert not any("upsampling" in r for r in report.geometry.reasons)  # its head reads the stride-32 map
