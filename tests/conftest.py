@@ -21,6 +21,21 @@ def run(model: onnx.ModelProto, x: np.ndarray, name: str | None = None) -> list[
     return sess.run(None, {name or sess.get_inputs()[0].name: x})
 
 
+def heights_that_run(model: onnx.ModelProto, heights: range, width: int) -> list[int]:
+    """The input heights (NCHW, 3 channels, batch 1) at which onnxruntime runs ``model``."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    ran = []
+    for n in heights:
+        try:
+            sess.run(None, {sess.get_inputs()[0].name: rand([1, 3, n, width])})
+            ran.append(n)
+        except Exception:  # onnxruntime's error types vary
+            pass
+    return ran
+
+
 def rand(shape: list[int], seed: int = 1, dtype: Any = np.float32) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 
