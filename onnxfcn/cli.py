@@ -614,8 +614,9 @@ def scan(
             return make
 
         def finish(result: Any) -> None:
-            tmp = temps.pop() if temps else None
-            written = write_result(result, out, class_, display_scale, png, tmp)
+            # The scores file stays listed (and is removed on failure) until it is in place.
+            written = write_result(result, out, class_, display_scale, png, temps[-1] if temps else None)
+            temps.clear()
             if not quiet:
                 _print_scan(result, written)
 

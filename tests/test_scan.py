@@ -21,7 +21,7 @@ from onnxfcn import convert
 from onnxfcn.cli import app
 from onnxfcn.errors import InvalidConversionError, OnnxFcnError
 from onnxfcn.preprocess import Preprocess
-from onnxfcn.scan import ScanModel, _axis_tiles, plan_tiles, scan, select_cells
+from onnxfcn.scan import ScanModel, ScanResult, _axis_tiles, plan_tiles, scan, select_cells
 
 runner = CliRunner()
 MODELS = ROOT / "models"
@@ -543,3 +543,19 @@ def test_lattice_model_scans_only_its_sizes_and_tiles_on_them(tmp_path: Path) ->
     assert len(tiles) > 2 and all((t.y1 - t.y0) % 2 == 0 and (t.x1 - t.x0) % 2 == 0 for t in tiles)
     tiled = scan(sm, x, top=None, tile=sm.receptive_field[0] + 3)
     np.testing.assert_allclose(tiled.scores, one.scores, rtol=0, atol=1e-5 * float(np.abs(one.scores).max()))
+
+
+def test_cli_failed_picture_leaves_no_tiled_scores_behind(exact_rgb: tuple[onnx.ModelProto, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tiled scan fills its scores in a temporary file; if writing the picture then fails,
+    nothing of that input is left, temporary or not."""
+    _, conv = exact_rgb
+    np.save(tmp_path / "a.npy", np.zeros((40, 40, 3), np.float32))
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ScanResult, "save_png", broken)
+    res = runner.invoke(app, ["scan", str(conv), str(tmp_path / "a.npy"), "--out", str(tmp_path / "o"), "--tile", "24"])
+    assert res.exit_code != 0
+    assert list((tmp_path / "o").iterdir()) == []
