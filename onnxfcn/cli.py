@@ -581,8 +581,6 @@ def scan(
     verbose: Verbose = False,
 ) -> None:
     """Run a converted model on images of any size: score maps, the best cells with their boxes, pictures."""
-    from dataclasses import replace
-
     from .scan import Runner, ScanModel, ScanOptions, ScoresFile, list_inputs, open_input, scan_source, write_result
 
     _set_verbose(verbose)
@@ -596,7 +594,7 @@ def scan(
         files = list_inputs(inputs)
         model = ScanModel.load(converted, output_name)
         if labels is not None:
-            model = replace(model, labels=tuple(read_labels(labels)), _grids={})
+            model = model.with_labels(read_labels(labels))
         pre = model.preprocess.with_overrides(parse_scale(scale), parse_floats(mean, "--mean"),
                                               parse_floats(std, "--std"), channels.value if channels else None)
         if class_ is not None:

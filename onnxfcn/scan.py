@@ -23,7 +23,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -112,6 +112,12 @@ class ScanModel:
                    global_context, name, layout, channels, dtype, out_name, axes,
                    tuple(labels) if labels else None, Preprocess.from_metadata(meta), weights, class_count(proto),
                    parse_sizes(meta.get("sizes", "any")), skeleton(proto, {}))
+
+    def with_labels(self, labels: Sequence[str]) -> ScanModel:
+        """This model with other class names (scan's ``--labels``): one per class."""
+        if self.classes is not None and len(labels) != self.classes:
+            raise OnnxFcnError(f"{len(labels)} labels for {self.classes} classes: give one label per class")
+        return replace(self, labels=tuple(labels), _grids={})
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Output cells at this input size (shape inference on the converted graph)."""

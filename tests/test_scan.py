@@ -409,11 +409,14 @@ def test_cli_folder_writes_three_files_per_input(exact_rgb: tuple[onnx.ModelProt
     (["--display-scale", "0"], "--display-scale must be positive"),
     (["--workers", "2", "--scheduler", "tcp://x:1"], "not both"),
     (["--mean", "1,2"], "mean has 2 values"),
+    (["--labels", "L3"], "3 labels for 7 classes"),
 ])
 def test_cli_bad_options_one_line_exit_2(exact_rgb: tuple[onnx.ModelProto, Path], tmp_path: Path,
                                          args: list[str], message: str) -> None:
     _, conv = exact_rgb
     Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "x.png")
+    (tmp_path / "L3").write_text("a\nb\nc\n")
+    args = [str(tmp_path / "L3") if a == "L3" else a for a in args]
     res = runner.invoke(app, ["scan", str(conv), str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), *args])
     assert res.exit_code == 2, res.output
     assert message in res.output and len(res.output.strip().splitlines()) == 1
