@@ -28,7 +28,7 @@ from .inspect import inspect as do_inspect
 from .io import check_output_path, load_model, save_model, write_text_atomic
 from .plan import analyse_model
 from .preprocess import Preprocess, parse_floats, parse_scale, read_image, read_labels
-from .runtime import parse_bytes
+from .runtime import parse_bytes, resolve_providers
 from .verify import verify as do_verify
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_ALREADY_FCN = 0, 1, 2, 3
@@ -600,7 +600,8 @@ def scan(
         if class_ is not None:
             model.class_index(class_)
         opts = ScanOptions(top if top is not None or threshold is not None else 5, threshold, use_softmax, tile,
-                           parse_bytes(max_memory) if max_memory else None, _provider(provider))
+                           parse_bytes(max_memory) if max_memory else None,
+                           resolve_providers(provider.value)[-1])
         out.mkdir(parents=True, exist_ok=True)
         temps: list[str] = []
 
@@ -639,14 +640,6 @@ def scan(
         finally:
             for tmp in temps:
                 Path(tmp).unlink(missing_ok=True)
-
-
-def _provider(p: Provider) -> str:
-    if p is Provider.auto:
-        from .runtime import cuda_available
-
-        return "cuda" if cuda_available() else "cpu"
-    return p.value
 
 
 def _print_scan(r: Any, written: list[Path]) -> None:

@@ -103,4 +103,3 @@ def convert(
     report.seconds = time.perf_counter() - t0
     log.info("converted in %.2fs: %d changes", report.seconds, len(report.changes))
     return model, report
-

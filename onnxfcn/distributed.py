@@ -106,9 +106,8 @@ def scan_files(c: Any, model: ScanModel, files: Sequence[Path], opts: ScanOption
 
 def _tile_region(model: ScanModel, provider: str, region: np.ndarray, preprocess: Preprocess | None,
                  t: Tile) -> np.ndarray:
-    runner = worker_runner(model, provider)
     x = preprocess.apply(region) if preprocess is not None else np.asarray(region, dtype=np.float32)
-    return runner.keep(runner.run(x), t)
+    return worker_runner(model, provider).run_region(x, t)
 
 
 def _tile_file(model: ScanModel, provider: str, source: Source, t: Tile) -> np.ndarray:

@@ -72,8 +72,9 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
 
 
-def meta_pair(meta: dict[str, str], key: str, minimum: int) -> tuple[int, int]:
-    """A metadata value 'A,B' (``read_metadata``'s keys), each at least ``minimum``."""
+def meta_pair(meta: dict[str, str], key: str, minimum: int | None) -> tuple[int, int]:
+    """A metadata value 'A,B' (``read_metadata``'s keys), each at least ``minimum`` (None: any
+    integer, as an offset or a field's start may be negative)."""
     text = meta.get(key)
     if text is None:
         raise InvalidConversionError(f"metadata onnxfcn.{key} is missing")
@@ -81,7 +82,7 @@ def meta_pair(meta: dict[str, str], key: str, minimum: int) -> tuple[int, int]:
         a, b = (int(v) for v in text.split(","))
     except ValueError:
         raise InvalidConversionError(f"metadata onnxfcn.{key} is {text!r}, not two integers 'A,B'") from None
-    if a < minimum or b < minimum:
+    if minimum is not None and (a < minimum or b < minimum):
         raise InvalidConversionError(f"metadata onnxfcn.{key} is {text!r}: values must be at least {minimum}")
     return a, b
 

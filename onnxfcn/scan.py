@@ -32,7 +32,7 @@ import onnx
 from onnx import helper, shape_inference
 
 from .errors import InvalidConversionError, OnnxFcnError, ResourceError
-from .geometry import Lattice, check_on_lattice
+from .geometry import WHOLE_IMAGE, Lattice, check_on_lattice
 from .graph import skeleton, tensor_nbytes
 from .io import atomic_path, commit, load_model, temp_beside, write_text_atomic
 from .plan import meta_pair, parse_sizes, read_metadata
@@ -45,7 +45,7 @@ from .runtime import (
     release_free_memory,
     resource_error,
 )
-from .shapes import OUT_H, OUT_W, class_count
+from .shapes import classes_of, score_axes
 
 log = logging.getLogger(__name__)
 
@@ -93,24 +93,24 @@ class ScanModel:
             raise InvalidConversionError("scan needs a model written by onnxfcn convert (no onnxfcn metadata)")
         window, stride = meta_pair(meta, "window", 1), meta_pair(meta, "stride", 1)
         rf = meta_pair(meta, "receptive_field", 1)
-        offset = _signed_pair(meta, "offset", (0, 0))
+        offset = meta_pair(meta, "offset", None) if "offset" in meta else (0, 0)
         if "receptive_field_start" in meta:
-            start = _signed_pair(meta, "receptive_field_start", (0, 0))
+            start = meta_pair(meta, "receptive_field_start", None)
         elif meta["mode"] == "dense":  # files from before the key: a dense cell's field is at the offset
             start = offset
         else:  # ... a window cell's field of rf holds its window, so it lies within rf - window of it
             start = (offset[0] - (rf[0] - window[0]), offset[1] - (rf[1] - window[1]))
             rf = (2 * rf[0] - window[0], 2 * rf[1] - window[1])
-        global_context = meta.get("global_context", "true" if "sees the whole image" in meta.get("reasons", "")
+        global_context = meta.get("global_context", "true" if WHOLE_IMAGE in meta.get("reasons", "")
                                   else "false") == "true"
         name, layout, channels, dtype = _image_input(proto, meta)
-        out_name, axes = _score_output(proto, output)
+        out_name, axes, classes = _score_output(proto, output)
         labels = labels_from_metadata(meta)
         source: str | bytes = os.fspath(model) if isinstance(model, (str, os.PathLike)) else proto.SerializeToString()
         weights = sum(tensor_nbytes(t) for t in proto.graph.initializer)
         return cls(source, window, stride, offset, rf, start, meta["mode"], meta.get("exact") == "true",
                    global_context, name, layout, channels, dtype, out_name, axes,
-                   tuple(labels) if labels else None, Preprocess.from_metadata(meta), weights, class_count(proto),
+                   tuple(labels) if labels else None, Preprocess.from_metadata(meta), weights, classes,
                    parse_sizes(meta.get("sizes", "any")), skeleton(proto, {}))
 
     def with_labels(self, labels: Sequence[str]) -> ScanModel:
@@ -156,17 +156,6 @@ class ScanModel:
                            + ("" if self.labels else " (the model has none)"))
 
 
-def _signed_pair(meta: dict[str, str], key: str, default: tuple[int, int]) -> tuple[int, int]:
-    text = meta.get(key)
-    if not text:
-        return default
-    try:
-        a, b = (int(v) for v in text.split(","))
-    except ValueError:
-        raise InvalidConversionError(f"metadata onnxfcn.{key} is {text!r}, not two integers 'A,B'") from None
-    return a, b
-
-
 def _image_input(model: onnx.ModelProto, meta: dict[str, str]) -> tuple[str, str, int, str]:
     inits = {t.name for t in model.graph.initializer}
     inputs = [vi for vi in model.graph.input if vi.name not in inits]
@@ -187,30 +176,28 @@ def _image_input(model: onnx.ModelProto, meta: dict[str, str]) -> tuple[str, str
     return name, layout, int(channels), np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name
 
 
-def _score_output(model: onnx.ModelProto, wanted: str | None) -> tuple[str, tuple[int, int, int]]:
-    """The output of class scores, N x K x out_h x out_w in some order, and its K, h, w axes."""
-    found: list[tuple[str, tuple[int, int, int]]] = []
-    unnamed: list[tuple[str, tuple[int, int, int]]] = []
+def _score_output(model: onnx.ModelProto, wanted: str | None) -> tuple[str, tuple[int, int, int], int | None]:
+    """The output of class scores, N x K x out_h x out_w in some order: its name, its K, h, w
+    axes, and K where the graph states it."""
+    found: list[tuple[onnx.ValueInfoProto, tuple[int, int, int]]] = []
+    unnamed: list[tuple[onnx.ValueInfoProto, tuple[int, int, int]]] = []
     for out in model.graph.output:
-        dims = [d.dim_param for d in out.type.tensor_type.shape.dim]
-        if len(dims) != 4:
-            continue
-        if OUT_H in dims and OUT_W in dims:
-            h, w = dims.index(OUT_H), dims.index(OUT_W)
-            k = next(a for a in (1, 2, 3) if a not in (h, w))
-            found.append((out.name, (k, h, w)))
-        else:  # dims renamed by another tool: the converted layout, N x K x h x w
-            unnamed.append((out.name, (1, 2, 3)))
+        axes = score_axes(out)
+        if axes is not None:
+            found.append((out, axes))
+        elif len(out.type.tensor_type.shape.dim) == 4:  # dims renamed by another tool: N x K x h x w
+            unnamed.append((out, (1, 2, 3)))
     if wanted is not None:
-        for name, axes in found + unnamed:
-            if name == wanted:
-                return name, axes
-        raise OnnxFcnError(f"--output {wanted!r}: not a score map output of the model "
-                           f"({', '.join(n for n, _ in found + unnamed) or 'none'})")
-    found = found or unnamed
-    if not found:
+        chosen = next(((o, a) for o, a in found + unnamed if o.name == wanted), None)
+        if chosen is None:
+            raise OnnxFcnError(f"--output {wanted!r}: not a score map output of the model "
+                               f"({', '.join(o.name for o, _ in found + unnamed) or 'none'})")
+    elif found or unnamed:
+        chosen = (found or unnamed)[0]
+    else:
         raise InvalidConversionError("the model has no four-dimensional score map output")
-    return found[0]
+    out, axes = chosen
+    return out.name, axes, classes_of(out, axes[0])
 
 
 def _grid(model: ScanModel, height: int, width: int) -> tuple[int, int]:
@@ -472,7 +459,11 @@ class Runner:
 
     def run_tile(self, source: Source, t: Tile) -> np.ndarray:
         """The kept cells of one tile, K x (i1 - i0) x (j1 - j0)."""
-        kept = self.keep(self.run(source.read(t.y0, t.y1, t.x0, t.x1)), t).copy()
+        return self.run_region(source.read(t.y0, t.y1, t.x0, t.x1), t)
+
+    def run_region(self, x: np.ndarray, t: Tile) -> np.ndarray:
+        """The kept cells of tile ``t``, whose input values (H x W x C) are ``x``."""
+        kept = self.keep(self.run(x), t).copy()
         release_free_memory()  # tiles of a few sizes, run after one another: keep the peak a tile's
         return kept
 

@@ -59,12 +59,25 @@ def make_dynamic(model: onnx.ModelProto, image: ImageInput, outputs: dict[str, M
     del g.value_info[:]
 
 
+def score_axes(out: onnx.ValueInfoProto) -> tuple[int, int, int] | None:
+    """A score map output's class, out_height and out_width axes, from the names ``make_dynamic``
+    gives its dims (None: not a 4-D output with those names)."""
+    params = [d.dim_param for d in out.type.tensor_type.shape.dim]
+    if len(params) != 4 or OUT_H not in params or OUT_W not in params:
+        return None
+    h, w = params.index(OUT_H), params.index(OUT_W)
+    return next(a for a in (1, 2, 3) if a not in (h, w)), h, w
+
+
+def classes_of(out: onnx.ValueInfoProto, class_axis: int) -> int | None:
+    dim = out.type.tensor_type.shape.dim[class_axis]
+    return int(dim.dim_value) if dim.HasField("dim_value") else None
+
+
 def class_count(model: onnx.ModelProto) -> int | None:
     """Classes of the first score map output (the dim beside batch, out_height and out_width)."""
     for out in model.graph.output:
-        dims = out.type.tensor_type.shape.dim
-        params = [d.dim_param for d in dims]
-        if len(dims) == 4 and OUT_H in params and OUT_W in params:
-            k = next(a for a in (1, 2, 3) if params[a] not in (OUT_H, OUT_W))
-            return int(dims[k].dim_value) if dims[k].HasField("dim_value") else None
+        axes = score_axes(out)
+        if axes is not None:
+            return classes_of(out, axes[0])
     return None

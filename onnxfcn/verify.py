@@ -633,7 +633,7 @@ def read_conversion(orig: onnx.ModelProto, conv: onnx.ModelProto) -> Subject:
     meta.setdefault("feature_dilation", "1,1")  # files from before output strides
     for key, value in (("stride", geo.stride), ("offset", geo.offset), ("feature_window", geo.feature_window),
                        ("feature_dilation", geo.feature_dilation)):
-        got = meta_pair(meta, key, 0 if key == "offset" else 1) if key != "offset" else _meta_offset(meta)
+        got = meta_pair(meta, key, None if key == "offset" else 1)
         if got != tuple(value):
             raise InvalidConversionError(f"metadata onnxfcn.{key} is {got[0]},{got[1]} but the original's graph gives "
                                          f"{value[0]},{value[1]}")
@@ -661,15 +661,6 @@ def read_conversion(orig: onnx.ModelProto, conv: onnx.ModelProto) -> Subject:
     layouts = {name: m.layout for name, m in plan.outputs.items()}
     return Subject(analysis, geo, mode, [o.name for o in orig.graph.output], _grid_axes(analysis, layouts), feature,
                    conv_feature, perm_to(conv_lay, lay), evaluator, why)
-
-
-def _meta_offset(meta: dict[str, str]) -> tuple[int, int]:
-    text = meta.get("offset", "")
-    try:
-        a, b = (int(v) for v in text.split(","))
-    except ValueError:
-        raise InvalidConversionError(f"metadata onnxfcn.offset is {text!r}, not two integers 'A,B'") from None
-    return a, b
 
 
 def _outputs_check(orig: onnx.ModelProto, conv: onnx.ModelProto) -> CheckResult | None:
@@ -1083,8 +1074,7 @@ def _feature_check(ctx: _Context, head: tuple[ort.InferenceSession, dict[str, np
     image = subject.analysis.image
     alongside = None
     if image.name in {i.name for i in head_sess.get_inputs()}:  # read for its shape: zeros will do
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(subject.analysis.index.dtypes.get(image.name) or onnx.TensorProto.FLOAT)
-        zeros = np.zeros(image.shape_at(1, image.height, image.width), dtype=dtype)
+        zeros = np.zeros(image.shape_at(1, image.height, image.width), dtype=_input_dtype(ctx.orig, image.name))
         alongside = {image.name: np.broadcast_to(zeros, (len(orig_wins), *zeros.shape[1:]))}
     outs = _batched(head_sess, subject.feature, orig_wins, "the original's head", chunk=max(batch, 8), extra=weights,
                     alongside=alongside)

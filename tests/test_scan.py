@@ -562,3 +562,16 @@ def test_cli_failed_picture_leaves_no_tiled_scores_behind(exact_rgb: tuple[onnx.
     res = runner.invoke(app, ["scan", str(conv), str(tmp_path / "a.npy"), "--out", str(tmp_path / "o"), "--tile", "24"])
     assert res.exit_code != 0
     assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_cli_cuda_without_cuda_is_one_clear_error(exact_rgb: tuple[onnx.ModelProto, Path], tmp_path: Path) -> None:
+    from onnxfcn.runtime import cuda_available
+
+    if cuda_available():
+        pytest.skip("this machine has CUDA")
+    _, conv = exact_rgb
+    np.save(tmp_path / "a.npy", np.zeros((30, 30, 3), np.float32))
+    res = runner.invoke(app, ["scan", str(conv), str(tmp_path / "a.npy"), "--out", str(tmp_path / "o"),
+                              "--provider", "cuda"])
+    assert res.exit_code == 2 and "CUDA provider asked for" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "o" / "a.json").exists()
