@@ -631,17 +631,25 @@ def read_conversion(orig: onnx.ModelProto, conv: onnx.ModelProto) -> Subject:
         raise InvalidConversionError(f"metadata onnxfcn.window is {window[0]},{window[1]} but the original's input "
                                      f"is {image.height}x{image.width}")
     meta.setdefault("feature_dilation", "1,1")  # files from before output strides
-    for key, value in (("stride", geo.stride), ("offset", geo.offset), ("feature_window", geo.feature_window),
-                       ("feature_dilation", geo.feature_dilation)):
-        got = meta_pair(meta, key, None if key == "offset" else 1)
+    # What scan reads (the field, for its tiles' overlap; the sizes; the input) is checked like the
+    # rest; keys that files from before them lack are checked where present.
+    pairs = [("stride", geo.stride, 1), ("offset", geo.offset, None), ("feature_window", geo.feature_window, 1),
+             ("feature_dilation", geo.feature_dilation, 1), ("receptive_field", geo.receptive_field, 1)]
+    if "receptive_field_start" in meta:
+        pairs.append(("receptive_field_start", geo.receptive_field_start, None))
+    for key, value, minimum in pairs:
+        got = meta_pair(meta, key, minimum)
         if got != tuple(value):
             raise InvalidConversionError(f"metadata onnxfcn.{key} is {got[0]},{got[1]} but the original's graph gives "
                                          f"{value[0]},{value[1]}")
     if meta.get("exact") not in ("true", "false"):
         raise InvalidConversionError(f"metadata onnxfcn.exact is {meta.get('exact')!r}, not true or false")
-    if meta.get("sizes", sizes_text(geo)) != sizes_text(geo):  # (absent in files from before lattices)
-        raise InvalidConversionError(f"metadata onnxfcn.sizes is {meta['sizes']!r} but the original's graph runs at "
-                                     f"{sizes_text(geo)!r}")
+    texts = {"sizes": sizes_text(geo), "global_context": "true" if geo.global_context else "false",
+             "input": image.name, "input_layout": image.layout}
+    for key, want_text in texts.items():
+        if meta.get(key, want_text) != want_text:
+            raise InvalidConversionError(f"metadata onnxfcn.{key} is {meta[key]!r} but the original's graph gives "
+                                         f"{want_text!r}")
     if (meta["exact"] == "true") != geo.exact:
         raise InvalidConversionError(f"metadata onnxfcn.exact is {meta['exact']} but the original's graph makes the "
                                      f"conversion {'exact' if geo.exact else 'approximate'}")

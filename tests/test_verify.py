@@ -192,9 +192,35 @@ def lie_feature_is_another_tensor(conv: onnx.ModelProto) -> None:
     _meta(conv, "features", _node(conv, "Conv", 0).output[0])
 
 
+def lie_receptive_field(conv: onnx.ModelProto) -> None:
+    """scan's tiles overlap by this: a smaller field would stitch tiles that differ from one pass."""
+    _meta(conv, "receptive_field", "10,10")
+
+
+def lie_receptive_field_start(conv: onnx.ModelProto) -> None:
+    _meta(conv, "receptive_field_start", "3,3")
+
+
+def lie_sizes(conv: onnx.ModelProto) -> None:
+    _meta(conv, "sizes", "2k+0")
+
+
+def lie_global_context(conv: onnx.ModelProto) -> None:
+    _meta(conv, "global_context", "true")
+
+
+def lie_input_layout(conv: onnx.ModelProto) -> None:
+    _meta(conv, "input_layout", "NHWC")
+
+
 LIES = {f.__name__[len("lie_"):]: f for f in (
     lie_missing_output, lie_renamed_output, lie_swapped_outputs, lie_feature_producer_deleted,
-    lie_feature_name_dangling, lie_window_metadata, lie_feature_is_another_tensor)}
+    lie_feature_name_dangling, lie_window_metadata, lie_feature_is_another_tensor, lie_receptive_field,
+    lie_receptive_field_start, lie_sizes, lie_global_context, lie_input_layout)}
+# The metadata lies are named in one line, exit 2 (a file that misstates its geometry).
+METADATA_LIES = {"receptive_field": "receptive_field is 10,10", "receptive_field_start": "receptive_field_start is 3,3",
+                 "sizes": "sizes is '2k+0'", "global_context": "global_context is 'true'",
+                 "input_layout": "input_layout is 'NHWC'"}
 
 
 @pytest.mark.parametrize("kind", sorted(LIES))
@@ -206,6 +232,8 @@ def test_lying_conversion_fails(kind: str, tmp_path: Path) -> None:
     res = runner.invoke(app, ["verify", str(o), str(c)])
     assert res.exit_code in (1, 2), res.output
     assert "error:" in res.output or res.output.strip().splitlines()[-1].startswith("FAILED"), res.output
+    if kind in METADATA_LIES:
+        assert res.exit_code == 2 and METADATA_LIES[kind] in res.output, res.output
 
 
 def test_outputs_are_matched_by_name_not_position(tmp_path: Path) -> None:
