@@ -45,7 +45,12 @@ LAMBDA = 10.0
 TRANSCENDENTAL_ULPS = 128.0
 _LAZY_BYTES = 16 * 2**20  # initializers this large are read at run time, not copied in advance
 _BIG_CONST = 2**20  # elements: constants this large are read in float64 blocks, never whole
-_BLOCK_BYTES = 64 * 2**20  # float64 weight columns converted at a time (VGG's 25088x4096 layer: 411 MB)
+# float64 weight columns converted at a time (VGG's 25088x4096 layer: 822 MB whole): per row of
+# the input, up to a cap. A few rows make the products memory-bound, and blocks that stay in the
+# cache are 3x faster than 64 MB ones (VGG16's head, batch 2: 0.16 s against 0.50 s); many rows
+# make them compute-bound, and BLAS wants wide blocks (400 rows: 1.9 s at 64 MB, 11 s at 1 MB).
+_BLOCK_BYTES_PER_ROW = 2**19
+_BLOCK_BYTES_MIN, _BLOCK_BYTES_MAX = 2**20, 64 * 2**20
 
 
 class NoBoundError(Exception):
@@ -148,6 +153,7 @@ class HeadEvaluator:
         self.tiny = 4 * float(np.finfo(np.float32 if np.dtype(dtype).itemsize >= 4 else np.float16).tiny)
         self._consts: dict[str, np.ndarray] = {}
         self._lazy: dict[str, tuple[onnx.TensorProto, tuple[int, ...]]] = {}
+        self._loaded: dict[str, np.ndarray] = {}  # lazy weights handed over by preload
         unsupported = [n for n in nodes if n.op_type not in _RULES]
         if unsupported:
             n = unsupported[0]
@@ -168,6 +174,15 @@ class HeadEvaluator:
                     if v is None:
                         raise NoBoundError(f"cannot evaluate constant '{i}' of {node_label(node)}")
                     self._consts[i] = v
+
+    def preload(self, arrays: dict[str, np.ndarray]) -> None:
+        """Take the large weights from ``arrays``, values already read from this same graph before
+        any rewrite (a light session's, ``runtime.session_weights``; verify's cut-out head's feeds),
+        instead of reading them again at run time."""
+        for name, (t, dims) in self._lazy.items():
+            a = arrays.get(name)
+            if a is not None and a.size == int(np.prod(dims)) and a.dtype == onnx.helper.tensor_dtype_to_np_dtype(t.data_type):
+                self._loaded[name] = a.reshape(dims)
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str],
             feed_errors: dict[str, np.ndarray] | None = None) -> dict[str, Bounded]:
@@ -194,7 +209,7 @@ class HeadEvaluator:
             return env[name]
         if name in self._lazy:
             t, dims = self._lazy[name]
-            v = numpy_helper.to_array(t).reshape(dims)
+            v = self._loaded[name] if name in self._loaded else numpy_helper.to_array(t).reshape(dims)
             if v.size >= _BIG_CONST:
                 return Bounded(v, np.zeros(()), np.zeros(()))
             return Bounded.exact(v, np.zeros(()))
@@ -248,25 +263,71 @@ def _dense(ev: HeadEvaluator, x: Bounded, w: np.ndarray, alpha: float = 1.0
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """x @ w over x's last axis: (value, carried worst case, carried scale, sum |x||w|), w in blocks."""
     d, k = w.shape
-    blk = max(1, _BLOCK_BYTES // (8 * max(d, 1)))
     lead = x.value.shape[:-1]
     xv = x.value.reshape(-1, d)
+    block_bytes = min(max(_BLOCK_BYTES_PER_ROW * xv.shape[0], _BLOCK_BYTES_MIN), _BLOCK_BYTES_MAX)
+    blk = max(1, block_bytes // (8 * max(d, 1)))
     xa = np.abs(xv)
     xdet, xrss = (a.reshape(-1, d) for a in _full(x))
     carried = bool(np.any(xdet)) or bool(np.any(xrss))
     xrss2 = xrss * xrss if carried else xrss
+    # Carried errors the same across a row (the floor every node adds, a per-sample trunk
+    # allowance) need column sums of |w| and w*w, not two more products with every row.
+    per_row = carried and bool(np.all(xdet == xdet[:, :1])) and bool(np.all(xrss2 == xrss2[:, :1]))
     val, det, rss, mag = (np.zeros((xv.shape[0], k)) for _ in range(4))
+    xa32 = _up_to_f32(xa) if w.dtype == np.float32 else None
     for j in range(0, k, blk):
-        wb = np.asarray(w[:, j:j + blk], dtype=np.float64)
+        wj = w[:, j:j + blk]
+        wb = np.asarray(wj, dtype=np.float64)
         val[:, j:j + blk] = xv @ wb
-        wa = np.abs(wb)
-        mag[:, j:j + blk] = xa @ wa
+        mag[:, j:j + blk] = _magnitude(xa, xa32, wj, wb)
         if carried:
             with np.errstate(invalid="ignore"):
-                det[:, j:j + blk] = xdet @ wa
-                rss[:, j:j + blk] = np.sqrt(xrss2 @ (wb * wb))
+                if per_row:  # column sums, each a single pass over the block
+                    det[:, j:j + blk] = xdet[:, :1] * np.add.reduce(np.abs(wj), axis=0, dtype=np.float64)
+                    rss[:, j:j + blk] = np.sqrt(xrss2[:, :1] * np.einsum("ij,ij->j", wb, wb))
+                else:
+                    det[:, j:j + blk] = xdet @ np.abs(wb)
+                    rss[:, j:j + blk] = np.sqrt(xrss2 @ (wb * wb))
     a = abs(alpha)
     return tuple(v.reshape(*lead, k) for v in (alpha * val, a * det, a * rss, a * mag))  # type: ignore[return-value]
+
+
+_U32 = 2.0**-24
+_SUBNORMAL_STEP = 2.0**-149  # float32's smallest step: the most a product or sum loses to underflow
+
+
+def _up_to_f32(a: np.ndarray) -> np.ndarray | None:
+    """Non-negative ``a`` in float32, the values that rounded down raised by one step, so that
+    none is below ``a``; None where a value does not fit float32. (Zeros, a ReLU's many, stay
+    zero: raised, they would be subnormals, which slow the products down 20 times.)"""
+    with np.errstate(over="ignore"):
+        a32 = a.astype(np.float32)
+    if not np.all(np.isfinite(a32)):
+        return None
+    low = a32 < a
+    a32[low] = np.nextafter(a32[low], np.float32(np.inf))
+    return a32
+
+
+def _magnitude(xa: np.ndarray, xa32: np.ndarray | None, w: np.ndarray, w64: np.ndarray) -> np.ndarray:
+    """An upper bound on ``xa @ |w|`` (sum of |x_i w_i|, all terms non-negative); ``w64``: ``w``
+    in float64.
+
+    With float32 weights it is computed in float32, twice as fast as in float64 where most rows
+    make the products compute-bound: the float32 sum of n non-negative terms (products of values
+    not below |x| and |w|) is within gamma_n of their exact sum in any order (Higham, ch. 3), and
+    underflow loses at most one subnormal step per operation, so the exact sum is at most
+    s / (1 - gamma_n) + 2 n 2^-149, and s (1 + 2 gamma_n) is above s / (1 - gamma_n) while
+    gamma_n <= 1/2. A sum that overflows float32, or a width where gamma_n > 1/2: in float64."""
+    n = w.shape[0]
+    g = gamma(n + 1, _U32)
+    if xa32 is not None and g <= 0.5:
+        with np.errstate(over="ignore"):
+            s = (xa32 @ np.abs(w)).astype(np.float64)
+        if np.all(np.isfinite(s)):
+            return s * (1 + 2 * g) + 2 * n * _SUBNORMAL_STEP
+    return xa @ np.abs(w64)
 
 
 def _gemm(ev: HeadEvaluator, node: onnx.NodeProto, ins: list[Bounded | None]) -> list[Bounded]:

@@ -7,6 +7,8 @@ and renamed into place, so a failure never leaves a half-written model behind.
 from __future__ import annotations
 
 import contextlib
+import logging
+import mmap
 import os
 import re
 import signal
@@ -22,16 +24,22 @@ from onnx.external_data_helper import load_external_data_for_model
 
 from .errors import ModelLoadError
 from .graph import skeleton, tensor_nbytes
+from .wire import WireMismatch, initializer_data, without_data, write_model
+
+log = logging.getLogger(__name__)
 
 # Protobuf cannot serialize a message of 2 GiB or more; such models must use external data.
 _PROTO_LIMIT = 2**31 - 1
 
 
-def load_model(source: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+def load_model(source: str | os.PathLike[str] | onnx.ModelProto, weights: bool = True) -> tuple[onnx.ModelProto, bool]:
     """Load a model from a path (with its external data) or copy a ModelProto.
 
     Returns the model and whether its weights were stored as external data. A given ModelProto
-    is copied, so that the caller's object is never modified.
+    is copied, so that the caller's object is never modified. ``weights=False`` (a protobuf file):
+    the graph without reading its large weights; each becomes an external-data reference to its
+    own bytes in the file, and external data stays where it is (for what reads the graph only, or
+    hands the file to onnxruntime: verify's converted model).
     """
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
@@ -45,32 +53,65 @@ def load_model(source: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.M
         raise ModelLoadError(f"{path}: is a directory, not an .onnx file")
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
+    fmt = onnx.serialization.registry.get_format_from_file_extension(path.suffix) or "protobuf"
+    lengths: list[int | None] | None = None
+    cuts: dict[int, tuple[str, int, int]] = {}
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, OSError, TypeError) as exc:
+        if fmt == "protobuf" and not weights:
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                small, cuts = without_data(mapped)
+            model = onnx.load_model_from_string(small)
+        else:
+            data = path.read_bytes()
+            model = onnx.load_model_from_string(data, format=fmt)
+            if fmt == "protobuf":  # the data lengths, off the encoding: asking the proto copies every weight out
+                lengths = [None if d is None else d[2] for d in initializer_data(data)]
+            del data
+    except (DecodeError, RuntimeError, ValueError, OSError, TypeError, WireMismatch) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"{path}: not a readable ONNX model (truncated or another format): {first}") from exc
     external = has_external_data(model)
     if external:
         check_external_data(model, path)
-        try:
-            load_external_data_for_model(model, str(path.parent))
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"{path}: cannot read its external data: {str(exc).splitlines()[0]}") from exc
+        if weights:
+            try:
+                load_external_data_for_model(model, str(path.parent))
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise ModelLoadError(f"{path}: cannot read its external data: {str(exc).splitlines()[0]}") from exc
+    _refer_to_file(model, cuts, path)
     if not model.graph.node:
         raise ModelLoadError(f"{path}: not an ONNX model, or an empty one (no graph nodes)")
-    validate_model(model, str(path))
+    validate_model(model, str(path), lengths)
     return model, external
+
+
+def _refer_to_file(model: onnx.ModelProto, cuts: dict[int, tuple[str, int, int]], path: Path) -> None:
+    """Make each initializer whose data was left in the file an external-data reference to it."""
+    inits = model.graph.initializer
+    for k, (name, offset, length) in cuts.items():
+        t = inits[k]
+        if t.name != name or t.HasField("raw_data") or t.data_location == onnx.TensorProto.EXTERNAL:
+            raise ModelLoadError(f"{path}: initializer {k} is not what its encoding said")  # cannot happen
+        if t.data_type and length != tensor_nbytes(t):
+            raise ModelLoadError(f"{path}: tensor '{t.name}': {length} bytes of data for dims {list(t.dims)} "
+                                 f"({tensor_nbytes(t)} bytes)")
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", path.name), ("offset", str(offset)), ("length", str(length))):
+            t.external_data.add(key=key, value=value)
 
 
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 
 
-def validate_model(model: onnx.ModelProto, label: str) -> None:
+def validate_model(model: onnx.ModelProto, label: str, data_lengths: list[int | None] | None = None) -> None:
     """Refuse a malformed model with one line before any analysis reads it: tensors of unknown
     type or with data that does not fill their dims, and nodes that break their op's schema
-    (wrong attribute types, missing inputs), as onnx's checker sees them on the weightless graph."""
-    for t in _all_tensors(model):
+    (wrong attribute types, missing inputs), as onnx's checker sees them on the weightless graph.
+    ``data_lengths``: the raw_data length of each top-level initializer, from the file's encoding
+    (``wire.initializer_data``); where the count does not match, the tensors are asked."""
+    if data_lengths is not None and len(data_lengths) != len(model.graph.initializer):
+        data_lengths = None
+    for k, t in enumerate(_all_tensors(model)):  # the top-level initializers first, in order
         where = f"{label}: tensor '{t.name}'"
         if t.data_type not in onnx.TensorProto.DataType.values() or t.data_type == onnx.TensorProto.UNDEFINED:
             raise ModelLoadError(f"{where} has unknown data type {t.data_type}")
@@ -89,9 +130,11 @@ def validate_model(model: onnx.ModelProto, label: str) -> None:
             want = n * np_type.itemsize
             if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
                 want = (n + 1) // 2
-            if len(t.raw_data) != want:
-                raise ModelLoadError(f"{where}: {len(t.raw_data)} bytes of data for dims {list(t.dims)} "
-                                     f"({want} bytes)")
+            have = data_lengths[k] if data_lengths is not None and k < len(data_lengths) else None
+            if have is None:
+                have = len(t.raw_data)
+            if have != want:
+                raise ModelLoadError(f"{where}: {have} bytes of data for dims {list(t.dims)} ({want} bytes)")
         else:
             have = sum(len(getattr(t, f)) for f in _TYPED_FIELDS)
             per = 2 if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
@@ -329,7 +372,7 @@ def _save_model(model: onnx.ModelProto, path: Path, external_data: bool | None, 
                     written.append(new_data)
                 os.replace(staged, tmp_model)
         else:
-            onnx.save_model(model, tmp_model)
+            _write_proto(model, tmp_model)
         os.chmod(tmp_model, mode)
         os.replace(tmp_model, path)
         written.insert(0, path)
@@ -345,6 +388,20 @@ def _save_model(model: onnx.ModelProto, path: Path, external_data: bool | None, 
             with contextlib.suppress(OSError):
                 old.unlink()
     return written
+
+
+def _write_proto(model: onnx.ModelProto, path: str) -> None:
+    """``onnx.save_model``'s bytes, written in pieces (``wire.write_model``): a third of the time,
+    and no second copy of the model in memory. Where the pieces cannot be trusted, protobuf's own."""
+    with open(path, "wb") as f:
+        try:
+            write_model(model, f)
+            return
+        except WireMismatch as exc:
+            log.debug("writing through protobuf: %s", exc)
+            f.seek(0)
+            f.truncate()
+    onnx.save_model(model, path)
 
 
 def _previous_data_files(path: Path) -> set[Path]:

@@ -1,4 +1,4 @@
-"""The one pipeline convert and inspect run: load -> analyse -> plan -> apply -> make dynamic -> check.
+"""The one pipeline convert and inspect run: load -> analyse -> plan -> reference -> apply -> make dynamic -> check.
 
 Each stage is a pass in the manner of onnx-ir's: it names the stages it requires, states what it
 ensures, and reports whether it changed the model. ``inspect`` is this pipeline stopped after
@@ -27,7 +27,7 @@ from .plan import Planned, analyse_model, check_mode, metadata, plan_analysis, s
 from .rewrite import apply_plan
 from .runtime import probe_shapes
 from .shapes import make_dynamic
-from .verify import Subject, self_check, subject_from_plan
+from .verify import Reference, Subject, reference_outputs, self_check, subject_from_plan
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,13 @@ class State:
     source: str | os.PathLike[str] | onnx.ModelProto
     options: Options
     model: onnx.ModelProto = field(default_factory=onnx.ModelProto)
-    original: onnx.ModelProto | str = ""  # what the self-check runs as the original
     external_data: bool = False
     before: ModelStats = field(default_factory=lambda: ModelStats(0, {}, {}, {}, 0))
     input_files: list[str] = field(default_factory=list)  # what the input reads: never overwritten
     analysis: Analysis | None = None
     planned: Planned | None = None
     subject: Subject | None = None
+    reference: Reference | None = None  # the original's outputs at the reference size, for the self-check
     self_check: list[dict[str, object]] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
     changed: dict[str, bool] = field(default_factory=dict)
@@ -105,10 +105,6 @@ def _load(s: State) -> bool:
     if not isinstance(s.source, onnx.ModelProto):
         s.input_files = sorted(str(p) for p in (dependency_files(s.source) if s.external_data
                                                 else {Path(s.source).resolve()}))
-        s.original = str(s.source)  # the self-check reads the original from its file: no copy in memory
-    elif s.options.self_check:
-        s.original = onnx.ModelProto()
-        s.original.CopyFrom(s.model)
     return False
 
 
@@ -125,6 +121,12 @@ def _plan(s: State) -> bool:
     s.planned = plan_analysis(s.analysis, o.mode, o.output_stride)
     if o.self_check:  # read off the original head before the graph is rewritten in place
         s.subject = subject_from_plan(s.planned, [out.name for out in s.model.graph.output])
+    return False
+
+
+def _reference(s: State) -> bool:
+    if s.subject is not None and s.subject.mode == "window":
+        s.reference = reference_outputs(s.model, s.subject, seed=s.options.seed, max_memory=s.options.max_memory)
     return False
 
 
@@ -155,7 +157,7 @@ def _check(s: State) -> bool:
     except Exception as exc:  # the checker raises several types
         raise SelfCheckError(f"converted model fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
     if s.subject is not None:
-        s.self_check = self_check(s.original, s.model, s.subject, seed=s.options.seed,
+        s.self_check = self_check(s.model, s.subject, s.reference, seed=s.options.seed,
                                   max_memory=s.options.max_memory)
     return False
 
@@ -165,7 +167,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("analyse", ("load",), "the image input, its layout and reference size, and every head found", _analyse),
     Stage("plan", ("analyse",), "a rule for every head node, the geometry and exactness; the model unchanged",
           _plan),
-    Stage("apply", ("plan",), "the heads are convolutions; no dead node or weight", _apply),
+    Stage("reference", ("plan",), "(self-check, window mode) the original's outputs on a random input at the "
+          "reference size, run before the graph is rewritten in place", _reference),
+    Stage("apply", ("reference",), "the heads are convolutions; no dead node or weight", _apply),
     Stage("make_dynamic", ("apply",), "named dynamic batch, H and W; the geometry in the metadata", _make_dynamic),
     Stage("check", ("make_dynamic",), "the ONNX checker passes, and (self-check) onnxruntime agrees with the "
           "original at the reference size and runs at two larger sizes", _check),

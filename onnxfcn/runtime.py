@@ -5,10 +5,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import logging
+import mmap
 import os
 import re
 import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,9 +20,11 @@ import onnxruntime as ort
 
 from .errors import OnnxFcnError, ResourceError
 from .graph import Shape, skeleton, tensor_nbytes
-from .io import needs_external_data, save_model
+from .io import has_external_data, load_model, needs_external_data, save_model
+from .wire import WireMismatch, copy_fields, initializer_data
 
 Progress = Callable[[int, int], None]
+log = logging.getLogger(__name__)
 
 
 def available_providers() -> list[str]:
@@ -145,23 +150,212 @@ def probe_shapes(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]],
     nbytes = sum(int(np.prod(input_shapes[vi.name])) * 4 for vi in inputs)
     if nbytes > PROBE_LIMIT_BYTES:  # a huge declared input: leave the shapes unknown, allocate nothing
         return {}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    # An output whose type inference could not give (a com.microsoft op's) goes untyped.
-    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, dt, None) if dt else onnx.ValueInfoProto(name=n)
-                              for n, dt in names.items())
-    del probe.graph.value_info[:]
     feeds = {}
     for vi in inputs:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
         feeds[vi.name] = np.zeros(list(input_shapes[vi.name]), dtype=dtype)
     try:
-        values = make_session(probe).run(None, feeds)
+        # An output whose type inference could not give (a com.microsoft op's) goes untyped (0).
+        values = light_session(model, outputs=names, keep_outputs=False).run(None, feeds)
     except Exception:  # leave them unknown; the analysis names what it needs
         return {}
     return {n: (tuple(int(d) for d in np.asarray(v).shape), onnx.helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype))
             for n, v in zip(names, values)}
+
+
+# Initializers at least this large are handed to onnxruntime in place (``light_session``); the
+# small ones, which shape inference and constant folding read, stay in the model.
+SHARED_MIN_BYTES = 64 * 1024
+_SHAREABLE = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT8,
+              onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.INT32,
+              onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64}
+_STUB = "onnxfcn-weights.stub"
+
+
+def split_weights(model: onnx.ModelProto, outputs: dict[str, int] | None = None, keep_outputs: bool = True,
+                  min_bytes: int = SHARED_MIN_BYTES) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """``model`` without its large weights, and those weights as numpy arrays (one copy each,
+    read from the proto). In the light model each large initializer is a stub: name, type, dims
+    and an external-data reference to an empty file, which onnxruntime never reads because
+    ``light_session`` hands it the array instead. ``outputs`` (name -> element type, 0: left
+    untyped) are added to the graph's outputs (``keep_outputs``) or replace them, with the
+    graph's value_info, which may contradict what the run finds (a probe's reason to run)."""
+    light = onnx.ModelProto()
+    copy_fields(model, light, "graph")
+    copy_fields(model.graph, light.graph, "initializer")
+    arrays: dict[str, np.ndarray] = {}
+    for t in model.graph.initializer:
+        if (t.data_type in _SHAREABLE and t.HasField("raw_data") and tensor_nbytes(t) >= min_bytes
+                and t.data_location != onnx.TensorProto.EXTERNAL):
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).newbyteorder("<")
+            arrays[t.name] = np.frombuffer(t.raw_data, dtype=dtype).reshape(tuple(t.dims))
+            stub = light.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims,
+                                                data_location=onnx.TensorProto.EXTERNAL)
+            for key, value in (("location", _STUB), ("offset", "0"), ("length", str(arrays[t.name].nbytes))):
+                stub.external_data.add(key=key, value=value)
+        else:
+            light.graph.initializer.append(t)
+    if outputs is not None:
+        if not keep_outputs:
+            del light.graph.output[:]
+            del light.graph.value_info[:]
+        _add_outputs(light, outputs)
+    return light, arrays
+
+
+def light_session(model: onnx.ModelProto, provider: str = "cpu", pin: dict[str, int] | None = None,
+                  outputs: dict[str, int] | None = None, keep_outputs: bool = True) -> ort.InferenceSession:
+    """A session of ``model`` that uses its large weights in place instead of copying them.
+
+    onnxruntime copies every initializer it reads from serialized bytes or a file, and prepacks
+    the dense ones (another copy): serializing a VGG16 for it and loading it cost three seconds
+    and 1.1 GB. Here the weights are read once into numpy arrays and given to the session through
+    ``SessionOptions.add_initializer``, which uses them where they lie; prepacking is off, so the
+    session holds no copy. Graph optimizations are off too: some of them (the layout transforms,
+    fusions, constant folding) read a weight from the model rather than the value given, find
+    the stub, and fail. What fails here gets a session of the whole model instead. For the few
+    runs of a check. ``outputs``: see ``split_weights``."""
+    light, arrays = split_weights(model, outputs, keep_outputs)
+    opts = _light_options(pin)
+    values = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in arrays.items()}
+    for name, value in values.items():
+        opts.add_initializer(name, value)
+    try:
+        with tempfile.TemporaryDirectory(prefix="onnxfcn-") as tmp:
+            # onnxruntime checks that an external-data file exists before it takes the given
+            # value; the stub is empty, so anything that reads it fails rather than reads zeros
+            open(os.path.join(tmp, _STUB), "wb").close()
+            path = os.path.join(tmp, "model.onnx")
+            with open(path, "wb") as f:
+                f.write(light.SerializeToString())
+            sess = _start(path, opts, provider)
+    except Exception as exc:  # onnxruntime raises several types: a real fault shows again below
+        if is_out_of_memory(exc) or isinstance(exc, OnnxFcnError):
+            raise
+        log.debug("session of the whole model: %s", first_line(exc))
+        del values, arrays, light
+        whole = onnx.ModelProto()
+        whole.CopyFrom(model)
+        if outputs is not None:
+            if not keep_outputs:
+                del whole.graph.output[:]
+                del whole.graph.value_info[:]
+            _add_outputs(whole, outputs)
+        return _start_model(whole, _light_options(pin), provider)  # the same kernels as a light session's
+    sess._onnxfcn_weights = (arrays, values)  # must outlive the session
+    return sess
+
+
+def _light_options(pin: dict[str, int] | None) -> ort.SessionOptions:
+    opts = _options(pin, optimize=False, arena=True)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.add_session_config_entry("session.disable_prepacking", "1")
+    return opts
+
+
+def file_session(path: str | os.PathLike[str], model: onnx.ModelProto, provider: str = "cpu",
+                 pin: dict[str, int] | None = None, optimize: bool = True, outputs: dict[str, int] | None = None,
+                 prepack: bool = False) -> ort.InferenceSession:
+    """A session of the model stored in ``path`` (``model``: that file, parsed), ``outputs`` added,
+    that onnxruntime builds without parsing the weights out of the model again.
+
+    Each large weight stored inside the file becomes, in a light copy of the model, an
+    external-data reference to its own bytes in that file, which onnxruntime maps instead of
+    copying: a VGG16's session starts in 0.1 s instead of 1.5 s, and an extra output needs no
+    second copy of the model on disk. ``prepack`` off (the default) leaves the dense weights where
+    they lie too; for the few runs of a check it costs nothing measurable. Where the file cannot
+    be read this way (not protobuf, names or sizes that do not match ``model``, an onnxruntime that
+    does not take the folder option) it falls back to serializing ``model``."""
+    path = Path(path)
+    try:
+        light = _light_on_file(path, model, outputs)
+        opts = _options(pin, optimize, arena=True)
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
+        if not prepack:
+            opts.add_session_config_entry("session.disable_prepacking", "1")
+        return _start(light.SerializeToString(), opts, provider)
+    except (WireMismatch, OSError, ValueError) as exc:
+        log.debug("session of %s from its serialization: %s", path, exc)
+    except Exception as exc:  # onnxruntime raises several types: a real fault shows again below
+        if is_out_of_memory(exc):
+            raise
+        log.debug("session of %s from its serialization: %s", path, first_line(exc))
+    if has_external_data(model):  # loaded without its weights (load_model(weights=False)): read them now
+        whole, _ = load_model(path)
+    else:
+        whole = onnx.ModelProto()
+        whole.CopyFrom(model)
+    if outputs:
+        _add_outputs(whole, outputs)
+    return make_session(whole, provider, pin, optimize)
+
+
+def _light_on_file(path: Path, model: onnx.ModelProto, outputs: dict[str, int] | None) -> onnx.ModelProto:
+    """``model`` with its large inline weights replaced by references to their bytes in ``path``."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        where = initializer_data(data)
+    inits = model.graph.initializer
+    if len(where) != len(inits):
+        raise WireMismatch(f"{len(where)} initializers in the file, {len(inits)} in the model")
+    light = onnx.ModelProto()
+    copy_fields(model, light, "graph")
+    copy_fields(model.graph, light.graph, "initializer")
+    for t, loc in zip(inits, where):
+        if t.data_type not in _SHAREABLE or tensor_nbytes(t) < SHARED_MIN_BYTES:
+            light.graph.initializer.append(t)
+            continue
+        if loc is None:  # its data is in another file (external data), or typed fields
+            raise WireMismatch(f"initializer '{t.name}' has no raw data in the file")
+        name, offset, length = loc
+        if name != t.name or length != tensor_nbytes(t):
+            raise WireMismatch(f"initializer '{t.name}' is not where the file's encoding puts it")
+        stub = light.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims,
+                                            data_location=onnx.TensorProto.EXTERNAL)
+        for key, value in (("location", path.name), ("offset", str(offset)), ("length", str(length))):
+            stub.external_data.add(key=key, value=value)
+    if outputs:
+        _add_outputs(light, outputs)
+    return light
+
+
+def _add_outputs(model: onnx.ModelProto, outputs: dict[str, int]) -> None:
+    """Append graph outputs (name -> element type, 0: left untyped for onnxruntime to fill in)."""
+    have = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, dt, None) if dt else onnx.ValueInfoProto(name=n)
+                              for n, dt in outputs.items() if n not in have)
+
+
+def session_weights(sess: ort.InferenceSession) -> dict[str, np.ndarray]:
+    """The arrays a ``light_session`` uses as its large weights (read-only); {} for other sessions."""
+    weights = getattr(sess, "_onnxfcn_weights", None)
+    return dict(weights[0]) if weights is not None else {}
+
+
+def _options(pin: dict[str, int] | None, optimize: bool, arena: bool) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # failures surface as exceptions; no console noise
+    opts.enable_cpu_mem_arena = arena
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    for dim, value in (pin or {}).items():
+        opts.add_free_dimension_override_by_name(dim, value)
+    return opts
+
+
+def _start(model: str | bytes, opts: ort.SessionOptions, provider: str) -> ort.InferenceSession:
+    if provider == "cuda":
+        # TF32 would make CUDA convolutions differ from fp32 by ~1e-3: off for strict checks.
+        providers: list[Any] = [("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    sess = ort.InferenceSession(model, opts, providers=providers)
+    if provider == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
+        # onnxruntime lists CUDA whenever onnxruntime-gpu is installed, and falls back to the CPU
+        # when the CUDA libraries fail to load: a "cuda" check would then be a second CPU run.
+        raise OnnxFcnError("CUDA provider asked for, but onnxruntime could not start it (CUDA or cuDNN "
+                           "libraries missing or not matching onnxruntime-gpu); the session runs on "
+                           f"{', '.join(sess.get_providers())}")
+    return sess
 
 
 def make_session(model: onnx.ModelProto | str | bytes, provider: str = "cpu",
@@ -173,34 +367,18 @@ def make_session(model: onnx.ModelProto | str | bytes, provider: str = "cpu",
     only (no layout transforms, which cost more than two seconds on a VGG16 for a few runs).
     ``arena=False``: no CPU memory arena, which grows with every new input shape and never
     shrinks (scan's tiles of several sizes would otherwise hold the sum of their peaks)."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4  # failures surface as exceptions; no console noise
-    opts.enable_cpu_mem_arena = arena
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    for dim, value in (pin or {}).items():
-        opts.add_free_dimension_override_by_name(dim, value)
-    if provider == "cuda":
-        # TF32 would make CUDA convolutions differ from fp32 by ~1e-3: off for strict checks.
-        providers: list[Any] = [("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]
-    else:
-        providers = ["CPUExecutionProvider"]
+    return _start_model(model, _options(pin, optimize, arena), provider)
+
+
+def _start_model(model: onnx.ModelProto | str | bytes, opts: ort.SessionOptions, provider: str) -> ort.InferenceSession:
     if isinstance(model, (str, bytes)):
-        sess = ort.InferenceSession(model, opts, providers=providers)
-    elif needs_external_data(model):
+        return _start(model, opts, provider)
+    if needs_external_data(model):
         with tempfile.TemporaryDirectory(prefix="onnxfcn-") as tmp:
             path = os.path.join(tmp, "model.onnx")
             save_model(model, path, external_data=True)
-            sess = ort.InferenceSession(path, opts, providers=providers)
-    else:
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
-    if provider == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
-        # onnxruntime lists CUDA whenever onnxruntime-gpu is installed, and falls back to the CPU
-        # when the CUDA libraries fail to load: a "cuda" check would then be a second CPU run.
-        raise OnnxFcnError("CUDA provider asked for, but onnxruntime could not start it (CUDA or cuDNN "
-                           "libraries missing or not matching onnxruntime-gpu); the session runs on "
-                           f"{', '.join(sess.get_providers())}")
-    return sess
+            return _start(path, opts, provider)
+    return _start(model.SerializeToString(), opts, provider)
 
 
 def node_from_error(exc: Exception) -> str | None:

@@ -186,3 +186,31 @@ def test_weights_read_at_run_time_are_not_trusted(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(SelfCheckError, match="differs from the original"):
         onnxfcn.convert(PATTERNS["flatten"]())
     assert touched  # the reused weight was the one changed
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-40, 1e18])
+def test_float32_magnitude_bounds_the_exact_sum(scale: float) -> None:
+    """sum |x_i w_i| taken in float32 and raised by its rounding bound is never below the exact
+    sum (float64 products of float32 values are exact; the float64 sum is within 1e-12), and
+    never more than its gamma_n above it, also where the values underflow float32's normal range.
+    (Strictly above: the float64 path would return the exact sum itself.)"""
+    from onnxfcn.bounds import _U32, _magnitude, _up_to_f32
+
+    rng = np.random.default_rng(7)
+    n, k = 25088, 64
+    w = (rng.standard_normal((n, k)) * rng.exponential(1.0, (n, 1))).astype(np.float32)
+    x = np.abs(rng.standard_normal((3, n))) * scale  # float64 values, not float32-exact
+    exact = x @ np.abs(w.astype(np.float64))
+    got = _magnitude(x, _up_to_f32(x), w, w.astype(np.float64))
+    assert np.all(got >= exact * (1 + 1e-12))
+    g = gamma(n + 1, _U32)
+    assert np.all(got <= exact * (1 + 4 * g) + 4 * n * 2.0**-149)
+
+
+def test_float32_magnitude_falls_back_where_float32_overflows() -> None:
+    from onnxfcn.bounds import _magnitude, _up_to_f32
+
+    x = np.full((1, 4), 1e30)
+    w = np.full((4, 2), 1e20, np.float32)  # products 1e50: beyond float32
+    exact = x @ np.abs(w.astype(np.float64))
+    np.testing.assert_array_equal(_magnitude(x, _up_to_f32(x), w, w.astype(np.float64)), exact)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -12,6 +13,7 @@ from builders import flatten_gemm
 from conftest import ROOT, assert_close, rand, run
 
 import onnxfcn
+import onnxfcn.io
 from onnxfcn.io import load_model, save_model
 
 
@@ -41,11 +43,12 @@ def test_save_is_atomic_and_leaves_nothing_on_failure(tmp_path: Path, monkeypatc
     save_model(model, target)
     before = target.read_bytes()
 
-    def boom(*_: object, **__: object) -> None:
+    def boom(_: object, f: Any) -> None:  # the disk fills up half-way through the write
+        f.write(b"\x08\x07" * 100)
         raise OSError("disk full")
 
-    monkeypatch.setattr(onnx, "save_model", boom)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(onnxfcn.io, "write_model", boom)
+    with pytest.raises(OSError, match="disk full"):
         save_model(flatten_gemm(seed=1), target)
     assert target.read_bytes() == before  # the old file is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]  # no temporary left
@@ -369,3 +372,41 @@ def test_signals_wait_until_the_write_is_done() -> None:
         assert signal.getsignal(signal.SIGTERM) is handler
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def test_graph_without_weights_refers_to_the_files_own_bytes(tmp_path: Path) -> None:
+    """load_model(weights=False) parses only the small fields; each large weight becomes an
+    external-data reference to its bytes in the file, which onnx's own loader then reads back."""
+    from onnx.external_data_helper import load_external_data_for_model
+    from test_wire import wide
+
+    from onnxfcn.wire import PIECE_MIN_BYTES
+
+    model = wide()
+    path = tmp_path / "m.onnx"
+    save_model(model, path)
+    light, external = load_model(path, weights=False)
+    assert not external
+    refs = [t for t in light.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(refs) == 2 and all(t.ByteSize() < 200 for t in refs)
+    assert {t.name for t in refs} == {t.name for t in model.graph.initializer if len(t.raw_data) >= PIECE_MIN_BYTES}
+    load_external_data_for_model(light, str(tmp_path))
+    for t in light.graph.initializer:
+        t.ClearField("data_location")
+        del t.external_data[:]
+    assert light.SerializeToString() == model.SerializeToString()
+
+
+def test_graph_without_weights_refuses_what_the_full_load_refuses(tmp_path: Path) -> None:
+    from test_wire import wide
+
+    model = wide()
+    big = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    big.raw_data = big.raw_data[:-8]
+    (tmp_path / "short.onnx").write_bytes(model.SerializeToString())
+    (tmp_path / "cut.onnx").write_bytes(wide().SerializeToString()[:-1000])
+    for weights in (True, False):
+        with pytest.raises(onnxfcn.ModelLoadError, match="bytes of data for dims"):
+            load_model(tmp_path / "short.onnx", weights=weights)
+        with pytest.raises(onnxfcn.ModelLoadError, match="not a readable ONNX model"):
+            load_model(tmp_path / "cut.onnx", weights=weights)

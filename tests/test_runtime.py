@@ -1,14 +1,31 @@
-"""Sessions and batched runs: models that bake batch 1 still run sample by sample."""
+"""Sessions and batched runs: models that bake batch 1 still run sample by sample; sessions that
+share the weights in memory or map them from the file compute what the whole model does."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import onnx
 import pytest
 from builders import Builder, image_shape, trunk
-from conftest import rand
+from conftest import assert_close, rand
+from onnx import numpy_helper
 
 from onnxfcn.errors import OnnxFcnError
-from onnxfcn.runtime import cuda_available, make_session, resolve_providers, run_batched
+from onnxfcn.graph import tensor_nbytes
+from onnxfcn.io import load_model, save_model
+from onnxfcn.runtime import (
+    SHARED_MIN_BYTES,
+    cuda_available,
+    file_session,
+    light_session,
+    make_session,
+    resolve_providers,
+    run_batched,
+    session_weights,
+)
+from onnxfcn.wire import initializer_data
 
 
 def test_baked_batch_falls_back_to_one_sample_at_a_time() -> None:
@@ -70,3 +87,80 @@ def test_onnxruntime_allocation_failure_is_a_resource_error() -> None:
     assert is_out_of_memory(raw.value)
     with pytest.raises(ResourceError, match="out of memory at 9x9"):
         _run(sess, feeds, "9x9")
+
+
+# ---- sessions that do not copy the weights ---------------------------------------------------
+def _wide() -> onnx.ModelProto:
+    from test_wire import wide
+
+    return wide()
+
+
+def test_light_session_computes_what_the_whole_model_does() -> None:
+    model = _wide()
+    x = rand(image_shape(batch=3))
+    want = make_session(model).run(None, {"image": x})[0]
+    assert want.std() > 2  # realistic logits
+    feature = model.graph.node[-4].output[0]  # a hidden tensor, as an extra output
+    sess = light_session(model, outputs={feature: onnx.TensorProto.FLOAT})
+    weights = session_weights(sess)
+    assert {t.name for t in model.graph.initializer if tensor_nbytes(t) >= SHARED_MIN_BYTES} == set(weights)
+    assert len(weights) >= 2
+    del model  # the arrays are the session's own
+    got, hidden = sess.run(None, {"image": x})
+    assert_close(got, want, 1e-5)
+    assert hidden.ndim == 2
+
+
+def test_light_session_falls_back_to_the_whole_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should onnxruntime refuse the light model (an optimizer reading a stub), the session is
+    built from the whole model instead, and computes the same."""
+    import onnxfcn.runtime as rt
+
+    model = _wide()
+    real = rt._start
+
+    def refuse_light(m: object, opts: object, provider: str) -> object:
+        if isinstance(m, str):  # the light model is started from its temporary file
+            raise RuntimeError("External initializer: offset 0 out of bounds")
+        return real(m, opts, provider)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rt, "_start", refuse_light)
+    x = rand(image_shape(batch=2))
+    sess = light_session(model)
+    assert session_weights(sess) == {}
+    assert_close(sess.run(None, {"image": x})[0], make_session(model).run(None, {"image": x})[0], 1e-5)
+
+
+def test_file_session_reads_the_weights_from_the_file(tmp_path: Path) -> None:
+    model = _wide()
+    path = tmp_path / "m.onnx"
+    save_model(model, path)
+    x = rand(image_shape(batch=2))
+    want = make_session(model).run(None, {"image": x})[0]
+    assert_close(file_session(path, model).run(None, {"image": x})[0], want, 1e-5)
+    # The bytes in the file are what runs: change them, and the session sees the change.
+    data = bytearray(path.read_bytes())
+    (name, offset, length), = [d for d in initializer_data(bytes(data)) if d and d[2] >= SHARED_MIN_BYTES][-1:]
+    data[offset:offset + length] = bytes(length)  # the last dense weight, zeroed in the file only
+    path.write_bytes(bytes(data))
+    got = file_session(path, model).run(None, {"image": x})[0]
+    bias = next(t for t in model.graph.initializer if t.name == model.graph.node[-2].input[2])
+    np.testing.assert_array_equal(got, np.broadcast_to(numpy_helper.to_array(bias), got.shape))
+
+
+def test_file_session_that_cannot_map_falls_back(tmp_path: Path) -> None:
+    """A file whose encoding does not hold the given model's weights (another initializer list),
+    or holds them as external data: the session is the given model's, serialized."""
+    from test_wire import wide
+
+    model = wide(seed=1)
+    other = wide(seed=2)  # other weights: were they read, the outputs would differ
+    other.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "unused"))
+    save_model(other, tmp_path / "other.onnx")
+    save_model(model, tmp_path / "ext.onnx", external_data=True)
+    x = rand(image_shape(batch=2))
+    want = make_session(model).run(None, {"image": x})[0]
+    for path in (tmp_path / "other.onnx", tmp_path / "ext.onnx"):
+        loaded = model if path.name == "other.onnx" else load_model(path)[0]
+        assert_close(file_session(path, loaded).run(None, {"image": x})[0], want, 1e-5)

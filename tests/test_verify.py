@@ -421,3 +421,38 @@ def test_verify_nhwc_models(build: str) -> None:
     result = onnxfcn.verify(original, converted, positions="all")
     assert result, result.reason
     assert report.geometry.exact and all(c.exact for c in result.checks)
+
+
+def test_reference_check_is_retried_with_the_dims_pinned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the reference check fails with H and W free (onnxruntime picking other trunk kernels
+    than the original's), verify runs it once more on a session pinned to the reference size,
+    and says so; a check that fails there too fails."""
+    import importlib
+
+    v = importlib.import_module("onnxfcn.verify")  # the module (onnxfcn.verify is the function)
+    model = flatten_gemm()
+    converted, _ = onnxfcn.convert(model)
+    orig_path, conv_path = _save(tmp_path, model, "m.onnx"), _save(tmp_path, converted, "m.fcn.onnx")
+    real = v.reference_check
+    shapes: list[list[object]] = []
+
+    def unpinned_fails(subject, want, sess, x, rtol, atol):
+        shapes.append(sess.get_inputs()[0].shape)
+        check = real(subject, want, sess, x, rtol, atol)
+        if len(shapes) == 1:  # the kernels differ with H and W free
+            check.passed = False
+        return check
+
+    monkeypatch.setattr(v, "reference_check", unpinned_fails)
+    report = onnxfcn.verify(orig_path, conv_path)
+    assert report, report.reason
+    assert shapes == [["batch", 3, "height", "width"], [1, 3, 18, 18]]  # then pinned: batch and size fixed
+    assert report.checks[0].details["dims"] == "pinned to the reference size"
+
+    def always_fails(subject, want, sess, x, rtol, atol):
+        check = real(subject, want, sess, x, rtol, atol)
+        check.passed = False
+        return check
+
+    monkeypatch.setattr(v, "reference_check", always_fails)
+    assert not onnxfcn.verify(orig_path, conv_path)
