@@ -87,7 +87,7 @@ class ScanModel:
     @classmethod
     def load(cls, model: str | os.PathLike[str] | onnx.ModelProto, output: str | None = None) -> ScanModel:
         """Read a model written by ``onnxfcn convert``; refuse anything else with one line."""
-        proto, _ = load_model(model)
+        proto, _ = load_model(model, weights=False)  # a file's weights: read by onnxruntime alone
         meta = read_metadata(proto)
         if not meta.get("mode"):
             raise InvalidConversionError("scan needs a model written by onnxfcn convert (no onnxfcn metadata)")
