@@ -369,22 +369,17 @@ def _run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], where: str,
 
 def _session(model: onnx.ModelProto | str | os.PathLike[str], provider: str, what: str,
              pin: dict[str, int] | None = None, error: type[OnnxFcnError] = SelfCheckError, optimize: bool = True,
-             light: bool = False, outputs: dict[str, int] | None = None, parsed: onnx.ModelProto | None = None
-             ) -> ort.InferenceSession:
+             light: bool = False, outputs: dict[str, int] | None = None) -> ort.InferenceSession:
     """A session whose failure to load is one line: ``error`` naming ``what``, or a ResourceError.
     ``model`` a proto: ``light``, its weights used in place (``light_session``), else serialized;
-    a path, with ``parsed`` its model: its weights mapped from the file (``file_session``).
-    ``outputs``: added to the graph's."""
+    a path: its weights mapped from the file (``file_session``). ``outputs``: added to the graph's."""
     try:
-        if isinstance(model, onnx.ModelProto):
-            if light:
-                return light_session(model, provider, pin, outputs)
-            assert outputs is None, "extra outputs need a light session or a file"
-            return make_session(model, provider, pin, optimize)
-        if parsed is not None:
-            return file_session(model, parsed, provider, pin, optimize, outputs)
-        assert outputs is None, "extra outputs need the parsed model"
-        return make_session(str(model), provider, pin, optimize)
+        if not isinstance(model, onnx.ModelProto):
+            return file_session(model, provider, pin, optimize, outputs)
+        if light:
+            return light_session(model, provider, pin, outputs)
+        assert outputs is None, "extra outputs need a light session or a file"
+        return make_session(model, provider, pin, optimize)
     except Exception as exc:  # onnxruntime raises several types
         oom = resource_error(exc, f"loading {what}")
         if oom is not None:
@@ -756,9 +751,9 @@ def verify(
     with _on_disk(orig, original) as orig_path, _on_disk(conv, converted) as conv_path:
         for p in providers:
             tag = "" if len(providers) == 1 else f" [{p}]"
-            orig_sess = _session(orig_path, p, "the original model", error=OnnxFcnError, parsed=orig)
+            orig_sess = _session(orig_path, p, "the original model", error=OnnxFcnError)
             # The converted model with its feature map as an extra output, H and W free.
-            conv_sess, failure = _converted_session(conv_path, conv, p, tag, {subject.conv_feature: feat_dtype})
+            conv_sess, failure = _converted_session(conv_path, p, tag, {subject.conv_feature: feat_dtype})
             if conv_sess is None:
                 checks.append(failure)
                 break
@@ -773,8 +768,7 @@ def verify(
                     # (grouped convolutions after its layout transforms): their rounding is not the
                     # head's. The same check again with the dims pinned to the reference size, where
                     # the trunk runs the original's kernels.
-                    ref_sess, failure = _converted_session(conv_path, conv, p, tag, {subject.conv_feature: feat_dtype},
-                                                           pins)
+                    ref_sess, failure = _converted_session(conv_path, p, tag, {subject.conv_feature: feat_dtype}, pins)
                     if ref_sess is None:
                         checks.append(failure)
                         break
@@ -830,12 +824,12 @@ def _finish(report: VerifyReport, t0: float, reasons: str) -> VerifyReport:
     return report
 
 
-def _converted_session(path: Path, model: onnx.ModelProto, provider: str, tag: str, outputs: dict[str, int],
+def _converted_session(path: Path, provider: str, tag: str, outputs: dict[str, int],
                        pin: dict[str, int] | None = None) -> tuple[ort.InferenceSession | None, CheckResult]:
     """A session of the converted model, or a failed "load" check: a model onnxruntime cannot load
     is a wrong conversion (exit 1), running out of memory is a ResourceError."""
     try:
-        return file_session(path, model, provider, pin, outputs=outputs), CheckResult("load" + tag, True, True)
+        return file_session(path, provider, pin, outputs=outputs), CheckResult("load" + tag, True, True)
     except Exception as exc:  # onnxruntime raises several types
         oom = resource_error(exc, "loading the converted model")
         if oom is not None:

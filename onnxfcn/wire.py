@@ -1,14 +1,16 @@
 """Protobuf wire format for large models: write a model without building its bytes whole, and
-measure a tensor's data without copying it.
+find each weight's bytes in an encoded model without copying them.
 
 protobuf's Python backend (upb) builds a serialization in one growing buffer and hands out a
 copy of a bytes field on every read. For a VGG16 (553 MB) ``SerializeToString`` takes a second
 and as much memory again as the model, and reading every ``raw_data`` just to take its length
-takes 0.3 s. Here a model is written field by field, in the order protobuf itself writes them
-(by field number), each large tensor's data read once and written straight to the file: the
-bytes are the same as ``SerializeToString``'s (tested), at a third of the time and without the
-second copy. Where a message holds fields this module cannot see (unknown fields, from a newer
-schema), the sizes do not add up and the caller falls back to protobuf's own serialization.
+takes 0.3 s. ``write_model`` writes a model field by field, in the order protobuf itself writes
+them (by field number), each large tensor's data read once and written straight to the file: the
+bytes are the same as ``SerializeToString``'s (tested), in a third of the time and without the
+second copy. Where a message it splits holds fields the schema does not name, or a tensor's data
+is not as long as its dims say, it raises ``WireMismatch`` and the caller lets protobuf write.
+``initializer_data`` and ``without_data`` read an encoded model: where each weight's bytes lie,
+and the model without them.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ PIECE_MIN_BYTES = 1 << 20  # tensors whose data is written as its own piece
 
 
 class WireMismatch(Exception):
-    """The pieces do not add up to the message (fields this module cannot see): use protobuf's
-    own serialization instead."""
+    """An encoding this module does not follow (unknown fields, data not as long as its dims, a
+    truncated or malformed message): protobuf's own reading or writing is the way."""
 
 
 def copy_fields(src: Any, dst: Any, skip: str) -> None:
@@ -172,7 +174,7 @@ def without_data(data: bytes | memoryview | mmap.mmap, min_bytes: int = PIECE_MI
                  ) -> tuple[bytes, dict[int, tuple[str, int, int]]]:
     """The encoding of a ModelProto with the raw_data of its large top-level initializers cut out,
     and where each cut lies in ``data``: {initializer index: (name, offset, length)}. Nothing but
-    the small fields is copied (a VGG16: 16 KB out of 553 MB)."""
+    the small fields and weights under ``min_bytes`` are copied (VGG16, converted: 1.1 MB of 553)."""
     with memoryview(data) as view:  # released on the way out, so that an mmap can close
         return _without_data(view, min_bytes)
 

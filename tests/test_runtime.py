@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 from onnxfcn.errors import OnnxFcnError
 from onnxfcn.graph import tensor_nbytes
-from onnxfcn.io import load_model, save_model
+from onnxfcn.io import save_model
 from onnxfcn.runtime import (
     SHARED_MIN_BYTES,
     cuda_available,
@@ -138,29 +138,57 @@ def test_file_session_reads_the_weights_from_the_file(tmp_path: Path) -> None:
     save_model(model, path)
     x = rand(image_shape(batch=2))
     want = make_session(model).run(None, {"image": x})[0]
-    assert_close(file_session(path, model).run(None, {"image": x})[0], want, 1e-5)
+    feature = model.graph.node[-4].output[0]
+    got, hidden = file_session(path, outputs={feature: onnx.TensorProto.FLOAT}).run(None, {"image": x})
+    assert_close(got, want, 1e-5)
+    assert hidden.shape == (2, 1024)
     # The bytes in the file are what runs: change them, and the session sees the change.
     data = bytearray(path.read_bytes())
     (name, offset, length), = [d for d in initializer_data(bytes(data)) if d and d[2] >= SHARED_MIN_BYTES][-1:]
     data[offset:offset + length] = bytes(length)  # the last dense weight, zeroed in the file only
     path.write_bytes(bytes(data))
-    got = file_session(path, model).run(None, {"image": x})[0]
+    got = file_session(path).run(None, {"image": x})[0]
     bias = next(t for t in model.graph.initializer if t.name == model.graph.node[-2].input[2])
     np.testing.assert_array_equal(got, np.broadcast_to(numpy_helper.to_array(bias), got.shape))
 
 
-def test_file_session_that_cannot_map_falls_back(tmp_path: Path) -> None:
-    """A file whose encoding does not hold the given model's weights (another initializer list),
-    or holds them as external data: the session is the given model's, serialized."""
-    from test_wire import wide
+def test_file_session_keeps_external_data_where_it_is(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A model saved with external data: its references stay as they are (onnxruntime finds the
+    data file in the model's folder), the ordinary way is not needed."""
+    model = _wide()
+    path = tmp_path / "ext.onnx"
+    save_model(model, path, external_data=True)
+    x = rand(image_shape(batch=2))
+    with caplog.at_level("DEBUG", logger="onnxfcn.runtime"):
+        got = file_session(path).run(None, {"image": x})[0]
+    assert not [r for r in caplog.records if "the ordinary way" in r.getMessage()]
+    assert_close(got, make_session(model).run(None, {"image": x})[0], 1e-5)
 
-    model = wide(seed=1)
-    other = wide(seed=2)  # other weights: were they read, the outputs would differ
-    other.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "unused"))
-    save_model(other, tmp_path / "other.onnx")
-    save_model(model, tmp_path / "ext.onnx", external_data=True)
+
+def test_file_session_the_ordinary_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Should onnxruntime refuse the light model (no option to locate the file), the session is
+    built from the whole file, extra outputs and all."""
+    import onnxfcn.runtime as rt
+
+    model = _wide()
+    path = tmp_path / "m.onnx"
+    save_model(model, path)
+    real = rt._start
+
+    def refuse_light(m: object, opts: object, provider: str) -> object:
+        if isinstance(m, bytes) and len(m) < 100_000:  # the light model, not the whole one
+            raise RuntimeError("unknown session option")
+        return real(m, opts, provider)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rt, "_start", refuse_light)
     x = rand(image_shape(batch=2))
     want = make_session(model).run(None, {"image": x})[0]
-    for path in (tmp_path / "other.onnx", tmp_path / "ext.onnx"):
-        loaded = model if path.name == "other.onnx" else load_model(path)[0]
-        assert_close(file_session(path, loaded).run(None, {"image": x})[0], want, 1e-5)
+    feature = model.graph.node[-4].output[0]
+    with caplog.at_level("DEBUG", logger="onnxfcn.runtime"):
+        got, hidden = file_session(path, outputs={feature: onnx.TensorProto.FLOAT}).run(None, {"image": x})
+        plain = file_session(path).run(None, {"image": x})[0]
+    assert len([r for r in caplog.records if "the ordinary way" in r.getMessage()]) == 2
+    assert_close(got, want, 1e-5)
+    assert_close(plain, want, 1e-5)
+    assert hidden.shape == (2, 1024)
