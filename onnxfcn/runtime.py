@@ -163,7 +163,7 @@ def probe_shapes(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]],
 
 
 # Initializers at least this large are handed to onnxruntime in place (``light_session``); the
-# small ones, which shape inference and constant folding read, stay in the model.
+# small ones (shapes, axes: what onnxruntime reads while it builds a session) stay in the model.
 SHARED_MIN_BYTES = 64 * 1024
 _SHAREABLE = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT8,
               onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.INT32,
