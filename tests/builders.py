@@ -122,3 +122,11 @@ def flatten_gemm(opset: int = 13, padded: bool = False, k: int = 5, dtype: Any =
 def image_shape(layout: str = "NCHW", batch: Any = 1) -> list[Any]:
     return [batch, 3, REF, REF] if layout == "NCHW" else [batch, REF, REF, 3]
 
+
+def wide(dtype: Any = np.float32, seed: int = 0) -> onnx.ModelProto:
+    """Trunk -> Flatten -> 288x1024 -> Relu -> 1024x300: two weights over 1 MB, logits of std ~3."""
+    b = Builder(13, seed, dtype)
+    y = b.node("Flatten", [trunk(b)], axis=1)
+    y = b.node("Relu", [gemm(b, y, 288, 1024)])
+    b.inits[-2].doc_string = "a field after raw_data"  # the weight: doc_string (12) follows raw_data (9)
+    return b.model(["N", 3, 18, 18], [gemm(b, y, 1024, 300, alpha=4.0)], out_names=["logits"])

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from builders import flatten_gemm
+from builders import flatten_gemm, wide
 from conftest import ROOT, assert_close, rand, run
 
 import onnxfcn
@@ -378,7 +378,6 @@ def test_graph_without_weights_refers_to_the_files_own_bytes(tmp_path: Path) -> 
     """load_model(weights=False) parses only the small fields; each large weight becomes an
     external-data reference to its bytes in the file, which onnx's own loader then reads back."""
     from onnx.external_data_helper import load_external_data_for_model
-    from test_wire import wide
 
     from onnxfcn.wire import PIECE_MIN_BYTES
 
@@ -398,8 +397,6 @@ def test_graph_without_weights_refers_to_the_files_own_bytes(tmp_path: Path) -> 
 
 
 def test_graph_without_weights_refuses_what_the_full_load_refuses(tmp_path: Path) -> None:
-    from test_wire import wide
-
     model = wide()
     big = max(model.graph.initializer, key=lambda t: len(t.raw_data))
     big.raw_data = big.raw_data[:-8]

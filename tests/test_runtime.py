@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from builders import Builder, image_shape, trunk
+from builders import Builder, image_shape, trunk, wide
 from conftest import assert_close, rand
 from onnx import numpy_helper
 
@@ -90,14 +90,8 @@ def test_onnxruntime_allocation_failure_is_a_resource_error() -> None:
 
 
 # ---- sessions that do not copy the weights ---------------------------------------------------
-def _wide() -> onnx.ModelProto:
-    from test_wire import wide
-
-    return wide()
-
-
 def test_light_session_computes_what_the_whole_model_does() -> None:
-    model = _wide()
+    model = wide()
     x = rand(image_shape(batch=3))
     want = make_session(model).run(None, {"image": x})[0]
     assert want.std() > 2  # realistic logits
@@ -117,7 +111,7 @@ def test_light_session_falls_back_to_the_whole_model(monkeypatch: pytest.MonkeyP
     built from the whole model instead, and computes the same."""
     import onnxfcn.runtime as rt
 
-    model = _wide()
+    model = wide()
     real = rt._start
 
     def refuse_light(m: object, opts: object, provider: str) -> object:
@@ -133,7 +127,7 @@ def test_light_session_falls_back_to_the_whole_model(monkeypatch: pytest.MonkeyP
 
 
 def test_file_session_reads_the_weights_from_the_file(tmp_path: Path) -> None:
-    model = _wide()
+    model = wide()
     path = tmp_path / "m.onnx"
     save_model(model, path)
     x = rand(image_shape(batch=2))
@@ -155,7 +149,7 @@ def test_file_session_reads_the_weights_from_the_file(tmp_path: Path) -> None:
 def test_file_session_keeps_external_data_where_it_is(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A model saved with external data: its references stay as they are (onnxruntime finds the
     data file in the model's folder), the ordinary way is not needed."""
-    model = _wide()
+    model = wide()
     path = tmp_path / "ext.onnx"
     save_model(model, path, external_data=True)
     x = rand(image_shape(batch=2))
@@ -171,7 +165,7 @@ def test_file_session_the_ordinary_way(tmp_path: Path, monkeypatch: pytest.Monke
     built from the whole file, extra outputs and all."""
     import onnxfcn.runtime as rt
 
-    model = _wide()
+    model = wide()
     path = tmp_path / "m.onnx"
     save_model(model, path)
     real = rt._start

@@ -8,22 +8,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from builders import Builder, gemm, trunk
+from builders import wide
 from onnx import helper, numpy_helper
 from zoo_models import realistic
 
 from onnxfcn import wire
 from onnxfcn.errors import ModelLoadError
 from onnxfcn.io import load_model, save_model
-
-
-def wide(dtype: type = np.float32, seed: int = 0) -> onnx.ModelProto:
-    """Trunk -> Flatten -> 288x1024 -> Relu -> 1024x300: two weights over 1 MB, logits of std ~3."""
-    b = Builder(13, seed, dtype)
-    y = b.node("Flatten", [trunk(b)], axis=1)
-    y = b.node("Relu", [gemm(b, y, 288, 1024)])
-    b.inits[-2].doc_string = "a field after raw_data"  # the weight: doc_string (12) follows raw_data (9)
-    return b.model(["N", 3, 18, 18], [gemm(b, y, 1024, 300, alpha=4.0)], out_names=["logits"])
 
 
 def written(model: onnx.ModelProto) -> bytes:
