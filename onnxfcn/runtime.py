@@ -20,7 +20,7 @@ import onnxruntime as ort
 from .errors import OnnxFcnError, ResourceError
 from .graph import Shape, skeleton, tensor_nbytes
 from .io import load_model, needs_external_data, save_model
-from .wire import copy_fields
+from .wire import FIXED_SIZE_TYPES, copy_fields
 
 Progress = Callable[[int, int], None]
 log = logging.getLogger(__name__)
@@ -165,9 +165,7 @@ def probe_shapes(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]],
 # Initializers at least this large are handed to onnxruntime in place (``light_session``); the
 # small ones (shapes, axes: what onnxruntime reads while it builds a session) stay in the model.
 SHARED_MIN_BYTES = 64 * 1024
-_SHAREABLE = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT8,
-              onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.INT32,
-              onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64}
+_SHAREABLE = FIXED_SIZE_TYPES - {onnx.TensorProto.BFLOAT16}  # numpy has no bfloat16
 _STUB = "onnxfcn-weights.stub"
 
 
@@ -194,11 +192,7 @@ def split_weights(model: onnx.ModelProto, outputs: dict[str, int] | None = None,
                 stub.external_data.add(key=key, value=value)
         else:
             light.graph.initializer.append(t)
-    if outputs is not None:
-        if not keep_outputs:
-            del light.graph.output[:]
-            del light.graph.value_info[:]
-        _add_outputs(light, outputs)
+    _set_outputs(light, outputs, keep_outputs)
     return light, arrays
 
 
@@ -235,11 +229,7 @@ def light_session(model: onnx.ModelProto, provider: str = "cpu", pin: dict[str, 
         del values, arrays, light
         whole = onnx.ModelProto()
         whole.CopyFrom(model)
-        if outputs is not None:
-            if not keep_outputs:
-                del whole.graph.output[:]
-                del whole.graph.value_info[:]
-            _add_outputs(whole, outputs)
+        _set_outputs(whole, outputs, keep_outputs)
         return _start_model(whole, _light_options(pin), provider)  # the same kernels as a light session's
     sess._onnxfcn_weights = (arrays, values)  # must outlive the session
     return sess
@@ -282,6 +272,17 @@ def file_session(path: str | os.PathLike[str], provider: str = "cpu", pin: dict[
     whole, _ = load_model(path)
     _add_outputs(whole, outputs)
     return make_session(whole, provider, pin, optimize)
+
+
+def _set_outputs(model: onnx.ModelProto, outputs: dict[str, int] | None, keep_outputs: bool) -> None:
+    """``outputs`` added to the graph's (``keep_outputs``) or in their place, with the value_info
+    that may contradict what a run finds; None: the graph's as they are."""
+    if outputs is None:
+        return
+    if not keep_outputs:
+        del model.graph.output[:]
+        del model.graph.value_info[:]
+    _add_outputs(model, outputs)
 
 
 def _add_outputs(model: onnx.ModelProto, outputs: dict[str, int]) -> None:

@@ -20,6 +20,8 @@ from typing import IO, Any
 
 import onnx
 
+from .graph import tensor_nbytes
+
 _NAME = 8  # TensorProto.name
 _RAW_DATA = 9  # TensorProto.raw_data
 _INITIALIZER = 5  # GraphProto.initializer
@@ -69,25 +71,7 @@ def _key(field: int) -> bytes:
 
 def chunks(data: bytes) -> list[tuple[int, bytes]]:
     """The top-level fields of a serialized message: (field number, the field's whole encoding)."""
-    out: list[tuple[int, bytes]] = []
-    i = 0
-    while i < len(data):
-        start = i
-        key, i = _read_varint(data, i)
-        kind = key & 7
-        if kind == 0:
-            _, i = _read_varint(data, i)
-        elif kind == 1:
-            i += 8
-        elif kind == 2:
-            n, i = _read_varint(data, i)
-            i += n
-        elif kind == 5:
-            i += 4
-        else:  # groups: not in ONNX's schema
-            raise WireMismatch(f"wire type {kind}")
-        out.append((key >> 3, data[start:i]))
-    return out
+    return [(fn, data[f0:f1]) for fn, _, f0, _, f1 in _spans(memoryview(data), 0, len(data))]
 
 
 def _read_varint(data: bytes | memoryview, i: int) -> tuple[int, int]:
@@ -217,16 +201,10 @@ Piece = bytes | onnx.TensorProto  # encoded bytes, or a tensor standing for its 
 
 
 # Types whose data is itemsize x the number of elements (the packed 4-bit types are not).
-_FIXED_SIZE = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE,
-               onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
-               onnx.TensorProto.INT32, onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64}
-
-
-def _data_bytes(t: onnx.TensorProto) -> int:
-    n = 1
-    for d in t.dims:
-        n *= d
-    return n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+FIXED_SIZE_TYPES = frozenset({
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
+    onnx.TensorProto.INT32, onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64})
 
 
 def _tensor_pieces(t: onnx.TensorProto) -> tuple[list[Piece], int]:
@@ -235,15 +213,15 @@ def _tensor_pieces(t: onnx.TensorProto) -> tuple[list[Piece], int]:
     header = onnx.TensorProto()
     copy_fields(t, header, "raw_data")
     parts = chunks(header.SerializeToString())
-    n = _data_bytes(t)
+    n = tensor_nbytes(t)
     lead = b"".join(c for f, c in parts if f < _RAW_DATA) + _key(_RAW_DATA) + varint(n)
     tail = b"".join(c for f, c in parts if f > _RAW_DATA)
     return [lead, t, tail], len(lead) + n + len(tail)
 
 
 def _piece_tensor(t: onnx.TensorProto) -> bool:
-    return (t.HasField("raw_data") and t.data_type in _FIXED_SIZE and t.data_location != onnx.TensorProto.EXTERNAL
-            and _data_bytes(t) >= PIECE_MIN_BYTES)
+    return (t.HasField("raw_data") and t.data_type in FIXED_SIZE_TYPES and t.data_location != onnx.TensorProto.EXTERNAL
+            and tensor_nbytes(t) >= PIECE_MIN_BYTES)
 
 
 def write_model(model: onnx.ModelProto, f: IO[bytes]) -> int:
@@ -281,12 +259,12 @@ def write_model(model: onnx.ModelProto, f: IO[bytes]) -> int:
             f.write(p)
         else:
             raw = p.raw_data
-            if len(raw) != _data_bytes(p):
-                raise WireMismatch(f"tensor '{p.name}': {len(raw)} bytes of data for {_data_bytes(p)}")
+            if len(raw) != tensor_nbytes(p):
+                raise WireMismatch(f"tensor '{p.name}': {len(raw)} bytes of data for {tensor_nbytes(p)}")
             f.write(raw)
             del raw
     return sum(map(_length, body))
 
 
 def _length(p: Piece) -> int:
-    return len(p) if isinstance(p, bytes) else _data_bytes(p)
+    return len(p) if isinstance(p, bytes) else tensor_nbytes(p)
