@@ -36,7 +36,7 @@ def main() -> None:
     import onnxfcn
     from onnxfcn.io import save_model
     from onnxfcn.runtime import make_session
-    from onnxfcn.verify import sample_positions
+    from onnxfcn.verify.sliding import sample_positions
 
     with tempfile.TemporaryDirectory() as tmp:
         src = model_or_vgg16(args.model, Path(tmp))

@@ -28,9 +28,9 @@ from .geometry import check_on_lattice, next_on_lattice
 from .head import ImageInput, find_image_input
 from .io import load_model
 from .macs import count_macs
-from .plan import meta_pair, parse_sizes, read_metadata
-from .runtime import check_memory, first_line, make_session, resolve_providers, resource_error, run_batched
-from .verify import crop
+from .metadata import ConversionMetadata
+from .runtime import check_memory, make_session, onnxruntime_errors, resolve_providers, run_batched
+from .windows import corners, crop, fits
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +138,9 @@ def windows(image: ImageInput, x: np.ndarray, grid: tuple[int, int], window: tup
     """The windows of ``x`` (batch 1) that the converted model's cells stand for, stacked on the
     batch axis in row-major cell order. Windows that reach past the image are not cut."""
     hax, wax = (2, 3) if image.layout == "NCHW" else (1, 2)
-    (wh, ww), (sh, sw), (oh, ow) = window, stride, offset
-    corners = [(oh + i * sh, ow + j * sw) for i in range(grid[0]) for j in range(grid[1])]
-    crops = [crop(x, image.layout, top, left, wh, ww) for top, left in corners
-             if top >= 0 and left >= 0 and top + wh <= x.shape[hax] and left + ww <= x.shape[wax]]
+    size = (x.shape[hax], x.shape[wax])
+    crops = [crop(x, image.layout, top, left, *window) for _, _, top, left in corners(grid, stride, offset)
+             if fits(top, left, window, size)]
     return np.concatenate(crops, axis=0) if crops else x[:0]
 
 
@@ -160,14 +159,12 @@ def bench(original: str | os.PathLike[str] | onnx.ModelProto, converted: str | o
     # is serialized once per session.
     orig_src: onnx.ModelProto | str = orig if isinstance(original, onnx.ModelProto) else str(original)
     conv_src: onnx.ModelProto | str = conv if isinstance(converted, onnx.ModelProto) else str(converted)
-    meta = read_metadata(conv)
-    if not meta.get("mode"):
+    meta = ConversionMetadata.read(conv)
+    if meta is None:
         raise InvalidConversionError("the second model has no onnxfcn metadata: is it a model converted by onnxfcn?")
-    window, stride = meta_pair(meta, "window", 1), meta_pair(meta, "stride", 1)
-    offset = meta_pair(meta, "offset", 0) if meta.get("mode") == "window" else (0, 0)
-    dil = meta_pair(meta, "feature_dilation", 1) if "feature_dilation" in meta else (1, 1)
+    window, stride, dil, lattice = meta.window, meta.stride, meta.feature_dilation, meta.sizes
+    offset = meta.offset if meta.mode == "window" else (0, 0)
     image = find_image_input(orig, None, window)
-    lattice = parse_sizes(meta.get("sizes", "any"))
     h, w = size or (next_on_lattice(window[0] + 5 * stride[0] * dil[0], lattice[0]),
                     next_on_lattice(window[1] + 5 * stride[1] * dil[1], lattice[1]))
     check_on_lattice(h, w, lattice, "--size")
@@ -175,7 +172,7 @@ def bench(original: str | os.PathLike[str] | onnx.ModelProto, converted: str | o
         raise OnnxFcnError(f"no window fits {h}x{w}: the windows are {window[0]}x{window[1]}; use a larger --size")
     check_memory(conv, image.name, image.shape_at(1, h, w), f"bench at {h}x{w}")
     notes = []
-    if meta["mode"] == "dense":
+    if meta.mode == "dense":
         notes.append("dense mode: a cell scores one feature position; the original still runs on the windows at "
                      "the stride")
     rng = np.random.default_rng(seed)
@@ -199,13 +196,8 @@ def bench(original: str | os.PathLike[str] | onnx.ModelProto, converted: str | o
         k = 0
         while k < runs:  # the first run warms up; runs of a few ms repeat for half a second at least
             t = time.perf_counter()
-            try:
+            with onnxruntime_errors(f"{feed.shape[-2]}x{feed.shape[-1]}", f"onnxruntime fails on input {list(feed.shape)}"):
                 outs = run_batched(sess, image.name, feed, chunk=chunk)
-            except OnnxFcnError:
-                raise
-            except Exception as exc:  # onnxruntime raises several types
-                oom = resource_error(exc, f"{feed.shape[-2]}x{feed.shape[-1]}")
-                raise oom or OnnxFcnError(f"onnxruntime fails on input {list(feed.shape)}: {first_line(exc)}") from exc
             took = time.perf_counter() - t
             if k:
                 times.append(took)

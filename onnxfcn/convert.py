@@ -14,9 +14,9 @@ from . import pipeline
 from .errors import OnnxFcnError
 from .geometry import Geometry
 from .head import ImageInput
+from .metadata import ConversionMetadata
 from .pipeline import ModelStats
-from .plan import set_metadata
-from .preprocess import Preprocess, labels_metadata
+from .preprocess import Preprocess
 from .rewrite import Change
 from .shapes import class_count
 
@@ -83,17 +83,20 @@ def convert(
     """
     t0 = time.perf_counter()
     stride = (output_stride, output_stride) if isinstance(output_stride, int) else output_stride
-    state = pipeline.run(model_or_path, pipeline.Options(mode, input_name, size, self_check, seed, max_memory,
-                                                         stride))
+    state = pipeline.run(model_or_path, pipeline.Options(mode=mode, input_name=input_name, size=size,
+                                                         self_check=self_check, seed=seed, max_memory=max_memory,
+                                                         output_stride=stride))
     planned, model = state.plan, state.model
     if preprocess is not None:
         preprocess.check(planned.analysis.image.channels)
-        set_metadata(model, preprocess.to_metadata())
     if labels is not None:
         classes = class_count(model)
         if classes is not None and len(labels) != classes:
             raise OnnxFcnError(f"{len(labels)} labels for {classes} classes: give one label per class")
-        set_metadata(model, labels_metadata(labels))
+    if preprocess is not None or labels is not None:
+        meta = ConversionMetadata.read(model)
+        assert meta is not None  # the pipeline wrote it
+        meta.with_preprocess(preprocess, labels).write(model)
     report = ConversionReport(
         image=planned.analysis.image, mode=planned.mode, geometry=planned.geometry,
         changes=planned.trunk.changes + planned.plan.changes + planned.stride_changes, features=sorted(set(planned.plan.features)),

@@ -43,8 +43,8 @@ def inspect(model_or_path: str | os.PathLike[str] | onnx.ModelProto, *, mode: st
     """Plan the conversion exactly as ``convert`` does, and stop; ``at``: an input size for the grid."""
     report = InspectReport(mode=mode)
     stride = (output_stride, output_stride) if isinstance(output_stride, int) else output_stride
-    state = pipeline.State(model_or_path, pipeline.Options(mode, input_name, size, self_check=False,
-                                                           output_stride=stride))
+    state = pipeline.ConversionState(model_or_path, pipeline.Options(mode=mode, input_name=input_name, size=size,
+                                                                     self_check=False, output_stride=stride))
     try:
         pipeline.resume(state, stop_after="plan")
     except AlreadyConvolutionalError as exc:

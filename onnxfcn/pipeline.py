@@ -23,11 +23,13 @@ from .errors import OnnxFcnError, SelfCheckError
 from .graph import GraphIndex, skeleton
 from .head import Analysis
 from .io import dependency_files, load_model, model_nbytes
-from .plan import Planned, analyse_model, check_mode, metadata, plan_analysis, set_metadata
+from .metadata import ConversionMetadata
+from .plan import Planned, analyse_model, check_mode, plan_analysis
 from .rewrite import apply_plan
 from .runtime import probe_shapes
 from .shapes import make_dynamic
-from .verify import Reference, Subject, reference_outputs, self_check, subject_from_plan
+from .verify.selfcheck import Reference, reference_outputs, self_check
+from .verify.subject import Subject, subject_from_plan
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ class ModelStats:
         )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Options:
     mode: str = "window"
     input_name: str | None = None
@@ -67,7 +69,7 @@ class Options:
 
 
 @dataclass
-class State:
+class ConversionState:
     """What the stages hand on to each other."""
 
     source: str | os.PathLike[str] | onnx.ModelProto
@@ -96,10 +98,10 @@ class Stage:
     name: str
     requires: tuple[str, ...]
     ensures: str
-    run: Callable[[State], bool]  # returns whether it changed the model
+    run: Callable[[ConversionState], bool]  # returns whether it changed the model
 
 
-def _load(s: State) -> bool:
+def _load(s: ConversionState) -> bool:
     s.model, s.external_data = load_model(s.source)
     s.before = ModelStats.of(s.model)
     if not isinstance(s.source, onnx.ModelProto):
@@ -108,14 +110,14 @@ def _load(s: State) -> bool:
     return False
 
 
-def _analyse(s: State) -> bool:
+def _analyse(s: ConversionState) -> bool:
     o = s.options
     check_mode(o.mode)  # before the analysis, which costs
     s.analysis = analyse_model(s.model, o.input_name, o.size)
     return False
 
 
-def _plan(s: State) -> bool:
+def _plan(s: ConversionState) -> bool:
     o = s.options
     assert s.analysis is not None
     s.planned = plan_analysis(s.analysis, o.mode, o.output_stride)
@@ -124,19 +126,19 @@ def _plan(s: State) -> bool:
     return False
 
 
-def _reference(s: State) -> bool:
+def _reference(s: ConversionState) -> bool:
     if s.subject is not None and s.subject.mode == "window":
         s.reference = reference_outputs(s.model, s.subject, seed=s.options.seed, max_memory=s.options.max_memory)
     return False
 
 
-def _apply(s: State) -> bool:
+def _apply(s: ConversionState) -> bool:
     trunk = s.plan.trunk
     apply_plan(s.model, s.plan.plan, trunk.replacements, trunk.initializers, s.plan.stride_edits)
     return True
 
 
-def _make_dynamic(s: State) -> bool:
+def _make_dynamic(s: ConversionState) -> bool:
     image, plan = s.plan.analysis.image, s.plan.plan
     index = GraphIndex(s.model, {image.name: image.shape_at(1, image.height, image.width)}, probe_shapes)
     channels: dict[str, int | None] = {}
@@ -145,11 +147,11 @@ def _make_dynamic(s: State) -> bool:
         dim = shape[m.layout[1]] if shape and m.layout is not None else None
         channels[name] = dim if isinstance(dim, int) else None
     make_dynamic(s.model, image, plan.outputs, channels)
-    set_metadata(s.model, metadata(s.plan.geometry, list(dict.fromkeys(plan.sources)), s.plan.analysis.image))
+    ConversionMetadata.of(s.plan.geometry, list(dict.fromkeys(plan.sources)), s.plan.analysis.image).write(s.model)
     return True
 
 
-def _check(s: State) -> bool:
+def _check(s: ConversionState) -> bool:
     try:
         # The checker on the skeleton (weights as typed inputs) checks the graph without
         # serializing the weights; the tests run it on whole models too.
@@ -176,12 +178,12 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
-def run(source: str | os.PathLike[str] | onnx.ModelProto, options: Options, stop_after: str | None = None) -> State:
+def run(source: str | os.PathLike[str] | onnx.ModelProto, options: Options, stop_after: str | None = None) -> ConversionState:
     """Run the stages in order (up to ``stop_after``), each after the stages it requires."""
-    return resume(State(source, options), stop_after)
+    return resume(ConversionState(source, options), stop_after)
 
 
-def resume(state: State, stop_after: str | None = None) -> State:
+def resume(state: ConversionState, stop_after: str | None = None) -> ConversionState:
     """Run the stages ``state`` has not run yet. A stage that raises leaves ``state`` as the
     stages before it left it (inspect reads the heads off a model it cannot plan)."""
     if stop_after is not None and stop_after not in {st.name for st in STAGES}:

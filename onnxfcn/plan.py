@@ -1,6 +1,5 @@
 """Planning: analyse a model and plan its rewrite without changing it. convert, inspect and
-verify all start here, so they cannot disagree about mode, geometry or exactness. Also the
-metadata that carries the plan's geometry in a converted model."""
+verify all start here, so they cannot disagree about mode, geometry or exactness."""
 
 from __future__ import annotations
 
@@ -9,91 +8,18 @@ from dataclasses import dataclass
 
 import onnx
 
-from ._version import __version__
-from .errors import AlreadyConvolutionalError, InvalidConversionError, OnnxFcnError
-from .geometry import Geometry, Lattice, lattice_text, parse_lattice, plan_geometry
+from .errors import AlreadyConvolutionalError, OnnxFcnError
+from .geometry import Geometry, plan_geometry
 from .graph import attr, node_label
-from .head import Analysis, ImageInput, analyze, find_image_input
+from .head import Analysis, analyze, find_image_input
 from .matcher import plan_head_rewrite
+from .metadata import is_converted
 from .rewrite import MODES, Change, Plan
 from .runtime import probe_shapes
 from .stride import Edit, plan_head_dilation
 from .trunk import TrunkPlan, plan_trunk_rewrite
 
 log = logging.getLogger(__name__)
-
-META_PREFIX = "onnxfcn."
-
-
-def metadata(geo: Geometry, features: list[str], image: ImageInput) -> dict[str, str]:
-    """The geometry, the image input, and the converted graph's NCHW tensor the head reads (for verify)."""
-    def pair(p: tuple[int, int]) -> str:
-        return f"{p[0]},{p[1]}"
-
-    return {
-        META_PREFIX + "window": pair(geo.window),
-        META_PREFIX + "stride": pair(geo.stride),
-        META_PREFIX + "offset": pair(geo.offset),
-        META_PREFIX + "receptive_field": pair(geo.receptive_field),
-        META_PREFIX + "receptive_field_start": pair(geo.receptive_field_start),
-        META_PREFIX + "global_context": "true" if geo.global_context else "false",
-        META_PREFIX + "sizes": sizes_text(geo),
-        META_PREFIX + "input": image.name,
-        META_PREFIX + "input_layout": image.layout,
-        META_PREFIX + "mode": geo.mode,
-        META_PREFIX + "exact": "true" if geo.exact else "false",
-        META_PREFIX + "reasons": "; ".join(geo.reasons),
-        META_PREFIX + "feature_window": pair(geo.feature_window),
-        META_PREFIX + "feature_dilation": pair(geo.feature_dilation),
-        META_PREFIX + "features": ",".join(features),
-        META_PREFIX + "feature_layout": "NCHW",
-        META_PREFIX + "version": __version__,
-    }
-
-
-def sizes_text(geo: Geometry) -> str:
-    """The input sizes the model runs at: 'any', '32k+7' (both axes), or '32k+7 x 32k+3' (H x W)."""
-    h, w = (lattice_text(lat) for lat in geo.lattice)
-    return h if h == w else f"{h} x {w}"
-
-
-def parse_sizes(text: str) -> tuple[Lattice, Lattice]:
-    """The inverse of ``sizes_text``."""
-    try:
-        parts = [parse_lattice(p.strip()) for p in text.split(" x ")]
-    except OnnxFcnError:
-        raise InvalidConversionError(f"metadata onnxfcn.sizes is {text!r}, not 'any', '32k+7' or '32k+7 x 32k+3'") from None
-    if len(parts) not in (1, 2):
-        raise InvalidConversionError(f"metadata onnxfcn.sizes is {text!r}, not 'any', '32k+7' or '32k+7 x 32k+3'")
-    return parts[0], parts[-1]
-
-
-def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
-    return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
-
-
-def meta_pair(meta: dict[str, str], key: str, minimum: int | None) -> tuple[int, int]:
-    """A metadata value 'A,B' (``read_metadata``'s keys), each at least ``minimum`` (None: any
-    integer, as an offset or a field's start may be negative)."""
-    text = meta.get(key)
-    if text is None:
-        raise InvalidConversionError(f"metadata onnxfcn.{key} is missing")
-    try:
-        a, b = (int(v) for v in text.split(","))
-    except ValueError:
-        raise InvalidConversionError(f"metadata onnxfcn.{key} is {text!r}, not two integers 'A,B'") from None
-    if minimum is not None and (a < minimum or b < minimum):
-        raise InvalidConversionError(f"metadata onnxfcn.{key} is {text!r}: values must be at least {minimum}")
-    return a, b
-
-
-def set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
-    kept = [p for p in model.metadata_props if p.key not in meta]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    for k, v in meta.items():
-        model.metadata_props.add(key=k, value=v)
-
 
 def check_mode(mode: str) -> None:
     if mode not in MODES:
@@ -103,7 +29,7 @@ def check_mode(mode: str) -> None:
 def analyse_model(model: onnx.ModelProto, input_name: str | None = None,
                   size: tuple[int, int] | None = None) -> Analysis:
     """Find the image input and the head; raise if the model is already converted."""
-    if read_metadata(model).get("mode"):
+    if is_converted(model):
         raise AlreadyConvolutionalError("already converted by onnxfcn (metadata onnxfcn.mode is set)")
     image = find_image_input(model, input_name, size)
     return analyze(model, image, probe_shapes)

@@ -1,10 +1,9 @@
 """Preprocessing and labels that travel with a converted model, and reading inputs for it.
 
 ``convert --mean --std --scale --channels --labels`` stores them in the model's metadata
-(``onnxfcn.scale``, ``onnxfcn.mean``, ``onnxfcn.std``, ``onnxfcn.channels``, ``onnxfcn.labels``);
-``scan`` and ``verify --image`` apply them to image files: pixel values 0..255 times ``scale``,
-minus ``mean``, divided by ``std``, per channel, in the stated channel order. A ``.npy`` input is
-the model input as it is and is never preprocessed.
+(``metadata.py``); ``scan`` and ``verify --image`` apply them to image files: pixel values 0..255
+times ``scale``, minus ``mean``, divided by ``std``, per channel, in the stated channel order. A
+``.npy`` input is the model input as it is and is never preprocessed.
 """
 
 from __future__ import annotations
@@ -14,15 +13,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .errors import InvalidConversionError, OnnxFcnError
+from .errors import OnnxFcnError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 CHANNEL_ORDERS = ("rgb", "bgr")
-_PREFIX = "onnxfcn."
 
 
 @dataclass(frozen=True)
@@ -71,48 +68,6 @@ class Preprocess:
             x = x / np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def to_metadata(self) -> dict[str, str]:
-        def floats(v: tuple[float, ...] | None) -> str:
-            return "" if v is None else ",".join(repr(float(f)) for f in v)
-
-        return {_PREFIX + "scale": repr(float(self.scale)), _PREFIX + "mean": floats(self.mean),
-                _PREFIX + "std": floats(self.std), _PREFIX + "channels": self.channels}
-
-    @classmethod
-    def from_metadata(cls, meta: dict[str, str]) -> Preprocess:
-        """From ``plan.read_metadata``'s keys; the defaults where a key is missing."""
-        try:
-            scale = float(meta["scale"]) if meta.get("scale") else 1 / 255
-            mean = tuple(float(v) for v in meta["mean"].split(",")) if meta.get("mean") else None
-            std = tuple(float(v) for v in meta["std"].split(",")) if meta.get("std") else None
-            return cls(scale, mean, std, meta.get("channels") or "rgb")
-        except (ValueError, OnnxFcnError) as exc:
-            raise InvalidConversionError(f"the preprocessing in the model's metadata is not valid: {exc}") from None
-
-
-def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
-    """'0.485,0.456,0.406' -> a tuple; None stays None."""
-    if text is None:
-        return None
-    try:
-        vals = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise OnnxFcnError(f"{option} {text!r}: expected comma-separated numbers, e.g. 0.485,0.456,0.406") from None
-    return vals
-
-
-def parse_scale(text: str | None) -> float | None:
-    """'0.00392', '1/255' or None."""
-    if text is None:
-        return None
-    try:
-        if "/" in text:
-            num, den = text.split("/")
-            return float(num) / float(den)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise OnnxFcnError(f"--scale {text!r}: expected a number such as 0.0039 or 1/255") from None
-
 
 def read_labels(path: str | Path) -> list[str]:
     """A labels file: a JSON list of strings, or one label per line."""
@@ -133,23 +88,6 @@ def read_labels(path: str | Path) -> list[str]:
             labels.pop()
     if not labels:
         raise OnnxFcnError(f"{path}: no labels in the file")
-    return labels
-
-
-def labels_metadata(labels: Sequence[str]) -> dict[str, str]:
-    return {_PREFIX + "labels": json.dumps(list(labels), ensure_ascii=False)}
-
-
-def labels_from_metadata(meta: dict[str, str]) -> list[str] | None:
-    text = meta.get("labels")
-    if not text:
-        return None
-    try:
-        labels: Any = json.loads(text)
-    except json.JSONDecodeError:
-        raise InvalidConversionError("metadata onnxfcn.labels is not a JSON list") from None
-    if not isinstance(labels, list) or not all(isinstance(v, str) for v in labels):
-        raise InvalidConversionError("metadata onnxfcn.labels is not a JSON list of strings")
     return labels
 
 

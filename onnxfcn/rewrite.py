@@ -21,7 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .graph import GraphIndex, set_attr, walk_back
-from .head import NCHW, Analysis, Layout, State, perm_to
+from .head import NCHW_AXES, Analysis, Layout, TensorState, perm_to
 from .stride import Edit, apply_edits
 
 log = logging.getLogger(__name__)
@@ -148,16 +148,15 @@ class HeadContext:
         self.mapped: dict[str, Mapped] = {}
 
     # ---- reading the analysis ----------------------------------------------------------
-    def state(self, name: str) -> State | None:
-        info = self.analysis.info.get(name)
-        return info.state if info is not None else None
+    def state(self, name: str) -> TensorState | None:
+        return self.analysis.state(name)
 
     def rank(self, name: str) -> int:
         return self.index.rank(name) or 2
 
     def head_inputs(self, node: onnx.NodeProto) -> list[str]:
         """The node's inputs that are head tensors (pooled maps or feature vectors)."""
-        return [i for i in node.input if i and self.state(i) in (State.POOLED, State.FLAT)]
+        return [i for i in node.input if i and self.state(i) in (TensorState.POOLED, TensorState.FLAT)]
 
     def unmapped(self, node: onnx.NodeProto, names: Sequence[str] | None = None) -> str | None:
         """A reason when one of ``names`` (default: the first input) has no counterpart yet."""
@@ -182,7 +181,7 @@ class HeadContext:
         if axis is None:
             return "axis not given"
         ax = axis % self.rank(name)
-        if self.state(name) is State.FLAT:
+        if self.state(name) is TensorState.FLAT:
             return None if ax == 1 else f"axis={axis} is not the class axis of an N x K tensor"
         return None if ax == m.channel_axis else f"axis={axis} is not the channel axis"
 
@@ -257,15 +256,15 @@ class HeadContext:
 
     def as_nchw(self, name: str, layout: Layout, b: Builder) -> str:
         """``name`` in NCHW: the exporter's own NCHW source when it transposed to NHWC, else a Transpose."""
-        if layout == NCHW:
+        if layout == NCHW_AXES:
             return name
         prod = self.index.producer.get(name)
         if prod is not None and prod.op_type == "Transpose":
             src = prod.input[0]
             info = self.analysis.info.get(src)
-            if info is not None and info.layout == NCHW:
+            if info is not None and info.layout == NCHW_AXES:
                 return src  # undo the exporter's NCHW->NHWC transpose instead of adding another
-        (out,) = b.node("Transpose", [name], "to_nchw", perm=perm_to(layout, NCHW))
+        (out,) = b.node("Transpose", [name], "to_nchw", perm=perm_to(layout, NCHW_AXES))
         return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -9,7 +10,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import onnxruntime as ort
 from .errors import OnnxFcnError, ResourceError
 from .graph import Shape, skeleton, tensor_nbytes
 from .io import load_model, needs_external_data, save_model
+from .units import human_bytes
 from .wire import FIXED_SIZE_TYPES, copy_fields
 
 Progress = Callable[[int, int], None]
@@ -77,26 +79,6 @@ def release_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-
-
-def human_bytes(n: float) -> str:
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} bytes"
-
-
-def parse_bytes(text: str) -> int:
-    """'8G', '512M', '1.5GiB', '100000' -> bytes."""
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(t[-1:], 1)
-    try:
-        value = float(t[:-1] if scale > 1 else t)
-    except ValueError:
-        raise OnnxFcnError(f"--max-memory {text!r}: expected a size such as 8G or 512M") from None
-    if value <= 0:
-        raise OnnxFcnError(f"--max-memory {text!r}: must be positive")
-    return int(value * scale)
 
 
 def estimate_memory(model: onnx.ModelProto, input_name: str, shape: list[int]) -> int:
@@ -371,6 +353,39 @@ def resource_error(exc: BaseException, where: str) -> ResourceError | None:
     if not is_out_of_memory(exc):
         return None
     return ResourceError(f"out of memory at {where}: {first_line(exc)}")
+
+
+def project_error(exc: BaseException, where: str, message: str,
+                  error: type[OnnxFcnError] = OnnxFcnError) -> OnnxFcnError:
+    """The project's error for an onnxruntime failure (onnxruntime raises several types): a
+    ResourceError when it ran out of memory at ``where``, else ``error`` saying ``message`` and
+    onnxruntime's first line, naming the node onnxruntime names. Project errors pass as they are."""
+    if isinstance(exc, OnnxFcnError):
+        return exc
+    oom = resource_error(exc, where)
+    if oom is not None:
+        return oom
+    return error(f"{message}: {first_line(exc)}", node_from_error(exc))
+
+
+@contextlib.contextmanager
+def onnxruntime_errors(where: str, message: str, error: type[OnnxFcnError] = OnnxFcnError) -> Iterator[None]:
+    """Whatever onnxruntime raises inside becomes ``project_error``'s error."""
+    try:
+        yield
+    except OnnxFcnError:
+        raise
+    except Exception as exc:  # onnxruntime raises several types
+        raise project_error(exc, where, message, error) from exc
+
+
+def failure_note(exc: BaseException, where: str) -> str:
+    """For a check that fails rather than raises: onnxruntime's first line. Running out of memory
+    still raises (a ResourceError is never reported as a mismatch)."""
+    oom = resource_error(exc, where)
+    if oom is not None:
+        raise oom from exc
+    return first_line(exc)
 
 
 def run_batched(sess: ort.InferenceSession, input_name: str, x: np.ndarray, chunk: int | None = None,

@@ -1,21 +1,25 @@
 """Output stride: what the a-trous rewrite changes in each node, and changing it.
 
-``geometry.plan_geometry`` decides the trunk's edits (it owns the stride arithmetic); this module
-holds the edit itself, plans the head's share (the feature-window kernels the rules built read a
-map that is now denser, so they are dilated alike) and applies edits to nodes.
+The geometry walk (``geometry/``) carries the stride arithmetic and asks this module, node by
+node, what the target stride makes of a layer (``new_stride``, ``ceil_end_pad``, ``kernel_edit``,
+``scaled_pads``). This module also holds the edit itself, plans the head's share (the
+feature-window kernels the rules built read a map that is now denser, so they are dilated alike)
+and applies edits to nodes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from .errors import UnsupportedModelError
-from .graph import attr, set_attr
+from .graph import attr, node_label, set_attr
+from .head import Analysis
+from .opspec import pad_spec
 
 KERNEL_OPS = frozenset({"Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool",
                         "QLinearAveragePool"})
@@ -61,6 +65,89 @@ def dilation_reason(op: str, opset: int) -> str | None:
     if opset < since:
         return f"{op} has dilations only from opset {since} (the model is opset {opset}); re-export at opset {since}"
     return None
+
+
+
+# ---- what the target stride makes of a trunk layer ----------------------------------------------
+def new_stride(node: onnx.NodeProto, jump: int, dense: int, s: int, target: int) -> int:
+    """A kernel's stride under output stride ``target``, its input at stride ``jump`` with ``dense``
+    new cells per original one: kept while the map stays at or above the target's density,
+    removed after, and split where the target falls inside it."""
+    if jump * dense * s <= target:
+        return s
+    if jump >= target:
+        return 1
+    if target % jump or s % (target // jump):
+        raise UnsupportedModelError(f"output stride {target} falls inside this stride-{s} layer (its input is at "
+                                    f"stride {jump}); choose a stride the layers' strides multiply to",
+                                    node_label(node))
+    return target // jump
+
+
+def ceil_end_pad(node: onnx.NodeProto, ref_in: int, ke: int, s: int, pb: int, pe: int) -> int:
+    """A ceil_mode pool loses its last, partial window when its stride is removed: end padding
+    that keeps it (at the reference size; a max ignores padding as it ignores the cells past
+    the edge)."""
+    n_out = -((-(ref_in + pb + pe - ke)) // s) + 1
+    need = (n_out - 1) * s + ke - ref_in - pb
+    if need <= pe:
+        return pe
+    if node.op_type != "MaxPool":
+        raise UnsupportedModelError(f"output stride: the {node.op_type}'s ceil_mode window past the edge has no "
+                                    "stride-1 equivalent", node_label(node))
+    return need
+
+
+def kernel_edit(analysis: Analysis, node: onnx.NodeProto, target: tuple[int, int], factor: list[int],
+                strides: list[int], pads: list[int]) -> Edit:
+    """The edit of a kernel op under an output stride, or why it cannot be made."""
+    index = analysis.index
+    where = f"output stride {target[0]}x{target[1]}"
+    edit = Edit(node.op_type, (factor[0], factor[1]), (strides[0], strides[1]), (pads[0], pads[1], pads[2], pads[3]))
+    if max(factor) > 1 and (why := dilation_reason(node.op_type, index.opset)) is not None:
+        if node.op_type != "AveragePool":
+            raise UnsupportedModelError(f"{where}: {why}", node_label(node))
+        return _average_as_conv(analysis, node, edit, where, why)
+    kernel = attr(node, "kernel_shape")
+    asymmetric = node.op_type == "MaxPool" and (pads[0], pads[1]) != (pads[2], pads[3])
+    if node.op_type in ("MaxPool", "AveragePool") and kernel and (asymmetric or any(
+            p >= kernel[k % 2] for k, p in enumerate(pads))):
+        # onnxruntime refuses a pool whose pads reach its kernel_shape (dilation aside), and
+        # onnx.reference (1.23) misreads a stride-1 MaxPool's asymmetric pads (a ceil_mode pool's
+        # end padding): the pads go into a Pad node, the same where its value is one the pool ignores.
+        dtype = index.dtypes.get(node.input[0]) or onnx.TensorProto.FLOAT
+        if node.op_type == "AveragePool" and not attr(node, "count_include_pad", 0):
+            raise UnsupportedModelError(f"{where}: the AveragePool's pads {pads} reach its kernel {list(kernel)} once "
+                                        "dilated, and excluding them from the mean has no Pad equivalent",
+                                        node_label(node))
+        low = 0.0 if node.op_type == "AveragePool" else lowest(dtype)
+        edit = replace(edit, pad_with=low, pad_dtype=dtype)
+    return edit
+
+
+def _average_as_conv(analysis: Analysis, node: onnx.NodeProto, edit: Edit, where: str, why: str) -> Edit:
+    """An AveragePool with no dilations in its opset, as the depthwise Conv that computes the same
+    mean: exact in value, rounded as a Conv (weights fl(1/n)). Only where every window divides by
+    its full size: no pads left out of the count."""
+    index = analysis.index
+    if any(edit.pads or ()) and not attr(node, "count_include_pad", 0):
+        raise UnsupportedModelError(f"{where}: {why}; its padding is left out of the mean, which a Conv cannot do",
+                                    node_label(node))
+    shape = index.static_shape(node.input[0])
+    dtype = index.dtypes.get(node.input[0]) or onnx.TensorProto.FLOAT
+    channels = shape[analysis.layout(node.input[0])[1]] if shape else None
+    if not isinstance(channels, int) or dtype not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                                                      onnx.TensorProto.FLOAT16):
+        raise UnsupportedModelError(f"{where}: {why}", node_label(node))
+    return replace(edit, as_conv=channels, pad_dtype=dtype)
+
+
+def scaled_pads(analysis: Analysis, node: onnx.NodeProto, dh: int, dw: int) -> tuple[int, ...]:
+    """A trunk Pad's pads (all of them, as the node lists them) with those on H and W scaled."""
+    pads, axes = pad_spec(analysis, node)
+    lay = analysis.layout(node.input[0])
+    scale = {lay[2]: dh, lay[3]: dw}
+    return tuple(v * scale.get(axes[k % len(axes)], 1) for k, v in enumerate(pads))
 
 
 def _const_ints(node: onnx.NodeProto, attr_name: str, input_pos: int,

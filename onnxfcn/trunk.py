@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 
 from .errors import UnsupportedModelError
 from .graph import GraphIndex, attr, node_label
-from .head import Analysis, State
+from .head import Analysis, TensorState
 from .rewrite import Change
 
 _INT_MAX = 2**63 - 1
@@ -74,7 +74,7 @@ def _plan_reshape(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProto, pos
     index = analysis.index
     src = analysis.info.get(node.input[0])
     out = analysis.info.get(node.output[0])
-    if src is None or src.state is not State.SPATIAL or out is None or out.state is not State.SPATIAL:
+    if src is None or src.state is not TensorState.SPATIAL or out is None or out.state is not TensorState.SPATIAL:
         return
     if not index.is_const(node.input[1]):
         return  # computed from Shape already: follows the input size
@@ -110,7 +110,7 @@ def _plan_reshape(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProto, pos
 
 def _spatial_axes(analysis: Analysis, name: str) -> tuple[int, int, int] | None:
     info = analysis.info.get(name)
-    if info is None or info.state is not State.SPATIAL or info.layout is None:
+    if info is None or info.state is not TensorState.SPATIAL or info.layout is None:
         return None
     return info.layout[0], info.layout[2], info.layout[3]
 
@@ -167,13 +167,13 @@ def _refuse_baked(analysis: Analysis, node: onnx.NodeProto) -> None:
     """Ops whose constant shape (or sizes) holds the reference H or W at a spatial position."""
     index = analysis.index
     out = analysis.info.get(node.output[0])
-    if out is None or out.state is not State.SPATIAL or out.layout is None:
+    if out is None or out.state is not TensorState.SPATIAL or out.layout is None:
         return
     shape = index.static_shape(node.output[0])
     if shape is None:
         return
     if node.op_type in ("Resize", "Upsample"):
-        return  # the geometry takes constant scales and refuses constant sizes (geometry.resize_factors)
+        return  # the geometry takes constant scales and refuses constant sizes (opspec.resize_factors)
     operand = node.input[1] if node.op_type in ("Expand", "Tile") else node.input[0]
     if not index.is_const(operand):
         return
@@ -193,7 +193,7 @@ def _refuse_spatial_constant(analysis: Analysis, node: onnx.NodeProto) -> None:
     """A constant operand as large as the reference map (a positional bias, an expanded bias)
     broadcast against the trunk cannot follow another input size."""
     out = analysis.info.get(node.output[0]) if node.output else None
-    if out is None or out.state is not State.SPATIAL or out.layout is None:
+    if out is None or out.state is not TensorState.SPATIAL or out.layout is None:
         return
     index = analysis.index
     shape = index.static_shape(node.output[0])
@@ -201,7 +201,7 @@ def _refuse_spatial_constant(analysis: Analysis, node: onnx.NodeProto) -> None:
         return
     for i in node.input[:2] if node.op_type not in ("Conv", "BatchNormalization", "PRelu") else ():
         info = analysis.info.get(i)
-        if not i or info is None or info.state is not State.CONST:
+        if not i or info is None or info.state is not TensorState.CONST:
             continue
         cs = index.static_shape(i)
         if cs is None or len(cs) != len(shape):

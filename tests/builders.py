@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from helpers import run
 from onnx import helper, numpy_helper
 
 REF = 18
@@ -130,3 +131,23 @@ def wide(dtype: Any = np.float32, seed: int = 0) -> onnx.ModelProto:
     y = b.node("Relu", [gemm(b, y, 288, 1024)])
     b.inits[-2].doc_string = "a field after raw_data"  # the weight: doc_string (12) follows raw_data (9)
     return b.model(["N", 3, 18, 18], [gemm(b, y, 1024, 300, alpha=4.0)], out_names=["logits"])
+
+
+def gap_softmax(padded: bool = False, opset: int = 13) -> onnx.ModelProto:
+    b = Builder(opset)
+    y = b.node("GlobalAveragePool", [trunk(b, padded=padded)])
+    y = gemm(b, b.node("Flatten", [y], axis=1), 8, 5)
+    return b.model(image_shape(), [b.node("Softmax", [y], axis=1)], out_names=["probs"])
+
+
+def realistic(model: onnx.ModelProto, std: float = 4.0) -> onnx.ModelProto:
+    """Scale the last Gemm so the logits on standard-normal images have this std (>= 2, as real ones)."""
+    rng = np.random.default_rng(5)
+    logits = np.concatenate([run(model, rng.standard_normal((1, 3, REF, REF)).astype(np.float32))[0] for _ in range(16)])
+    k = std / float(logits.std())
+    last = [n for n in model.graph.node if n.op_type == "Gemm"][-1]
+    inits = {t.name: t for t in model.graph.initializer}
+    for name in last.input[1:]:
+        t = inits[name]
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(k), name))
+    return model

@@ -41,9 +41,8 @@ MEMORY_LIMIT = 6 * 2**30
 def base_models() -> dict[str, bytes]:
     """The project's own models: the shipped digits CNN and three head patterns built in the tests."""
     sys.path.insert(0, str(HERE))
-    from builders import flatten_gemm
-    from test_rewrite import nhwc_keras
-    from test_verify import gap_softmax
+    from builders import flatten_gemm, gap_softmax
+    from patterns import nhwc_keras
 
     return {
         "digits": (ROOT / "models" / "digits_cnn.onnx").read_bytes(),

@@ -75,8 +75,8 @@ class Result:
 # ---- cases ------------------------------------------------------------------------------------------
 def _cases() -> list[Case]:
     from builders import C_FEAT, Builder, flatten_gemm, gemm, image_shape, trunk
-    from test_rewrite import PATTERNS, D, K, between, final, nhwc_keras, nhwc_keras_gap, pooled, two_heads
-    from test_trunk import full_slice_model, shuffle_model
+    from patterns import PATTERNS, D, K, between, final, nhwc_keras, nhwc_keras_gap, pooled, two_heads
+    from trunks import full_slice_model, shuffle_model
 
     def opset(n: int) -> Callable[[], onnx.ModelProto]:
         def build() -> onnx.ModelProto:
@@ -88,13 +88,13 @@ def _cases() -> list[Case]:
     def quantized(per_channel: bool, fmt: str = "QDQ", head: Callable[[], onnx.ModelProto] = flatten_gemm,
                   layout: str = "NCHW") -> Callable[[], onnx.ModelProto]:
         def build() -> onnx.ModelProto:
-            from test_quantized import quantize_qdq
+            from quantize import quantize_qdq
 
             return quantize_qdq(head(), layout, per_channel, fmt)
         return build
 
     def deep_model() -> onnx.ModelProto:
-        from test_stride import deep
+        from trunks import deep
 
         return deep("gap", down="ceil", pool="AveragePool", se=True)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 from builders import Builder, gemm
-from test_stride import DEEP_REF, deep
+from trunks import DEEP_REF, deep
 from typer.testing import CliRunner
 
 import onnxfcn

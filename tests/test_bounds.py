@@ -10,12 +10,13 @@ import onnx
 import pytest
 from builders import Builder
 from onnx import numpy_helper
-from test_rewrite import PATTERNS
+from patterns import PATTERNS
 
 import onnxfcn
 from onnxfcn.bounds import LAMBDA, Bounded, HeadEvaluator, gamma, unit_roundoff
 from onnxfcn.head import analyze, find_image_input
-from onnxfcn.verify import compare_bounded, make_evaluator
+from onnxfcn.verify import compare_bounded
+from onnxfcn.verify.subject import make_evaluator
 
 
 def test_gamma_is_highams_bound() -> None:
@@ -150,9 +151,9 @@ def test_weights_read_at_run_time(pattern: str, monkeypatch: pytest.MonkeyPatch)
     weights the rewrite drops or transposes into new Conv weights, and verify passes."""
     from onnxfcn import bounds
     from onnxfcn.plan import plan_conversion
-    from onnxfcn.verify import make_evaluator
+    from onnxfcn.verify.subject import make_evaluator
 
-    monkeypatch.setattr(bounds, "_LAZY_BYTES", 0)
+    monkeypatch.setattr(bounds.evaluator, "_LAZY_BYTES", 0)
     original = PATTERNS[pattern]()
     evaluator, _ = make_evaluator(plan_conversion(original).analysis)
     assert evaluator is not None and evaluator._lazy  # the path under test is taken
@@ -169,7 +170,7 @@ def test_weights_read_at_run_time_are_not_trusted(monkeypatch: pytest.MonkeyPatc
     from onnxfcn import bounds, pipeline
     from onnxfcn.errors import SelfCheckError
 
-    monkeypatch.setattr(bounds, "_LAZY_BYTES", 0)
+    monkeypatch.setattr(bounds.evaluator, "_LAZY_BYTES", 0)
     real_apply = pipeline.apply_plan
     touched: list[str] = []
 
@@ -194,7 +195,7 @@ def test_float32_magnitude_bounds_the_exact_sum(scale: float) -> None:
     sum (float64 products of float32 values are exact; the float64 sum is within 1e-12), and
     never more than its gamma_n above it, also where the values underflow float32's normal range.
     (Strictly above: the float64 path would return the exact sum itself.)"""
-    from onnxfcn.bounds import _U32, _magnitude, _up_to_f32
+    from onnxfcn.bounds.dense import _U32, _magnitude, _up_to_f32
 
     rng = np.random.default_rng(7)
     n, k = 25088, 64
@@ -208,7 +209,7 @@ def test_float32_magnitude_bounds_the_exact_sum(scale: float) -> None:
 
 
 def test_float32_magnitude_falls_back_where_float32_overflows() -> None:
-    from onnxfcn.bounds import _magnitude, _up_to_f32
+    from onnxfcn.bounds.dense import _magnitude, _up_to_f32
 
     x = np.full((1, 4), 1e30)
     w = np.full((4, 2), 1e20, np.float32)  # products 1e50: beyond float32

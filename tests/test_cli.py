@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 import pytest
 from builders import Builder, flatten_gemm, image_shape, trunk
-from conftest import LIGHT, ROOT
+from helpers import LIGHT, ROOT
 from typer.testing import CliRunner
 
 from onnxfcn.cli import app
@@ -231,7 +231,7 @@ def test_json_folder_is_checked_before_any_work(tmp_path: Path) -> None:
 
 def test_strict_json_has_no_infinity(tmp_path: Path) -> None:
     """A failed shape comparison has infinite errors: the JSON writes null, which strict parsers accept."""
-    from test_verify import BROKEN
+    from broken import BROKEN
 
     original, broken = BROKEN["right_only_at_reference"]()
     o, c = tmp_path / "o.onnx", tmp_path / "c.onnx"
@@ -274,7 +274,7 @@ def test_oversized_requests_are_refused_up_front(tmp_path: Path) -> None:
 def test_huge_declared_input_allocates_nothing_for_inspect(tmp_path: Path) -> None:
     """A model that declares 1x3x100000x100000: inspect analyses it without feeding the shape probe
     (447 GiB), and convert's self-check is refused with its estimate."""
-    from test_verify import gap_softmax
+    from builders import gap_softmax
 
     model = gap_softmax()
     for k in (2, 3):

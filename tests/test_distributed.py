@@ -13,15 +13,15 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from builders import flatten_gemm
+from builders import flatten_gemm, realistic
 from PIL import Image
-from test_scan import realistic
 
 from onnxfcn import convert
-from onnxfcn.scan import Runner, ScanModel, ScanOptions, open_input, scan_source
+from onnxfcn.scan import ScanModel, ScanOptions, open_input, scan_source
+from onnxfcn.scan.runner import Runner
 
 pytest.importorskip("distributed")
-from onnxfcn.distributed import client, scan_files, scan_tiled, worker_loads
+from onnxfcn.scan.distributed import client, scan_files, scan_tiled, worker_loads
 
 
 @pytest.fixture(scope="module")

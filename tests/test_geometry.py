@@ -10,7 +10,8 @@ import numpy as np
 import onnx
 import pytest
 from builders import C_FEAT, REF, Builder, flatten_gemm, gemm, image_shape, trunk
-from conftest import LIGHT, assert_close, cells_vs_crops, heights_that_run, rand, run
+from helpers import LIGHT, assert_close, cells_vs_crops, heights_that_run, rand, run
+from trunks import _floor_ceil_merge
 
 import onnxfcn
 
@@ -129,7 +130,7 @@ def test_quantized_trunk_convolutions_enter_the_geometry(padded: bool, tmp_path:
     head: each QLinearConv is a kernel with its stride and padding. (It was once taken for a
     pointwise op: the padded model was called exact, with a receptive field of one window.)"""
     quantization = pytest.importorskip("onnxruntime.quantization")
-    from test_quantized import Reader
+    from quantize import Reader
 
     float_model = flatten_gemm(padded=padded)
     src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
@@ -169,29 +170,15 @@ def test_unknown_spatial_kernel_is_refused() -> None:
 # Size lattices: merged branches whose sizes agree only at some input sizes
 
 
-def _floor_ceil_merge() -> onnx.ModelProto:
-    """A MaxPool 2/2 branch (floor(m/2)) and a padded Conv 3/2 branch (ceil(m/2)) added: they agree
-    only where the map m = n - 2 is even, so at even input sizes alone."""
-    b = Builder(13, seed=31)
-    x = b.node("Conv", ["image", b.weight("w1", (8, 3, 3, 3)), b.weight("b1", (8,), 0.1)], kernel_shape=[3, 3])
-    x = b.node("Relu", [x])
-    a = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
-    c = b.node("Conv", [x, b.weight("w2", (8, 8, 3, 3)), b.weight("b2", (8,), 0.1)], kernel_shape=[3, 3],
-               strides=[2, 2], pads=[1, 1, 1, 1])
-    y = b.node("Relu", [b.node("Add", [a, c])])
-    y = b.node("Conv", [y, b.weight("w3", (8, 8, 3, 3)), b.weight("b3", (8,), 0.1)], kernel_shape=[3, 3])
-    y = gemm(b, b.node("Flatten", [y], axis=1), 8 * 7 * 7, 12)
-    y = gemm(b, b.node("Relu", [y]), 12, 6)
-    return b.model([1, 3, 20, 20], [y], out_names=["scores"])
 
 
 def test_lattice_helpers() -> None:
-    from onnxfcn.geometry import _meet, lattice_text, next_on_lattice, on_lattice, parse_lattice
+    from onnxfcn.geometry.lattice import lattice_text, meet, next_on_lattice, on_lattice, parse_lattice
 
     for lat in [(1, (0,)), (32, (7,)), (32, (0, 1, 31))]:
         assert parse_lattice(lattice_text(lat)) == lat
     assert lattice_text((32, (0, 1, 31))) == "32k+{0,1,31}" and lattice_text((1, (0,))) == "any"
-    assert _meet((2, (0,)), (3, (1,))) == (6, (4,))
+    assert meet((2, (0,)), (3, (1,))) == (6, (4,))
     assert next_on_lattice(250, (32, (0, 31))) == 255 and on_lattice(256, (32, (0, 31)))
     for bad in ("32k+40", "k+1", "32k+", "0k+0"):
         with pytest.raises(onnxfcn.OnnxFcnError):

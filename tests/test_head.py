@@ -9,7 +9,7 @@ import pytest
 from builders import Builder, flatten_gemm, gemm, image_shape, trunk
 
 from onnxfcn.errors import AlreadyConvolutionalError, UnsupportedModelError
-from onnxfcn.head import State, analyze, find_image_input
+from onnxfcn.head import TensorState, analyze, find_image_input
 
 
 def test_image_input_nchw_and_size() -> None:
@@ -28,7 +28,7 @@ def test_image_input_nhwc_detected_from_transpose() -> None:
 def test_layout_found_through_preprocessing_not_the_first_consumer() -> None:
     """Keras's Rescaling/Normalization (Mul, Add, Div on the NHWC image) come before the Transpose:
     the layout is read where the data first meets a layout, not off the first consumer."""
-    from test_rewrite import nhwc_rescaling
+    from patterns import nhwc_rescaling
 
     img = find_image_input(nhwc_rescaling())
     assert (img.layout, img.height, img.width, img.channels) == ("NHWC", 18, 18, 3)
@@ -63,8 +63,8 @@ def test_states_and_head_nodes() -> None:
     assert len(a.heads) == 1
     head = a.heads[0]
     assert [n.op_type for n in head.nodes] == ["Flatten", "Gemm", "Relu", "Gemm", "Identity"]
-    assert a.info[head.features[0]].state is State.SPATIAL
-    assert a.info[head.outputs[0]].state is State.FLAT
+    assert a.info[head.features[0]].state is TensorState.SPATIAL
+    assert a.info[head.outputs[0]].state is TensorState.FLAT
 
 
 def test_two_outputs_sharing_a_flatten_are_one_head() -> None:

@@ -8,9 +8,8 @@ from pathlib import Path
 import onnx
 import pytest
 from builders import Builder, flatten_gemm, image_shape, trunk
-from conftest import ROOT
-from test_rewrite import PATTERNS
-from test_verify import gap_softmax
+from helpers import ROOT
+from patterns import AGREE
 from typer.testing import CliRunner
 
 import onnxfcn
@@ -52,8 +51,6 @@ def test_inspect_cli_json_and_exit_codes(tmp_path: Path) -> None:
     assert runner.invoke(app, ["inspect", str(tmp_path / "fcn.onnx")]).exit_code == 3
 
 
-AGREE = {**PATTERNS, "flatten_padded": lambda: flatten_gemm(padded=True),
-         "gap_softmax_padded": lambda: gap_softmax(padded=True)}
 
 
 @pytest.mark.parametrize("mode", ["window", "dense"])

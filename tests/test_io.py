@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import flatten_gemm, wide
-from conftest import ROOT, assert_close, rand, run
+from helpers import ROOT, assert_close, rand, run
 
 import onnxfcn
 import onnxfcn.io

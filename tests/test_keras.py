@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, assert_close, cells_vs_crops, run
+from helpers import ROOT, assert_close, cells_vs_crops, run
 from onnx import numpy_helper
 
 import onnxfcn

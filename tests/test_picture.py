@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 from builders import flatten_gemm
+from onnxfcn.scan.picture import _ALPHA, _axis, colours, render
 from PIL import Image
 
 from onnxfcn import convert
-from onnxfcn.picture import _ALPHA, _axis, colours, render
-from onnxfcn.scan import ArraySource, ScanModel, ScanResult
+from onnxfcn.scan import ScanModel, ScanResult
+from onnxfcn.scan.sources import ArraySource
 
 
 def test_colours_are_viridis_at_the_ends() -> None:
@@ -39,8 +40,9 @@ def test_render_places_each_value_at_its_cell_centre(tmp_path: Path) -> None:
     ramp = np.tile(np.arange(gh, dtype=np.float32)[:, None], (1, gw))  # value = row index
     scores = np.stack([ramp, -ramp, 0 * ramp])
     src = ArraySource("zeros", np.zeros((h, w, 3), np.float32), "HWC", (h, w))
-    r = ScanResult("zeros", (h, w), (gh, gw), sm, scores, ramp, np.zeros((gh, gw), np.int32), scores.reshape(3, -1).max(1),
-                   [], 1, True, False, 0.0, src)
+    r = ScanResult(name="zeros", size=(h, w), grid=(gh, gw), model=sm, scores=scores, best=ramp,
+                   best_class=np.zeros((gh, gw), np.int32), class_max=scores.reshape(3, -1).max(1), cells=[], tiles=1,
+                   tiles_exact=True, softmax=False, seconds=0.0, source=src)
     scale = 2.0
     img = np.asarray(render(r, 0, scale), dtype=np.float32)
     pic = img[24:24 + round(h * scale), :round(w * scale)]

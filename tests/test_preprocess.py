@@ -9,20 +9,15 @@ import numpy as np
 import onnx
 import pytest
 from builders import flatten_gemm
-from conftest import ROOT
+from helpers import ROOT
 from typer.testing import CliRunner
 
 from onnxfcn import convert
 from onnxfcn.cli import app
 from onnxfcn.errors import InvalidConversionError, OnnxFcnError
-from onnxfcn.plan import read_metadata
-from onnxfcn.preprocess import (
-    Preprocess,
-    labels_from_metadata,
-    parse_floats,
-    parse_scale,
-    read_labels,
-)
+from onnxfcn.metadata import labels_from_props, preprocess_props, read_preprocess, read_props
+from onnxfcn.preprocess import Preprocess, read_labels
+from onnxfcn.units import parse_floats, parse_scale
 
 runner = CliRunner()
 
@@ -45,9 +40,9 @@ def test_defaults_are_scale_1_over_255_only() -> None:
 
 def test_metadata_round_trip_and_overrides() -> None:
     pre = Preprocess(1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bgr")
-    meta = {k.removeprefix("onnxfcn."): v for k, v in pre.to_metadata().items()}
-    assert Preprocess.from_metadata(meta) == pre
-    assert Preprocess.from_metadata({}) == Preprocess()
+    meta = preprocess_props(pre)
+    assert read_preprocess(meta) == pre
+    assert (read_preprocess({}) or Preprocess()) == Preprocess()
     over = pre.with_overrides(scale=1.0, channels="rgb")
     assert over.scale == 1.0 and over.channels == "rgb" and over.mean == pre.mean
 
@@ -55,7 +50,7 @@ def test_metadata_round_trip_and_overrides() -> None:
 @pytest.mark.parametrize("bad", [{"scale": "x"}, {"mean": "1,a"}, {"std": "0"}, {"channels": "grb"}])
 def test_bad_metadata_is_one_clear_error(bad: dict[str, str]) -> None:
     with pytest.raises(InvalidConversionError, match="preprocessing in the model's metadata"):
-        Preprocess.from_metadata(bad)
+        read_preprocess(bad)
 
 
 def test_parsers() -> None:
@@ -85,7 +80,7 @@ def test_labels_files(tmp_path: Path) -> None:
     with pytest.raises(OnnxFcnError, match="cannot read"):
         read_labels(tmp_path / "missing.txt")
     with pytest.raises(InvalidConversionError):
-        labels_from_metadata({"labels": "{"})
+        labels_from_props({"labels": "{"})
 
 
 def test_convert_stores_preprocessing_and_labels(tmp_path: Path) -> None:
@@ -95,14 +90,14 @@ def test_convert_stores_preprocessing_and_labels(tmp_path: Path) -> None:
     res = runner.invoke(app, ["convert", str(src), "-o", str(out), "-q", "--mean", "0.5,0.4,0.3", "--std", "0.2",
                               "--scale", "1/255", "--channels", "bgr", "--labels", str(tmp_path / "labels.txt")])
     assert res.exit_code == 0, res.output
-    meta = read_metadata(onnx.load(out))
-    assert Preprocess.from_metadata(meta) == Preprocess(1 / 255, (0.5, 0.4, 0.3), (0.2,), "bgr")
+    meta = read_props(onnx.load(out))
+    assert read_preprocess(meta) == Preprocess(1 / 255, (0.5, 0.4, 0.3), (0.2,), "bgr")
     assert json.loads(meta["labels"]) == [f"class {k}" for k in range(5)]
 
 
 def test_convert_without_options_stores_no_preprocessing() -> None:
     model, _ = convert(flatten_gemm(), self_check=False)
-    meta = read_metadata(model)
+    meta = read_props(model)
     assert "scale" not in meta and "labels" not in meta
     assert meta["input"] == "image" and meta["input_layout"] == "NCHW"
 

@@ -11,16 +11,16 @@ import numpy as np
 import onnx
 import pytest
 from builders import C_FEAT, REF, Builder, flatten_gemm, gemm, image_shape, trunk
-from conftest import run
+from helpers import run
 from onnx import numpy_helper
-from test_rewrite import nhwc_keras, pooled
+from patterns import nhwc_keras, pooled
+from quantize import quantize_qdq, shape
 from typer.testing import CliRunner
 
 import onnxfcn
 from onnxfcn.cli import app
 
 quantization = pytest.importorskip("onnxruntime.quantization")
-from onnxruntime.quantization import CalibrationDataReader  # noqa: E402
 
 
 def residual_gap() -> onnx.ModelProto:
@@ -43,37 +43,10 @@ CASES = [(m, pc, f) for f in FORMATS for m in MODELS for pc in (True, False)]
 ONE_STEP = {("nhwc_matmul_softmax", False, "QDQ")}
 
 
-def shape(layout: str, batch: int, extra: tuple[int, int] = (0, 0)) -> list[int]:
-    h, w = REF + extra[0], REF + extra[1]
-    return [batch, 3, h, w] if layout == "NCHW" else [batch, h, w, 3]
 
 
-class Reader(CalibrationDataReader):
-    """16 random images of the model's own input shape (``layout`` at the reference size, or ``dims``)."""
-
-    def __init__(self, layout: str, dims: list[int] | None = None, name: str = "image") -> None:
-        dims = dims or shape(layout, 1)
-        self.data = iter([{name: np.random.default_rng(i).standard_normal(dims).astype(np.float32)}
-                          for i in range(16)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self.data, None)
 
 
-def quantize_qdq(model: onnx.ModelProto, layout: str, per_channel: bool, fmt: str = "QDQ") -> onnx.ModelProto:
-    """onnxruntime's static quantizer, int8 weights, reduce_range (u8s8 kernels on CPUs without
-    VNNI saturate otherwise, and results would differ between machines)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="onnxfcn-q-") as tmp:
-        src, dst = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
-        onnx.save(model, src)
-        dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-        quantization.quantize_static(str(src), str(dst), Reader(layout, dims, model.graph.input[0].name),
-                                     quant_format=getattr(quantization.QuantFormat, fmt),
-                                     per_channel=per_channel, reduce_range=True,
-                                     weight_type=quantization.QuantType.QInt8)
-        return onnx.load(dst)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import Builder, image_shape, trunk, wide
-from conftest import assert_close, rand
+from helpers import assert_close, rand
 from onnx import numpy_helper
 
 from onnxfcn.errors import OnnxFcnError
@@ -74,7 +74,7 @@ def test_onnxruntime_allocation_failure_is_a_resource_error() -> None:
 
     from onnxfcn.errors import ResourceError
     from onnxfcn.runtime import is_out_of_memory, make_session
-    from onnxfcn.verify import _run
+    from onnxfcn.verify.sessions import run
 
     graph = helper.make_graph([helper.make_node("ConstantOfShape", ["s"], ["y"])], "g",
                               [helper.make_tensor_value_info("s", onnx.TensorProto.INT64, [1])],
@@ -86,7 +86,7 @@ def test_onnxruntime_allocation_failure_is_a_resource_error() -> None:
         sess.run(None, feeds)
     assert is_out_of_memory(raw.value)
     with pytest.raises(ResourceError, match="out of memory at 9x9"):
-        _run(sess, feeds, "9x9")
+        run(sess, feeds, "9x9")
 
 
 # ---- sessions that do not copy the weights ---------------------------------------------------

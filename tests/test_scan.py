@@ -10,9 +10,8 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from builders import REF, flatten_gemm
-from conftest import ROOT, run
-from onnx import numpy_helper
+from builders import REF, flatten_gemm, realistic
+from helpers import ROOT, run
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,24 +20,15 @@ from onnxfcn import convert
 from onnxfcn.cli import app
 from onnxfcn.errors import InvalidConversionError, OnnxFcnError
 from onnxfcn.preprocess import Preprocess
-from onnxfcn.scan import ScanModel, ScanResult, _axis_tiles, plan_tiles, scan, select_cells
+from onnxfcn.scan import ScanModel, ScanResult, scan
+from onnxfcn.scan.result import select_cells
+from onnxfcn.scan.tiles import axis_tiles, plan_tiles
 
 runner = CliRunner()
 MODELS = ROOT / "models"
 DIGITS = MODELS / "digits_cnn.onnx"
 
 
-def realistic(model: onnx.ModelProto, std: float = 4.0) -> onnx.ModelProto:
-    """Scale the last Gemm so the logits on standard-normal images have this std (>= 2, as real ones)."""
-    rng = np.random.default_rng(5)
-    logits = np.concatenate([run(model, rng.standard_normal((1, 3, REF, REF)).astype(np.float32))[0] for _ in range(16)])
-    k = std / float(logits.std())
-    last = [n for n in model.graph.node if n.op_type == "Gemm"][-1]
-    inits = {t.name: t for t in model.graph.initializer}
-    for name in last.input[1:]:
-        t = inits[name]
-        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(k), name))
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +187,7 @@ def test_image_files_are_preprocessed_as_the_metadata_says(tmp_path: Path) -> No
 
 
 def test_nhwc_model(tmp_path: Path) -> None:
-    from test_rewrite import nhwc_keras
+    from patterns import nhwc_keras
 
     model = nhwc_keras()
     conv, _ = convert(model)
@@ -228,7 +218,7 @@ def test_axis_tiles_cover_every_cell_once_with_its_whole_field() -> None:
     for n, s, start, span, tile in [(100, 2, 0, 8, 20), (101, 2, 0, 8, 9), (333, 4, -5, 23, 40), (900, 32, -217, 627, 64)]:
         # fields may start before the image (padding) and end past it, as a padded model's do
         cells = (n - span - 2 * start) // s + 1
-        tiles = _axis_tiles(n, cells, s, start, span, max(tile, span))
+        tiles = axis_tiles(n, cells, s, start, span, max(tile, span))
         kept = [c for _, _, c0, c1 in tiles for c in range(c0, c1)]
         assert kept == list(range(cells))
         for a, b, c0, c1 in tiles:
@@ -270,7 +260,7 @@ def test_tiles_equal_one_pass_padded_model(padded_rgb: tuple[onnx.ModelProto, Pa
 
 
 def _naive_tiles(sm: ScanModel, x: np.ndarray, side: int) -> np.ndarray:
-    from onnxfcn.scan import Runner
+    from onnxfcn.scan.runner import Runner
 
     r = Runner(sm)
     gh, gw = sm.grid(*x.shape[:2])
@@ -532,7 +522,7 @@ def test_tiles_equal_one_pass_digits_model(digits: Path) -> None:
 def test_lattice_model_scans_only_its_sizes_and_tiles_on_them(tmp_path: Path) -> None:
     """A model that runs only at even sizes: an odd input is refused with the next size; tiles
     keep to the lattice (their lengths too) and equal one pass."""
-    from test_geometry import _floor_ceil_merge
+    from trunks import _floor_ceil_merge
 
     conv, _ = convert(_floor_ceil_merge())
     onnx.save(conv, tmp_path / "m.onnx")

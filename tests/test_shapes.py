@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 from builders import flatten_gemm
-from test_rewrite import two_heads
+from patterns import two_heads
 
 import onnxfcn
 

@@ -101,7 +101,7 @@ def test_quantized_window_pool_never_crashes(padded_pool: bool, tmp_path: Path) 
     dies (SIGFPE) at output size 0; emitted padded and sliced, every size fails cleanly or runs.
     Control (padded_pool=False): the plain pool kills the process one cell below the window."""
     pytest.importorskip("onnxruntime.quantization")
-    from test_quantized import quantize_qdq
+    from quantize import quantize_qdq
 
     original = quantize_qdq(nchwc_classifier(), "NCHW", True, "QOperator")
     converted, report = onnxfcn.convert(original, self_check=padded_pool)

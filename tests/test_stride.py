@@ -8,76 +8,23 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import pytest
 from builders import Builder, flatten_gemm, gemm
-from conftest import assert_close, cells_vs_crops, rand, run
-from test_inspect import AGREE
+from helpers import assert_close, cells_vs_crops, rand, run
+from patterns import AGREE
+from trunks import DEEP_REF, deep
 from typer.testing import CliRunner
 
 import onnxfcn
 from onnxfcn.cli import app
 from onnxfcn.errors import InvalidConversionError, OnnxFcnError, UnsupportedModelError
-from onnxfcn.plan import read_metadata, set_metadata
+from onnxfcn.metadata import read_props, write_props
 from onnxfcn.runtime import cuda_available
 
 runner = CliRunner()
-DEEP_REF = 190  # 5 stages of (3x3 valid conv, /2): 190 -> 4x4 features, total stride 32
 
 
-def deep(head: str = "flatten", down: str = "maxpool", opset: int = 13, shortcut: bool = False,
-         pool: str | None = None, pad_node: str | None = None, k: int = 40, pool_pads: bool = False,
-         se: bool = False) -> onnx.ModelProto:
-    """A padding-free stride-32 classifier (unless ``pad_node``), with a wide head whose logits
-    have a standard deviation of several units.
-
-    ``down``: how each stage halves ('maxpool' 2x2, 'conv' 2x2 stride 2). ``shortcut``: stage 3
-    halves in two branches (MaxPool 3x3/2 and Conv 3x3/2) that an Add merges. ``pool``: an extra
-    3x3 stride-1 pool (MaxPool, AveragePool) at the end, after the cut of any output stride.
-    ``pad_node``: a Pad node (that mode) before the last stage's convolution. ``pool_pads``: that
-    pool pads 1 (left out of an average). ``se``: a squeeze-excitation block (global average pool,
-    1x1 Conv, Sigmoid, Mul) in the last stage, after the cut. ``down='ceil'``: the halving pools
-    are 3x3 stride 2 with ceil_mode (GoogLeNet's), whose last window is partial at 190.
-    """
-    b = Builder(opset, seed=3)
-    x, c_in = "image", 3
-    for stage, c in enumerate([8, 12, 16, 16, 24]):
-        if pad_node and stage == 4:
-            x = b.node("Pad", [x, b.ints("pads", [0, 0, 1, 1, 0, 0, 1, 1])], mode=pad_node)
-        x = b.node("Relu", [b.node("Conv", [x, b.weight("w", (c, c_in, 3, 3)), b.weight("b", (c,), 0.1)],
-                                   kernel_shape=[3, 3])])
-        if se and stage == 4:
-            g = b.node("GlobalAveragePool", [x])
-            g = b.node("Sigmoid", [b.node("Conv", [g, b.weight("se", (c, c, 1, 1), 2.0)], kernel_shape=[1, 1])])
-            x = b.node("Mul", [x, g])
-        if shortcut and stage == 2:
-            a = b.node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2])
-            x = b.node("Add", [a, b.node("Conv", [x, b.weight("s", (c, c, 3, 3))], kernel_shape=[3, 3],
-                                         strides=[2, 2])])
-        elif down == "conv":
-            x = b.node("Conv", [x, b.weight("d", (c, c, 2, 2))], kernel_shape=[2, 2], strides=[2, 2])
-        elif down == "ceil":
-            x = b.node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)
-        else:
-            x = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
-        c_in = c
-    if pool:  # 3x3 stride 1 after the last stride: dilated by any output stride below 32
-        x = b.node(pool, [x], kernel_shape=[3, 3], strides=[1, 1], pads=[int(pool_pads)] * 4)
-    fh = (5 if pad_node else 4) - (2 if pool and not pool_pads else 0)
-    if head == "gap":
-        x = b.node("Flatten", [b.node("GlobalAveragePool", [x])], axis=1)
-        d = 24
-    elif head == "gmp":
-        x = b.node("Flatten", [b.node("GlobalMaxPool", [x])], axis=1)
-        d = 24
-    else:
-        x = b.node("Flatten", [x], axis=1)
-        d = 24 * fh * fh
-    x = b.node("Relu", [gemm(b, x, d, 64)])
-    w = b.const("fcw", (b.rng.standard_normal((k, 64)) * 6 / np.sqrt(64)).astype(np.float32))
-    y = b.node("Gemm", [x, w, b.weight("fcb", (k,), 0.5)], transB=1)
-    return b.model(["N", 3, DEEP_REF, DEEP_REF], [y], out_names=["logits"])
 
 
 def test_deep_model_has_realistic_logits() -> None:
@@ -95,7 +42,7 @@ def test_padding_free_cells_equal_crops(stride: int, head: str, mode: str, down:
     converted, report = onnxfcn.convert(original, mode=mode, output_stride=stride)
     geo = report.geometry
     assert geo.stride == (stride, stride) and geo.feature_dilation == (32 // stride,) * 2
-    assert read_metadata(converted)["stride"] == f"{stride},{stride}"
+    assert read_props(converted)["stride"] == f"{stride},{stride}"
     onnx.checker.check_model(converted, full_check=True)
     x = rand([2, 3, DEEP_REF + 2 * stride + 5, DEEP_REF + 3 * stride + 2], seed=5)
     (y,) = run(converted, x)
@@ -278,14 +225,14 @@ def test_quantized_heads() -> None:
     """onnxruntime's QLinearAveragePool has no dilations: a QOperator global-pool head in window
     mode cannot read a dilated window, and is refused by name (dense mode has no window). The QDQ
     form keeps float pooling and converts; verify proves it."""
-    from test_quantized import quantize_qdq
-    from test_rewrite import pooled
+    from patterns import pooled
+    from quantize import quantize_qdq
 
     qop = quantize_qdq(pooled("GlobalAveragePool")(), "NCHW", False, "QOperator")
     with pytest.raises(UnsupportedModelError, match="QLinearAveragePool has no dilations"):
         onnxfcn.convert(qop, output_stride=1)
     converted, _ = onnxfcn.convert(qop, output_stride=1, mode="dense")
-    assert read_metadata(converted)["stride"] == "1,1"
+    assert read_props(converted)["stride"] == "1,1"
     qdq = quantize_qdq(flatten_gemm(), "NCHW", True, "QDQ")
     converted, _ = onnxfcn.convert(qdq, output_stride=1)
     result = onnxfcn.verify(qdq, converted, positions="all", sizes=[(22, 21)])
@@ -313,10 +260,10 @@ def test_verify_catches_a_stride_the_graph_does_not_give(tmp_path: Path) -> None
     converted, _ = onnxfcn.convert(original, output_stride=8, self_check=False)
     tampered = onnx.ModelProto()
     tampered.CopyFrom(converted)
-    set_metadata(tampered, {"onnxfcn.stride": "16,16"})
+    write_props(tampered, {"onnxfcn.stride": "16,16"})
     with pytest.raises(InvalidConversionError, match="feature_dilation is 4,4 but the original's graph gives 2,2"):
         onnxfcn.verify(original, tampered)
-    set_metadata(tampered, {"onnxfcn.stride": "12,12"})
+    write_props(tampered, {"onnxfcn.stride": "12,12"})
     with pytest.raises(InvalidConversionError, match="stride is 12,12: output stride"):
         onnxfcn.verify(original, tampered)
 

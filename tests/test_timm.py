@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import heights_that_run, rand, run
+from helpers import heights_that_run, rand, run
 
 import onnxfcn
 from onnxfcn.geometry import on_lattice

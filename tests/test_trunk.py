@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import onnx
 import pytest
 from builders import C_FEAT, REF, Builder, gemm, image_shape
-from conftest import LIGHT, assert_close, cells_vs_crops, rand, run
+from helpers import LIGHT, assert_close, cells_vs_crops, rand, run
+from trunks import full_slice_model, shuffle_model
 
 import onnxfcn
-
-
-def shuffle_model(batch_in_shape: int = 1) -> onnx.ModelProto:
-    """Channel shuffle with a constant 5-D Reshape, as torchvision's ShuffleNetV2 exports it."""
-    b = Builder(13)
-    y = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3))], kernel_shape=[3, 3])
-    y = b.node("Reshape", [y, b.ints("s5", [batch_in_shape, 2, C_FEAT // 2, REF - 2, REF - 2])], name="shuffle_in")
-    y = b.node("Transpose", [y], perm=[0, 2, 1, 3, 4])
-    y = b.node("Reshape", [y, b.ints("s4", [batch_in_shape, C_FEAT, REF - 2, REF - 2])], name="shuffle_out")
-    y = b.node("MaxPool", [b.node("Relu", [y])], kernel_shape=[2, 2], strides=[2, 2])
-    y = gemm(b, b.node("Flatten", [y], axis=1), C_FEAT * 8 * 8, 5)
-    return b.model(image_shape(), [y])
 
 
 def test_channel_shuffle_runs_at_any_size_and_batch() -> None:
@@ -49,17 +37,6 @@ def test_reshape_moving_spatial_axes_is_refused() -> None:
         onnxfcn.convert(b.model(image_shape(), [y]))
 
 
-def full_slice_model(opset: int = 13) -> onnx.ModelProto:
-    """A Slice that keeps the whole map, with its ends baked at the reference size."""
-    b = Builder(opset)
-    y = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3))], kernel_shape=[3, 3])
-    if opset >= 10:
-        y = b.node("Slice", [y, b.ints("st", [0, 0]), b.ints("en", [REF - 2, REF - 2]), b.ints("ax", [2, 3])],
-                   name="keep_all")
-    else:
-        y = b.node("Slice", [y], starts=[0, 0], ends=[REF - 2, REF - 2], axes=[2, 3], name="keep_all")
-    y = gemm(b, b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1), C_FEAT, 5)
-    return b.model(image_shape(), [y])
 
 
 @pytest.mark.parametrize("opset", [9, 13])

@@ -8,23 +8,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from builders import Builder, flatten_gemm, gemm, image_shape, trunk
-from onnx import helper, numpy_helper
+from broken import BROKEN
+from builders import Builder, flatten_gemm, gap_softmax, gemm, image_shape, trunk
+from helpers import nth_node
 from typer.testing import CliRunner
 
 import onnxfcn
 from onnxfcn.cli import app
 from onnxfcn.runtime import cuda_available
-from onnxfcn.verify import sample_positions
+from onnxfcn.verify.sliding import sample_positions
 
 runner = CliRunner()
 
 
-def gap_softmax(padded: bool = False, opset: int = 13) -> onnx.ModelProto:
-    b = Builder(opset)
-    y = b.node("GlobalAveragePool", [trunk(b, padded=padded)])
-    y = gemm(b, b.node("Flatten", [y], axis=1), 8, 5)
-    return b.model(image_shape(), [b.node("Softmax", [y], axis=1)], out_names=["probs"])
 
 
 def _save(tmp_path: Path, model: onnx.ModelProto, name: str) -> Path:
@@ -33,91 +29,26 @@ def _save(tmp_path: Path, model: onnx.ModelProto, name: str) -> Path:
     return p
 
 
-def _node(model: onnx.ModelProto, op: str, k: int = 0) -> onnx.NodeProto:
-    return [n for n in model.graph.node if n.op_type == op][k]
 
 
-def _init(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
-    return next(t for t in model.graph.initializer if t.name == name)
 
 
-def _set_init(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
-    _init(model, name).CopyFrom(numpy_helper.from_array(value, name))
 
 
-def _set_attr(node: onnx.NodeProto, name: str, value: object) -> None:
-    for a in list(node.attribute):
-        if a.name == name:
-            node.attribute.remove(a)
-    node.attribute.append(helper.make_attribute(name, value))
 
 
-# ---- deliberately broken conversions ------------------------------------------------------------
-def broken_hw_order() -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """The first dense weight reshaped in the wrong order: (K, W, H, C) read as (K, C, H, W)."""
-    original = flatten_gemm()
-    conv, _ = onnxfcn.convert(original)
-    wname = _node(conv, "Conv", 2).input[1]  # trunk has two Convs; the third is the first dense
-    w = numpy_helper.to_array(_init(conv, wname))
-    k, c, h, wd = w.shape
-    wrong = w.reshape(k, -1).reshape(k, wd, h, c).transpose(0, 3, 2, 1)  # h,w,c order, mis-read
-    _set_init(conv, wname, np.ascontiguousarray(wrong))
-    return original, conv
 
 
-def broken_bias_dropped() -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    original = flatten_gemm()
-    conv, _ = onnxfcn.convert(original)
-    node = _node(conv, "Conv", 3)
-    del node.input[2:]
-    return original, conv
 
 
-def broken_softmax_axis() -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    original = gap_softmax()
-    conv, _ = onnxfcn.convert(original)
-    _set_attr(_node(conv, "Softmax"), "axis", 2)  # over out_height instead of classes
-    return original, conv
 
 
-def _window_mean(model: onnx.ModelProto) -> onnx.NodeProto:
-    """The depthwise Conv that averages each feature window (the head's former global pool)."""
-    return next(n for n in model.graph.node if n.op_type == "Conv" and n.name.startswith("window_mean"))
 
 
-def broken_pool_off_by_one() -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """A 5x5 window mean where the map is 6x6: a consistent, loadable mistake (kernel, weight
-    shape and divisor all agree with each other, not with the map)."""
-    original = gap_softmax()
-    conv, _ = onnxfcn.convert(original)
-    mean = _window_mean(conv)
-    _set_attr(mean, "kernel_shape", [5, 5])
-    fill = next(n for n in conv.graph.node if n.output[0] == mean.input[1])
-    shape = _init(conv, fill.input[0])
-    c = int(numpy_helper.to_array(shape)[0])
-    _set_init(conv, fill.input[0], np.asarray([c, 1, 5, 5], np.int64))
-    _set_attr(fill, "value", numpy_helper.from_array(np.asarray([1 / 25], np.float32), "value"))
-    return original, conv
 
 
-def broken_only_at_reference() -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """Right at the reference size, wrong elsewhere: the global pool left global."""
-    original = gap_softmax()
-    conv, _ = onnxfcn.convert(original)
-    mean = _window_mean(conv)
-    mean.op_type = "GlobalAveragePool"
-    del mean.input[1:]
-    del mean.attribute[:]
-    return original, conv
 
 
-BROKEN = {
-    "wrong_hwc_order": broken_hw_order,
-    "bias_dropped": broken_bias_dropped,
-    "softmax_wrong_axis": broken_softmax_axis,
-    "window_pool_off_by_one": broken_pool_off_by_one,
-    "right_only_at_reference": broken_only_at_reference,
-}
 
 
 @pytest.mark.parametrize("kind", sorted(BROKEN))
@@ -189,7 +120,7 @@ def lie_window_metadata(conv: onnx.ModelProto) -> None:
 
 def lie_feature_is_another_tensor(conv: onnx.ModelProto) -> None:
     """The metadata points the feature check at the first convolution's output, not the map."""
-    _meta(conv, "features", _node(conv, "Conv", 0).output[0])
+    _meta(conv, "features", nth_node(conv, "Conv", 0).output[0])
 
 
 def lie_receptive_field(conv: onnx.ModelProto) -> None:
@@ -392,7 +323,7 @@ def test_cuda_provider_verifies_and_compares_with_cpu() -> None:
 
 def test_image_input_with_preprocessing(tmp_path: Path) -> None:
     """An image file plus --scale/--mean/--std, on the shipped digits model (1 channel)."""
-    from conftest import ROOT
+    from helpers import ROOT
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -414,9 +345,9 @@ def test_image_input_with_preprocessing(tmp_path: Path) -> None:
 @pytest.mark.parametrize("build", ["nhwc_keras", "nhwc_keras_gap"])
 def test_verify_nhwc_models(build: str) -> None:
     """TF/Keras layout: crops are cut in NHWC, the feature map is read before the exporter's Transpose."""
-    import test_rewrite
+    import patterns
 
-    original = getattr(test_rewrite, build)()
+    original = getattr(patterns, build)()
     converted, report = onnxfcn.convert(original)
     result = onnxfcn.verify(original, converted, positions="all")
     assert result, result.reason
@@ -429,7 +360,7 @@ def test_reference_check_is_retried_with_the_dims_pinned(tmp_path: Path, monkeyp
     and says so; a check that fails there too fails."""
     import importlib
 
-    v = importlib.import_module("onnxfcn.verify")  # the module (onnxfcn.verify is the function)
+    v = importlib.import_module("onnxfcn.verify.driver")  # where verify calls it
     model = flatten_gemm()
     converted, _ = onnxfcn.convert(model)
     orig_path, conv_path = _save(tmp_path, model, "m.onnx"), _save(tmp_path, converted, "m.fcn.onnx")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from conftest import LIGHT, heights_that_run, rand, run
+from helpers import LIGHT, heights_that_run, rand, run
 from zoo_models import realistic
 
 import onnxfcn

@@ -10,7 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..graph import attr
-from ..head import NCHW, State, collapse_kind, flatten_order, perm_to
+from ..head import NCHW_AXES, TensorState, collapse_kind, flatten_order, perm_to
 from ..rewrite import Builder, HeadContext, Mapped, np_dtype
 from .base import Rule, register
 
@@ -26,7 +26,7 @@ class Collapse(Rule):
     priority = 0
 
     def match(self, ctx: HeadContext, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
-        return [node] if node.input and ctx.state(node.input[0]) is State.SPATIAL else None
+        return [node] if node.input and ctx.state(node.input[0]) is TensorState.SPATIAL else None
 
     def check(self, ctx: HeadContext, nodes: list[onnx.NodeProto]) -> str | None:
         (node,) = nodes
@@ -58,7 +58,7 @@ class Collapse(Rule):
         if kind == "flatten":
             plan.windows.append((h, w))
             window = None if (h, w) == (1, 1) else (order, (c, h, w))
-            ctx.mapped[node.output[0]] = Mapped(src, NCHW, window)
+            ctx.mapped[node.output[0]] = Mapped(src, NCHW_AXES, window)
             return f"removed: the next dense layer reads the {c}x{h}x{w} map as a {h}x{w} window"
         pool_op = "MaxPool" if "Max" in node.op_type else "AveragePool"
         if ctx.mode == "window":
@@ -76,10 +76,10 @@ class Collapse(Rule):
             pooled = src
             after = "removed (dense mode: every feature cell is scored on its own)"
         if kind == "pool+flatten":
-            ctx.mapped[node.output[0]] = Mapped(pooled, NCHW, None)
+            ctx.mapped[node.output[0]] = Mapped(pooled, NCHW_AXES, None)
         else:
-            if lay != NCHW:
-                (pooled,) = b.node("Transpose", [pooled], "to_layout", perm=perm_to(NCHW, lay))
+            if lay != NCHW_AXES:
+                (pooled,) = b.node("Transpose", [pooled], "to_layout", perm=perm_to(NCHW_AXES, lay))
             ctx.mapped[node.output[0]] = Mapped(pooled, lay, None)
         return after
 

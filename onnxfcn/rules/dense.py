@@ -12,7 +12,7 @@ import onnx
 
 from ..bounds import Bounded, HeadEvaluator, NoBoundError, dense_bound, register_bound
 from ..graph import attr
-from ..head import NCHW, State
+from ..head import NCHW_AXES, TensorState
 from ..rewrite import Builder, HeadContext, Mapped, Reject, conv_kernel, kernel_layout, np_dtype, window_mismatch
 from .base import Rule, register
 from .quantized import dequantized, quantized_weight
@@ -35,7 +35,7 @@ def _conv_check(ctx: HeadContext, node: onnx.NodeProto, layer: DenseLayer) -> st
     if layer.x not in ctx.mapped:
         return "the feature vector must be the first operand"
     m = ctx.mapped[layer.x]
-    if m.layout != NCHW and m.window is None and (m.layout is None or ctx.state(layer.x) is not State.FLAT):
+    if m.layout != NCHW_AXES and m.window is None and (m.layout is None or ctx.state(layer.x) is not TensorState.FLAT):
         return "dense layer on a tensor whose last axis is not the feature axis"
     if not ctx.index.is_const(layer.weight):
         return "weight is computed from the input, not a constant"
@@ -93,7 +93,7 @@ def _emit_conv(ctx: HeadContext, node: onnx.NodeProto, layer: DenseLayer, b: Bui
                   pads=[0, 0, 0, 0], dilations=[1, 1])
     if post_add is not None:
         b.node("Add", [y, post_add], "bias", outputs=[node.output[0]])
-    ctx.mapped[node.output[0]] = Mapped(node.output[0], NCHW, None)
+    ctx.mapped[node.output[0]] = Mapped(node.output[0], NCHW_AXES, None)
     layout_note = f", weights permuted from {order} order" if order != "CHW" else ""
     return f"Conv {h}x{w} -> {k} channels{layout_note}"
 
@@ -186,7 +186,7 @@ class MatMul(Rule):
     def per_position(ctx: HeadContext, node: onnx.NodeProto) -> bool:
         """A MatMul on a channels-last pooled map already acts per position: it stays."""
         m = ctx.mapped.get(node.input[0])
-        return m is not None and m.layout not in (None, NCHW) and m.window is None and m.channel_axis == 3
+        return m is not None and m.layout not in (None, NCHW_AXES) and m.window is None and m.channel_axis == 3
 
     def check(self, ctx: HeadContext, nodes: list[onnx.NodeProto]) -> str | None:
         (node,) = nodes

@@ -7,7 +7,7 @@ from __future__ import annotations
 import onnx
 
 from ..graph import attr
-from ..head import State
+from ..head import TensorState
 from ..rewrite import Builder, HeadContext, Mapped
 from .base import Rule, register
 
@@ -30,7 +30,7 @@ class Unary(Rule):
     @staticmethod
     def slope(ctx: HeadContext, node: onnx.NodeProto) -> str | None:
         """PRelu's slope, when it must be reshaped (the input is a vector, not a pooled map)."""
-        if node.op_type == "PRelu" and len(node.input) > 1 and ctx.state(node.input[0]) is not State.POOLED:
+        if node.op_type == "PRelu" and len(node.input) > 1 and ctx.state(node.input[0]) is not TensorState.POOLED:
             return node.input[1]
         return None
 
@@ -67,7 +67,7 @@ class Binary(Rule):
         m = ctx.mapped[heads[0]]
         if any((ctx.mapped[h].layout, ctx.mapped[h].window) != (m.layout, m.window) for h in heads[1:]):
             return "operands have different layouts"
-        if ctx.state(heads[0]) is State.POOLED:
+        if ctx.state(heads[0]) is TensorState.POOLED:
             return None  # 4-D already: constants broadcast as they did
         for i in node.input:
             if i and i not in heads and (why := ctx.per_feature_reason(i, m)) is not None:
@@ -79,7 +79,7 @@ class Binary(Rule):
         heads = ctx.head_inputs(node)
         m = ctx.mapped[heads[0]]
         replace: dict[str, str] = {}
-        if ctx.state(heads[0]) is not State.POOLED:
+        if ctx.state(heads[0]) is not TensorState.POOLED:
             for i in node.input:
                 if i and i not in heads:
                     new = ctx.per_feature_const(node, b, i, m)
@@ -97,7 +97,7 @@ def normalizes_features_only(ctx: HeadContext, node: onnx.NodeProto, m: Mapped, 
     """Before opset 13 Softmax, and LayerNormalization always, normalize over axes ax..rank-1: on
     a pooled map that must be the channel axis and axes of size 1."""
     name = node.input[0]
-    if ctx.state(name) is State.FLAT:
+    if ctx.state(name) is TensorState.FLAT:
         return ax == 1
     shape = ctx.index.static_shape(name) or ()
     return ax <= m.channel_axis and all(shape[i] == 1 for i in range(ax, ctx.rank(name)) if i != m.channel_axis)

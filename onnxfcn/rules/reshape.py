@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from ..graph import attr
-from ..head import NCHW, State, perm_to
+from ..head import NCHW_AXES, TensorState, perm_to
 from ..rewrite import Builder, HeadContext, Mapped
 from .base import Rule, register
 
@@ -17,7 +17,7 @@ def _ravel_gather(ctx: HeadContext, node: onnx.NodeProto) -> onnx.NodeProto | No
     """The Gather that undoes ``node``'s ravel of a pooled map to 1-D, when there is one."""
     src = node.input[0]
     in_shape, out_shape = ctx.index.static_shape(src), ctx.index.static_shape(node.output[0])
-    if ctx.state(src) is not State.POOLED or in_shape is None or out_shape is None or len(out_shape) != 1:
+    if ctx.state(src) is not TensorState.POOLED or in_shape is None or out_shape is None or len(out_shape) != 1:
         return None
     consumers = ctx.index.consumers.get(node.output[0], [])
     if len(consumers) != 1 or consumers[0].op_type != "Gather" or consumers[0].input[0] != node.output[0]:
@@ -68,7 +68,7 @@ class ReshapeLike(Rule):
     def kind(ctx: HeadContext, node: onnx.NodeProto) -> str | None:
         src = node.input[0]
         in_shape, out_shape = ctx.index.static_shape(src), ctx.index.static_shape(node.output[0])
-        if ctx.state(src) is State.POOLED and out_shape is not None and len(out_shape) == 2:
+        if ctx.state(src) is TensorState.POOLED and out_shape is not None and len(out_shape) == 2:
             return "flatten-pooled"
         if in_shape is not None and in_shape == out_shape:
             return "no-op"
@@ -90,8 +90,8 @@ class ReshapeLike(Rule):
             ctx.mapped[node.output[0]] = m
             return "removed: a no-op at the reference size"
         assert m.layout is not None
-        name = m.name if m.layout == NCHW else b.node("Transpose", [m.name], "to_nchw", perm=perm_to(m.layout, NCHW))[0]
-        ctx.mapped[node.output[0]] = Mapped(name, NCHW, None)
+        name = m.name if m.layout == NCHW_AXES else b.node("Transpose", [m.name], "to_nchw", perm=perm_to(m.layout, NCHW_AXES))[0]
+        ctx.mapped[node.output[0]] = Mapped(name, NCHW_AXES, None)
         return "removed: pooled map is kept 4-D"
 
 
@@ -104,7 +104,7 @@ class TransposePooled(Rule):
         (node,) = nodes
         if (why := ctx.unmapped(node)) is not None:
             return why
-        if ctx.state(node.input[0]) is not State.POOLED or ctx.mapped[node.input[0]].layout is None:
+        if ctx.state(node.input[0]) is not TensorState.POOLED or ctx.mapped[node.input[0]].layout is None:
             return "transposes a flattened feature vector"
         return None
 
@@ -123,7 +123,7 @@ class PooledConv(Rule):
         (node,) = nodes
         if (why := ctx.unmapped(node)) is not None:
             return why
-        if ctx.state(node.input[0]) is not State.POOLED or ctx.mapped[node.input[0]].channel_axis != 1:
+        if ctx.state(node.input[0]) is not TensorState.POOLED or ctx.mapped[node.input[0]].channel_axis != 1:
             return "Conv on a flattened vector"
         wshape = ctx.index.static_shape(node.input[1])
         if wshape is None or tuple(wshape[2:]) != (1, 1) or any(attr(node, "pads", [0]) or [0]):

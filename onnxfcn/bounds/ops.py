@@ -1,106 +1,18 @@
-"""The original head in float64, with a bound on the rounding error of any float evaluation of it.
-
-The checks compare a converted model with the *exact* result of the original classifier's head on
-the same feature map, not with ``rtol * max|y|``. This module evaluates the original's head nodes
-in float64 (numpy) and carries, for every element, how far a float evaluation (in the model's own
-dtype, in any summation order) can be from that exact value, in two ways at once:
-
-- ``det``, a worst case that holds for any rounding: Higham's ``gamma_n = n u / (1 - n u)`` times
-  ``sum|w_i x_i|`` for a dot product or sum of ``n`` terms, with input errors carried through
-  ``|W|``;
-- ``rss``, a scale under the model of Higham and Mary ("A new approach to probabilistic rounding
-  error analysis", SIAM J. Sci. Comput. 41, 2019): rounding errors are independent and bounded by
-  ``u`` times what they round, so each dot product adds a sub-Gaussian error of scale
-  ``sqrt(n) u sum|w_i x_i|``, and errors carried through a dense layer add in quadrature,
-  ``sqrt(sum w_i^2 rss_i^2)``. Scales of independent errors add in quadrature; where errors may be
-  correlated (two operands of one node) they add linearly.
-
-The bound used is ``min(det, LAMBDA * rss)``. By Hoeffding's inequality the error exceeds
-``LAMBDA * rss`` with probability below ``2 exp(-LAMBDA^2 / 2)`` = 4e-22 per element for
-``LAMBDA = 10``. Nonlinear ops (activations, softmax) push the interval ``[x - e, x + e]``
-through the function (exact for monotone functions) and return to a scale by dividing by
-``LAMBDA``. Elementwise ops round once (1 ulp), or ``TRANSCENDENTAL_ULPS`` for exp, tanh, erf,
-... whose vectorized kernels are not correctly rounded. Softmax errors are ``p (exp(2 e) - 1)``;
-arg-max and top-k indices may differ only where two candidates are within ``2 e`` (their bound
-is then infinite). Flushed subnormals add an absolute ``4 * tiny`` of the dtype.
-
-A head op without a rule raises :class:`NoBoundError`; the checks then fall back to a relative
-tolerance and say so.
-"""
+"""Rounding rules of the other head ops: reductions, activations, elementwise arithmetic,
+softmax and the class-axis ops, normalizations and shape ops."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from .graph import GraphIndex, attr, node_label, tensor_nbytes
-
-LAMBDA = 10.0
-TRANSCENDENTAL_ULPS = 128.0
-_LAZY_BYTES = 16 * 2**20  # initializers this large are read at run time, not copied in advance
-_BIG_CONST = 2**20  # elements: constants this large are read in float64 blocks, never whole
-# float64 weight columns converted at a time (VGG's 25088x4096 layer: 822 MB whole): per row of
-# the input, up to a cap. A few rows make the products memory-bound, and blocks that stay in the
-# cache are 3x faster than 64 MB ones (VGG16's head, batch 2: 0.16 s against 0.50 s); many rows
-# make them compute-bound, and BLAS wants wide blocks (400 rows: 1.9 s at 64 MB, 11 s at 1 MB).
-_BLOCK_BYTES_PER_ROW = 2**19
-_BLOCK_BYTES_MIN, _BLOCK_BYTES_MAX = 2**20, 64 * 2**20
-
-
-class NoBoundError(Exception):
-    """The head holds an op this module has no rounding rule for."""
-
-
-@dataclass
-class Bounded:
-    """A tensor's exact (float64) value, a worst-case error bound and a probabilistic error scale."""
-
-    value: np.ndarray
-    det: np.ndarray
-    rss: np.ndarray
-
-    @property
-    def err(self) -> np.ndarray:
-        """The bound a float evaluation stays within: min(worst case, LAMBDA * scale)."""
-        return np.minimum(self.det, LAMBDA * self.rss)
-
-    @classmethod
-    def exact(cls, value: np.ndarray, err: np.ndarray | None = None) -> Bounded:
-        e = np.zeros(np.shape(value)) if err is None else _f64(err)
-        return cls(_f64(value), e, e)
-
-    @classmethod
-    def from_bounds(cls, value: np.ndarray, det: np.ndarray, likely: np.ndarray) -> Bounded:
-        """From a worst case and a high-probability bound (after a nonlinear op)."""
-        return cls(value, det, likely / LAMBDA)
-
-
-def unit_roundoff(dtype: Any) -> float:
-    dt = np.dtype(dtype)
-    if dt.name == "bfloat16" or str(dt) == "bfloat16":
-        return 2.0**-8
-    return float(np.finfo(dt).eps) / 2 if dt.kind == "f" else 2.0**-24
-
-
-def gamma(n: int, u: float) -> float:
-    """Higham's deterministic bound on the relative error (to sum|terms|) of a sum of n terms."""
-    n = max(int(n), 1)
-    return n * u / (1 - n * u) if n * u < 1 else math.inf
-
-
-def _f64(a: Any) -> np.ndarray:
-    return np.asarray(a, dtype=np.float64)
-
-
-def _erf(x: np.ndarray) -> np.ndarray:
-    return np.vectorize(math.erf, otypes=[np.float64])(x)
-
+from ..graph import attr
+from .core import LAMBDA, TRANSCENDENTAL_ULPS, Bounded, NoBoundError, _arg, _const, _erf, _full
+from .evaluator import RULES, HeadEvaluator
 
 _MONOTONE: dict[str, Callable[[np.ndarray, onnx.NodeProto], np.ndarray]] = {
     "Relu": lambda x, n: np.maximum(x, 0.0),
@@ -139,237 +51,6 @@ _LINEAR_UNARY = {"Identity", "Dropout", "Neg"}
 _EXACT = {"Relu", "Abs", "Floor", "Ceil", "Round", "Sign", "ThresholdedRelu"}
 _TRANSCENDENTAL = {"Elu", "Selu", "Celu", "Sigmoid", "Tanh", "Softplus", "Exp", "Log", "Erf", "Gelu", "Mish",
                    "Softsign", "Sqrt"}
-
-
-class HeadEvaluator:
-    """The original head's nodes, evaluated in float64 with rounding-error bounds."""
-
-    def __init__(self, index: GraphIndex, nodes: list[onnx.NodeProto], ref_batch: int, dtype: Any) -> None:
-        self.index = index
-        self.nodes = nodes
-        self.ref_batch = ref_batch
-        self.batch = ref_batch
-        self.u = unit_roundoff(dtype)
-        self.tiny = 4 * float(np.finfo(np.float32 if np.dtype(dtype).itemsize >= 4 else np.float16).tiny)
-        self._consts: dict[str, np.ndarray] = {}
-        self._lazy: dict[str, tuple[onnx.TensorProto, tuple[int, ...]]] = {}
-        self._loaded: dict[str, np.ndarray] = {}  # lazy weights handed over by preload
-        unsupported = [n for n in nodes if n.op_type not in _RULES]
-        if unsupported:
-            n = unsupported[0]
-            raise NoBoundError(f"no rounding model for {n.op_type} ({node_label(n)})")
-        # Constant operands are read now: the caller may rewrite the graph in place afterwards.
-        # Large float initializers (a VGG16's 411 MB first layer) are not copied: the rewrite
-        # changes an initializer's dims in place at most (a dense weight reused as a Conv weight),
-        # never its data, so they are read when a run needs them, in their original shape.
-        for node in nodes:
-            for i in node.input:
-                t = self.index.initializers.get(i) if i else None
-                if (t is not None and tensor_nbytes(t) >= _LAZY_BYTES and t.HasField("raw_data")
-                        and t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)):
-                    self._lazy[i] = (t, tuple(int(d) for d in t.dims))
-                    continue
-                if i and self.index.is_const(i):
-                    v = self.index.const_value(i)
-                    if v is None:
-                        raise NoBoundError(f"cannot evaluate constant '{i}' of {node_label(node)}")
-                    self._consts[i] = v
-
-    def preload(self, arrays: dict[str, np.ndarray]) -> None:
-        """Take the large weights from ``arrays``, values already read from this same graph before
-        any rewrite (a light session's, ``runtime.session_weights``; verify's cut-out head's feeds),
-        instead of reading them again at run time."""
-        for name, (t, dims) in self._lazy.items():
-            a = arrays.get(name)
-            if a is not None and a.size == int(np.prod(dims)) and a.dtype == onnx.helper.tensor_dtype_to_np_dtype(t.data_type):
-                self._loaded[name] = a.reshape(dims)
-
-    def run(self, feeds: dict[str, np.ndarray], outputs: list[str],
-            feed_errors: dict[str, np.ndarray] | None = None) -> dict[str, Bounded]:
-        """Evaluate the head on ``feeds`` (feature maps); ``feed_errors`` bounds their own errors."""
-        errs = feed_errors or {}
-        env: dict[str, Bounded] = {k: Bounded.exact(v, errs.get(k)) for k, v in feeds.items()}
-        self.batch = next(iter(feeds.values())).shape[0]
-        for node in self.nodes:
-            ins = [self._get(env, i) if i else None for i in node.input]
-            try:
-                outs = _RULES[node.op_type](self, node, ins)
-            except (ValueError, IndexError, KeyError, TypeError) as exc:
-                raise NoBoundError(f"cannot evaluate {node.op_type} ({node_label(node)}): {exc}") from exc
-            for name, b in zip(node.output, outs):
-                if name:
-                    env[name] = Bounded(b.value, b.det + self.tiny, b.rss + self.tiny)
-        missing = [o for o in outputs if o not in env]
-        if missing:
-            raise NoBoundError(f"head does not compute {missing[0]}")
-        return {o: env[o] for o in outputs}
-
-    def _get(self, env: dict[str, Bounded], name: str) -> Bounded | None:
-        if name in env:
-            return env[name]
-        if name in self._lazy:
-            t, dims = self._lazy[name]
-            v = self._loaded[name] if name in self._loaded else numpy_helper.to_array(t).reshape(dims)
-            if v.size >= _BIG_CONST:
-                return Bounded(v, np.zeros(()), np.zeros(()))
-            return Bounded.exact(v, np.zeros(()))
-        if name in self._consts:
-            v = self._consts[name]
-            if v.size >= _BIG_CONST and v.dtype.kind == "f":
-                # A dense layer's weight stays in its own (exactly representable) type; the dense
-                # rules convert it to float64 a block at a time (VGG16's first layer: 822 MB whole).
-                return Bounded(v, np.zeros(()), np.zeros(()))
-            return Bounded.exact(v, np.zeros(()))
-        return None  # a shape operand: the rules read static shapes instead
-
-    def out_shape(self, name: str) -> list[int]:
-        """A head tensor's shape with this batch: its reference shape with the batch swapped in."""
-        s = self.index.static_shape(name)
-        if s is None:
-            raise NoBoundError(f"no static shape for '{name}'")
-        shape = list(s)
-        if len(shape) == 1:  # a raveled N*D vector (dynamo's as_strided): kept with its batch axis
-            return [self.batch, shape[0] // max(self.ref_batch, 1)]
-        if shape[0] == self.ref_batch:
-            shape[0] = self.batch
-        return shape
-
-    def g(self, n: int) -> float:
-        return gamma(n, self.u)
-
-    def rounding(self, n: int, mag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(worst case, scale) of the rounding of sums of n terms whose |terms| add up to mag."""
-        return self.g(n) * mag, math.sqrt(max(n, 1)) * self.u * mag
-
-
-Rule = Callable[[HeadEvaluator, onnx.NodeProto, list[Bounded | None]], list[Bounded]]
-
-
-def _arg(b: Bounded | None) -> Bounded:
-    assert b is not None
-    return b
-
-
-def _const(b: Bounded | None) -> np.ndarray:
-    return _arg(b).value
-
-
-def _full(b: Bounded) -> tuple[np.ndarray, np.ndarray]:
-    shape = b.value.shape
-    return np.broadcast_to(b.det, shape), np.broadcast_to(b.rss, shape)
-
-
-def _dense(ev: HeadEvaluator, x: Bounded, w: np.ndarray, alpha: float = 1.0
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """x @ w over x's last axis: (value, carried worst case, carried scale, sum |x||w|), w in blocks."""
-    d, k = w.shape
-    lead = x.value.shape[:-1]
-    xv = x.value.reshape(-1, d)
-    block_bytes = min(max(_BLOCK_BYTES_PER_ROW * xv.shape[0], _BLOCK_BYTES_MIN), _BLOCK_BYTES_MAX)
-    blk = max(1, block_bytes // (8 * max(d, 1)))
-    xa = np.abs(xv)
-    xdet, xrss = (a.reshape(-1, d) for a in _full(x))
-    carried = bool(np.any(xdet)) or bool(np.any(xrss))
-    xrss2 = xrss * xrss if carried else xrss
-    # Carried errors the same across a row (the floor every node adds, a per-sample trunk
-    # allowance) need column sums of |w| and w*w, not two more products with every row.
-    per_row = carried and bool(np.all(xdet == xdet[:, :1])) and bool(np.all(xrss2 == xrss2[:, :1]))
-    val, det, rss, mag = (np.zeros((xv.shape[0], k)) for _ in range(4))
-    xa32 = _up_to_f32(xa) if w.dtype == np.float32 else None
-    for j in range(0, k, blk):
-        wj = w[:, j:j + blk]
-        wb = np.asarray(wj, dtype=np.float64)
-        val[:, j:j + blk] = xv @ wb
-        mag[:, j:j + blk] = _magnitude(xa, xa32, wj, wb)
-        if carried:
-            with np.errstate(invalid="ignore"):
-                if per_row:  # column sums, each a single pass over the block
-                    det[:, j:j + blk] = xdet[:, :1] * np.add.reduce(np.abs(wj), axis=0, dtype=np.float64)
-                    rss[:, j:j + blk] = np.sqrt(xrss2[:, :1] * np.einsum("ij,ij->j", wb, wb))
-                else:
-                    det[:, j:j + blk] = xdet @ np.abs(wb)
-                    rss[:, j:j + blk] = np.sqrt(xrss2 @ (wb * wb))
-    a = abs(alpha)
-    return tuple(v.reshape(*lead, k) for v in (alpha * val, a * det, a * rss, a * mag))  # type: ignore[return-value]
-
-
-_U32 = 2.0**-24
-_SUBNORMAL_STEP = 2.0**-149  # float32's smallest step: the most a product or sum loses to underflow
-
-
-def _up_to_f32(a: np.ndarray) -> np.ndarray | None:
-    """Non-negative ``a`` in float32, the values that rounded down raised by one step, so that
-    none is below ``a``; None where a value does not fit float32. (Zeros, a ReLU's many, stay
-    zero: raised, they would be subnormals, which slow the products down 20 times.)"""
-    with np.errstate(over="ignore"):
-        a32 = a.astype(np.float32)
-    if not np.all(np.isfinite(a32)):
-        return None
-    low = a32 < a
-    a32[low] = np.nextafter(a32[low], np.float32(np.inf))
-    return a32
-
-
-def _magnitude(xa: np.ndarray, xa32: np.ndarray | None, w: np.ndarray, w64: np.ndarray) -> np.ndarray:
-    """An upper bound on ``xa @ |w|`` (sum of |x_i w_i|, all terms non-negative); ``w64``: ``w``
-    in float64.
-
-    With float32 weights it is computed in float32, twice as fast as in float64 where most rows
-    make the products compute-bound: the float32 sum of n non-negative terms (products of values
-    not below |x| and |w|) is within gamma_n of their exact sum in any order (Higham, ch. 3), and
-    underflow loses at most one subnormal step per operation, so the exact sum is at most
-    s / (1 - gamma_n) + 2 n 2^-149, and s (1 + 2 gamma_n) is above s / (1 - gamma_n) while
-    gamma_n <= 1/2. A sum that overflows float32, or a width where gamma_n > 1/2: in float64."""
-    n = w.shape[0]
-    g = gamma(n + 1, _U32)
-    if xa32 is not None and g <= 0.5:
-        with np.errstate(over="ignore"):
-            s = (xa32 @ np.abs(w)).astype(np.float64)
-        if np.all(np.isfinite(s)):
-            return s * (1 + 2 * g) + 2 * n * _SUBNORMAL_STEP
-    return xa @ np.abs(w64)
-
-
-def _gemm(ev: HeadEvaluator, node: onnx.NodeProto, ins: list[Bounded | None]) -> list[Bounded]:
-    if attr(node, "transA", 0):
-        raise NoBoundError("Gemm transA")
-    gemm = node.op_type == "Gemm"
-    return dense_bound(ev, ins[0], ins[1], trans_b=gemm and bool(attr(node, "transB", 0)),
-                       alpha=float(attr(node, "alpha", 1.0)) if gemm else 1.0,
-                       bias=ins[2] if gemm and len(ins) > 2 else None, beta=float(attr(node, "beta", 1.0)))
-
-
-def dense_bound(ev: HeadEvaluator, x_in: Bounded | None, w_in: Bounded | None, *, trans_b: bool,
-                alpha: float = 1.0, bias: Bounded | None = None, beta: float = 1.0) -> list[Bounded]:
-    """alpha * x @ W (W.T when trans_b) + beta * bias, with its rounding bound: for the head rules
-    of every dense spelling (Gemm, MatMul, Einsum)."""
-    x = _arg(x_in)
-    w = _const(w_in)
-    if trans_b:
-        w = w.T
-    val, det, rss, mag = _dense(ev, x, w, alpha)
-    if bias is not None:
-        c = _const(bias)
-        val = val + beta * c
-        mag = mag + abs(beta) * np.abs(c)
-    # n products summed, plus alpha, beta and the bias add (3 more roundings per term at most).
-    rd, rr = ev.rounding(w.shape[0] + 3, mag)
-    return [Bounded(val, det + rd, np.sqrt(rss * rss + rr * rr))]
-
-
-def _conv1x1(ev: HeadEvaluator, node: onnx.NodeProto, ins: list[Bounded | None]) -> list[Bounded]:
-    x = _arg(ins[0])
-    w = _const(ins[1])
-    if attr(node, "group", 1) != 1 or w.shape[2:] != (1, 1) or x.value.ndim != 4:
-        raise NoBoundError("Conv in the head is not a 1x1 convolution")
-    xd, xr = _full(x)
-    moved = Bounded(np.moveaxis(x.value, 1, -1), np.moveaxis(xd, 1, -1), np.moveaxis(xr, 1, -1))
-    val, det, rss, mag = _dense(ev, moved, w.reshape(w.shape[0], -1).T)
-    if len(ins) > 2 and ins[2] is not None:
-        b = _const(ins[2])
-        val, mag = val + b, mag + np.abs(b)
-    rd, rr = ev.rounding(w.shape[1] + 1, mag)
-    return [Bounded(*(np.moveaxis(a, -1, 1) for a in (val, det + rd, np.sqrt(rss * rss + rr * rr))))]
 
 
 def _reduce_axes(ev: HeadEvaluator, node: onnx.NodeProto, rank: int) -> tuple[tuple[int, ...], bool]:
@@ -667,13 +348,8 @@ def _gather(ev: HeadEvaluator, node: onnx.NodeProto, ins: list[Bounded | None]) 
     return _reshape(ev, node, ins)
 
 
-def register_bound(op: str, rule: Rule) -> None:
-    """The rounding rule for a head op that a rule module adds (``rules/dense.py``: Einsum)."""
-    _RULES[op] = rule
 
-
-_RULES: dict[str, Rule] = {
-    "Gemm": _gemm, "MatMul": _gemm, "Conv": _conv1x1,
+RULES.update({
     **{op: _reduce for op in ("GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool", "ReduceMean",
                               "ReduceMax", "ReduceMin", "ReduceSum", "ReduceLogSumExp")},
     **{op: _elementwise for op in (*_MONOTONE, *_LIPSCHITZ, *_LINEAR_UNARY, "Clip", "PRelu", "Cast", "CastLike")},
@@ -683,4 +359,4 @@ _RULES: dict[str, Rule] = {
     "BatchNormalization": _batchnorm, "LayerNormalization": _layernorm,
     **{op: _reshape for op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze")},
     "Transpose": _transpose, "Concat": _concat, "Gather": _gather,
-}
+})

@@ -3,7 +3,7 @@
 Optional (``pip install 'onnxfcn[scale]'``). ``--workers N`` starts a local cluster of N worker
 processes; ``--scheduler ADDRESS`` uses a running ``dask.distributed`` cluster, whose workers
 must see the model and input paths. Each worker process loads the model once and keeps the
-session for every later task. The tiles are those of the serial run (``scan.plan_tiles``), so
+session for every later task. The tiles are those of the serial run (``tiles.plan_tiles``), so
 the stitched result is the same; a huge image in memory is a ``dask.array`` whose overlapping
 tile regions travel to the workers, a ``.npy`` file is read region by region by the workers.
 """
@@ -19,20 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import OnnxFcnError
-from .preprocess import Preprocess
-from .scan import (
-    ArraySource,
-    PixelSource,
-    Runner,
-    ScanModel,
-    ScanOptions,
-    ScanResult,
-    Source,
-    Tile,
-    open_input,
-    scan_source,
-)
+from ..errors import OnnxFcnError
+from ..preprocess import Preprocess
+from .driver import ScanOptions, scan_source
+from .model import ScanModel
+from .result import ScanResult
+from .runner import Runner
+from .sources import ArraySource, PixelSource, Source, open_input
+from .tiles import Tile
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import OnnxFcnError
+from ..errors import OnnxFcnError
 
 # viridis at 0, 1/4, 1/2, 3/4 and 1 (matplotlib's colour map), interpolated linearly
 _ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32)

@@ -1,0 +1,201 @@
+"""One step per kind of trunk node: what it does to a map's per-axis geometry.
+
+Each step takes the walk (``walk.Walk``), the node, and the geometry of the node's output as
+its first input left it (``MapGeo``, already merged with the node's other inputs), and changes
+that in place, recording output-stride edits and reasons for inexactness on the way. ``STEPS``
+maps op types to steps; an op found there applies when its first input is a map. To teach the
+geometry a new op: write its step here and add it to ``STEPS``.
+
+Per axis (``AxisGeo``): ``jump`` is the distance in input pixels between neighbouring cells,
+``start`` where cell 0's receptive field begins, ``rf`` its extent, ``size`` the map's size as a
+function of the input's, ``dense`` the new cells per original cell under an output stride.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import onnx
+
+from ..errors import UnsupportedModelError
+from ..graph import attr, node_label
+from ..head import TensorState
+from ..opspec import kernel_axis, map_hw, pad_spec, resize_factors
+from ..stride import KERNEL_OPS, Edit, ceil_end_pad, kernel_edit, new_stride, scaled_pads
+from .lattice import SizeFn
+from .state import AxisGeo, MapGeo, Walk
+
+Step = Callable[[Walk, onnx.NodeProto, MapGeo], None]
+_SCALE_OPS = {"ConvTranspose", "DepthToSpace", "SpaceToDepth", "MaxUnpool"}
+_UNMODELLED_KERNELS = {"DeformConv", "Col2Im", "Im2Col"}
+
+
+def _kernel_size_fn(prev: SizeFn, ke: int, s: int, pb: int, pe: int, ceil: bool, auto: str) -> SizeFn:
+    if auto.startswith("SAME"):
+        return lambda n: math.ceil(prev(n) / s)
+    if ceil:
+        return lambda n: -((-(prev(n) + pb + pe - ke)) // s) + 1
+    return lambda n: (prev(n) + pb + pe - ke) // s + 1
+
+
+def kernel(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
+    """Convolutions and pools: the field grows by the kernel, the padding moves its start, the
+    stride multiplies the jump; under an output stride the kernel is re-strided and dilated."""
+    analysis = walk.analysis
+    lay = analysis.layout(node.input[0])
+    shape = analysis.index.static_shape(node.input[0])
+    factor, strides, pads, edited = [1, 1], [1, 1], [0, 0, 0, 0], False
+    for ax, axis in ((0, out.h), (1, out.w)):
+        ref_in = int(shape[lay[2 + ax]]) if shape else 0
+        k = kernel_axis(node, analysis, ax, ref_in)
+        ke, s, pb, pe, auto = k.extent, k.stride, k.pad_begin, k.pad_end, k.auto_pad
+        if pb or pe:
+            out.reasons.append(f"zero padding at {node_label(node)} ({node.op_type} pads {pb},{pe})")
+        elif k.ceil_mode and ref_in and (ref_in - ke) % s:
+            out.reasons.append(f"ceil_mode window past the edge at {node_label(node)}")
+        s_new = s if walk.target is None else new_stride(node, axis.jump, axis.dense, s, walk.target[ax])
+        if k.ceil_mode and s_new != s and ref_in:
+            pe = ceil_end_pad(node, ref_in, ke, s, pb, pe)
+        dil = axis.dense
+        if dil > 1 or s_new != s:
+            # Dilate by the density gained before this layer; SAME padding becomes the explicit
+            # pads it has at the reference size, scaled alike.
+            edited = True
+            factor[ax] = dil if ke > 1 else 1
+            ke, pb, pe, auto = (ke - 1) * dil + 1, pb * dil, pe * dil, "NOTSET"
+        strides[ax], pads[ax], pads[ax + 2] = s_new, pb, pe
+        axis.rf += (ke - 1) * axis.jump
+        axis.start -= pb * axis.jump
+        axis.jump *= s_new
+        axis.dense = dil * s // s_new
+        axis.size = _kernel_size_fn(axis.size, ke, s_new, pb, pe, k.ceil_mode, auto)
+    if edited:
+        assert walk.target is not None
+        walk.edits[node.output[0]] = kernel_edit(analysis, node, walk.target, factor, strides, pads)
+
+
+def _scaled_size_fn(prev: SizeFn, factor: int) -> SizeFn:
+    return lambda n: prev(n) * factor
+
+
+def resize(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
+    """Upsampling by a constant whole scale: the jump divides by it, the field grows by the cells
+    the interpolation reads."""
+    factors, interp = resize_factors(walk.analysis, node)
+    if factors is None:
+        raise UnsupportedModelError(f"{node.op_type} changes the spatial scale and {interp}; sliding-window "
+                                    "geometry is undefined", node_label(node))
+    if walk.target is not None:
+        raise UnsupportedModelError("output stride: an upsampling trunk is not supported", node_label(node))
+    for ax, axis in ((0, out.h), (1, out.w)):
+        f = factors[ax]
+        if axis.jump % f:
+            raise UnsupportedModelError(f"{node.op_type} upsamples a stride-{axis.jump} map by {f}: its cells "
+                                        "would fall between input pixels", node_label(node))
+        new_jump = axis.jump // f
+        # Output cell k reads input cell floor(k / f) (nearest, asymmetric, floor), a cell
+        # within one of k / f (other nearest modes), or two neighbours within [k/f - 2,
+        # k/f + 1] (linear): the field spans those cells' fields.
+        before, after = {"nearest_floor": ((f - 1) * new_jump, 0), "nearest": (axis.jump, axis.jump),
+                         "linear": (2 * axis.jump, axis.jump)}[interp]
+        axis.start -= before
+        axis.rf += before + after
+        axis.jump = new_jump
+        axis.size = _scaled_size_fn(axis.size, f)
+    if interp == "linear":
+        out.reasons.append(f"linear Resize at {node_label(node)} clamps at the map's edge")
+
+
+def _padded_size_fn(prev: SizeFn, extra: int) -> SizeFn:
+    return lambda n: prev(n) + extra
+
+
+def _pad_amounts(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> list[tuple[str, AxisGeo, int, int]]:
+    """(axis name, axis, pad begin, pad end) for H and W of a Pad node on the trunk."""
+    pads, axes = pad_spec(walk.analysis, node)
+    n = len(axes)
+    by_axis = {a: (int(pads[k]), int(pads[k + n])) for k, a in enumerate(axes)}
+    lay = walk.analysis.layout(node.input[0])
+    if by_axis.get(lay[0], (0, 0)) != (0, 0):
+        raise UnsupportedModelError("Pad on the batch axis", node_label(node))
+    found = []
+    for name, axis, pos in (("H", out.h, lay[2]), ("W", out.w, lay[3])):
+        pb, pe = by_axis.get(pos, (0, 0))
+        if pb < 0 or pe < 0:
+            raise UnsupportedModelError(f"negative Pad (a crop) on {name} at fixed positions", node_label(node))
+        found.append((name, axis, pb, pe))
+    return found
+
+
+def pad(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
+    """An explicit Pad (tf2onnx's SAME padding): the map grows, its field's start moves out."""
+    pad_mode = attr(node, "mode", "constant")
+    for axis_name, axis, pb, pe in _pad_amounts(walk, node, out):
+        if pb or pe:
+            out.reasons.append(f"zero padding at {node_label(node)} (Pad {pad_mode} {pb},{pe} on {axis_name})")
+        pb, pe = pb * axis.dense, pe * axis.dense
+        axis.start -= pb * axis.jump
+        axis.size = _padded_size_fn(axis.size, pb + pe)
+    if (out.h.dense, out.w.dense) != (1, 1):
+        if pad_mode != "constant":
+            raise UnsupportedModelError(f"output stride: a {pad_mode} Pad mirrors or repeats neighbouring "
+                                        "cells, which a dilated map does not have", node_label(node))
+        walk.edits[node.output[0]] = Edit("Pad", (out.h.dense, out.w.dense),
+                                          values=scaled_pads(walk.analysis, node, out.h.dense, out.w.dense))
+
+
+def pointwise(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
+    """Elementwise ops, activations, normalizations, channel ops: the geometry passes through."""
+
+
+def unknown_kernel(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
+    """A spatial kernel the size model does not know: treating it as pointwise would miss its
+    padding and its receptive field."""
+    raise UnsupportedModelError(f"{node.op_type} has a spatial kernel that the geometry does not model",
+                                node_label(node))
+
+
+def moves_axes(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
+    """A node that changes the map's size or moves its axes (a Reshape to tokens, say)."""
+    raise UnsupportedModelError(
+        f"{node.op_type} changes or moves the spatial axes {map_hw(walk.analysis, node.input[0])} -> "
+        f"{map_hw(walk.analysis, node.output[0])}; sliding-window geometry is undefined", node_label(node))
+
+
+def changes_scale(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
+    raise UnsupportedModelError(f"{node.op_type} changes the spatial scale; sliding-window geometry is undefined",
+                                node_label(node))
+
+
+STEPS: dict[str, Step] = {
+    **{op: kernel for op in KERNEL_OPS},
+    "Resize": resize, "Upsample": resize,
+    "Pad": pad,
+}
+
+
+def _keeps_spatial_size(walk: Walk, node: onnx.NodeProto) -> bool:
+    """A non-kernel trunk op must leave H and W where the layout says, at the same size."""
+    analysis = walk.analysis
+    src = next((i for i in node.input if analysis.state(i) is TensorState.SPATIAL), None)
+    if src is None:
+        return True
+    a, b = map_hw(analysis, src), map_hw(analysis, node.output[0])
+    return a is None or b is None or a == b
+
+
+def step_for(walk: Walk, node: onnx.NodeProto) -> Step:
+    """The step that applies to ``node``: its op's, where its first input is a map; else one of
+    the refusals, or ``pointwise``."""
+    analysis = walk.analysis
+    if node.op_type in STEPS and analysis.state(node.input[0]) is TensorState.SPATIAL:
+        return STEPS[node.op_type]
+    if (attr(node, "kernel_shape") is not None or node.op_type in _UNMODELLED_KERNELS) and \
+            any(analysis.state(i) is TensorState.SPATIAL for i in node.input):
+        return unknown_kernel
+    if not _keeps_spatial_size(walk, node):
+        return moves_axes
+    if node.op_type in _SCALE_OPS:
+        return changes_scale
+    return pointwise

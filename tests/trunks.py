@@ -1,0 +1,106 @@
+"""Trunks of every kind the geometry meets: a deep padding-free stride-32 classifier (output
+strides), channel shuffles and whole-map Slices (trunk rewrites), branches that agree only at
+some sizes (lattices)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from builders import C_FEAT, REF, Builder, gemm, image_shape
+
+DEEP_REF = 190  # 5 stages of (3x3 valid conv, /2): 190 -> 4x4 features, total stride 32
+
+
+def deep(head: str = "flatten", down: str = "maxpool", opset: int = 13, shortcut: bool = False,
+         pool: str | None = None, pad_node: str | None = None, k: int = 40, pool_pads: bool = False,
+         se: bool = False) -> onnx.ModelProto:
+    """A padding-free stride-32 classifier (unless ``pad_node``), with a wide head whose logits
+    have a standard deviation of several units.
+
+    ``down``: how each stage halves ('maxpool' 2x2, 'conv' 2x2 stride 2). ``shortcut``: stage 3
+    halves in two branches (MaxPool 3x3/2 and Conv 3x3/2) that an Add merges. ``pool``: an extra
+    3x3 stride-1 pool (MaxPool, AveragePool) at the end, after the cut of any output stride.
+    ``pad_node``: a Pad node (that mode) before the last stage's convolution. ``pool_pads``: that
+    pool pads 1 (left out of an average). ``se``: a squeeze-excitation block (global average pool,
+    1x1 Conv, Sigmoid, Mul) in the last stage, after the cut. ``down='ceil'``: the halving pools
+    are 3x3 stride 2 with ceil_mode (GoogLeNet's), whose last window is partial at 190.
+    """
+    b = Builder(opset, seed=3)
+    x, c_in = "image", 3
+    for stage, c in enumerate([8, 12, 16, 16, 24]):
+        if pad_node and stage == 4:
+            x = b.node("Pad", [x, b.ints("pads", [0, 0, 1, 1, 0, 0, 1, 1])], mode=pad_node)
+        x = b.node("Relu", [b.node("Conv", [x, b.weight("w", (c, c_in, 3, 3)), b.weight("b", (c,), 0.1)],
+                                   kernel_shape=[3, 3])])
+        if se and stage == 4:
+            g = b.node("GlobalAveragePool", [x])
+            g = b.node("Sigmoid", [b.node("Conv", [g, b.weight("se", (c, c, 1, 1), 2.0)], kernel_shape=[1, 1])])
+            x = b.node("Mul", [x, g])
+        if shortcut and stage == 2:
+            a = b.node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2])
+            x = b.node("Add", [a, b.node("Conv", [x, b.weight("s", (c, c, 3, 3))], kernel_shape=[3, 3],
+                                         strides=[2, 2])])
+        elif down == "conv":
+            x = b.node("Conv", [x, b.weight("d", (c, c, 2, 2))], kernel_shape=[2, 2], strides=[2, 2])
+        elif down == "ceil":
+            x = b.node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)
+        else:
+            x = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+        c_in = c
+    if pool:  # 3x3 stride 1 after the last stride: dilated by any output stride below 32
+        x = b.node(pool, [x], kernel_shape=[3, 3], strides=[1, 1], pads=[int(pool_pads)] * 4)
+    fh = (5 if pad_node else 4) - (2 if pool and not pool_pads else 0)
+    if head == "gap":
+        x = b.node("Flatten", [b.node("GlobalAveragePool", [x])], axis=1)
+        d = 24
+    elif head == "gmp":
+        x = b.node("Flatten", [b.node("GlobalMaxPool", [x])], axis=1)
+        d = 24
+    else:
+        x = b.node("Flatten", [x], axis=1)
+        d = 24 * fh * fh
+    x = b.node("Relu", [gemm(b, x, d, 64)])
+    w = b.const("fcw", (b.rng.standard_normal((k, 64)) * 6 / np.sqrt(64)).astype(np.float32))
+    y = b.node("Gemm", [x, w, b.weight("fcb", (k,), 0.5)], transB=1)
+    return b.model(["N", 3, DEEP_REF, DEEP_REF], [y], out_names=["logits"])
+
+
+def shuffle_model(batch_in_shape: int = 1) -> onnx.ModelProto:
+    """Channel shuffle with a constant 5-D Reshape, as torchvision's ShuffleNetV2 exports it."""
+    b = Builder(13)
+    y = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3))], kernel_shape=[3, 3])
+    y = b.node("Reshape", [y, b.ints("s5", [batch_in_shape, 2, C_FEAT // 2, REF - 2, REF - 2])], name="shuffle_in")
+    y = b.node("Transpose", [y], perm=[0, 2, 1, 3, 4])
+    y = b.node("Reshape", [y, b.ints("s4", [batch_in_shape, C_FEAT, REF - 2, REF - 2])], name="shuffle_out")
+    y = b.node("MaxPool", [b.node("Relu", [y])], kernel_shape=[2, 2], strides=[2, 2])
+    y = gemm(b, b.node("Flatten", [y], axis=1), C_FEAT * 8 * 8, 5)
+    return b.model(image_shape(), [y])
+
+
+def full_slice_model(opset: int = 13) -> onnx.ModelProto:
+    """A Slice that keeps the whole map, with its ends baked at the reference size."""
+    b = Builder(opset)
+    y = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3))], kernel_shape=[3, 3])
+    if opset >= 10:
+        y = b.node("Slice", [y, b.ints("st", [0, 0]), b.ints("en", [REF - 2, REF - 2]), b.ints("ax", [2, 3])],
+                   name="keep_all")
+    else:
+        y = b.node("Slice", [y], starts=[0, 0], ends=[REF - 2, REF - 2], axes=[2, 3], name="keep_all")
+    y = gemm(b, b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1), C_FEAT, 5)
+    return b.model(image_shape(), [y])
+
+
+def _floor_ceil_merge() -> onnx.ModelProto:
+    """A MaxPool 2/2 branch (floor(m/2)) and a padded Conv 3/2 branch (ceil(m/2)) added: they agree
+    only where the map m = n - 2 is even, so at even input sizes alone."""
+    b = Builder(13, seed=31)
+    x = b.node("Conv", ["image", b.weight("w1", (8, 3, 3, 3)), b.weight("b1", (8,), 0.1)], kernel_shape=[3, 3])
+    x = b.node("Relu", [x])
+    a = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    c = b.node("Conv", [x, b.weight("w2", (8, 8, 3, 3)), b.weight("b2", (8,), 0.1)], kernel_shape=[3, 3],
+               strides=[2, 2], pads=[1, 1, 1, 1])
+    y = b.node("Relu", [b.node("Add", [a, c])])
+    y = b.node("Conv", [y, b.weight("w3", (8, 8, 3, 3)), b.weight("b3", (8,), 0.1)], kernel_shape=[3, 3])
+    y = gemm(b, b.node("Flatten", [y], axis=1), 8 * 7 * 7, 12)
+    y = gemm(b, b.node("Relu", [y]), 12, 6)
+    return b.model([1, 3, 20, 20], [y], out_names=["scores"])
