@@ -24,7 +24,7 @@ from onnx.external_data_helper import load_external_data_for_model
 
 from .errors import ModelLoadError
 from .graph import skeleton, tensor_nbytes
-from .wire import WireMismatch, initializer_data, without_data, write_model
+from .wire import PIECE_MIN_BYTES, WireMismatch, copy_fields, initializer_data, without_data, write_model
 
 log = logging.getLogger(__name__)
 
@@ -348,29 +348,19 @@ def _save_model(model: onnx.ModelProto, path: Path, external_data: bool | None, 
     try:
         if use_external:
             data_name = _data_name(path, protect)
-            had_location = {t.name for t in model.graph.initializer if t.HasField("data_location")}
-            # The location stored in the model must be the final data file name. Save into a
-            # private temporary folder, then move the data (to its fresh name) and the model.
-            with tempfile.TemporaryDirectory(dir=folder, prefix=".onnxfcn-") as tmpdir:
-                staged = Path(tmpdir) / "model.onnx"
-                onnx.save_model(
-                    model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data_name, size_threshold=1024,
-                )
-                # save_model moved the weights out of ``model``; read them back so the caller's
-                # object is unchanged.
-                load_external_data_for_model(model, tmpdir)
-                for t in model.graph.initializer:
-                    if t.name not in had_location:
-                        t.ClearField("data_location")
-                        del t.external_data[:]
-                staged_data = Path(tmpdir) / data_name
-                if staged_data.exists():  # no file at all when every tensor is under the threshold
-                    os.chmod(staged_data, mode)
-                    new_data = folder / data_name
-                    os.replace(staged_data, new_data)
-                    written.append(new_data)
-                os.replace(staged, tmp_model)
+            # The location stored in the model is the final data file name: the data is written
+            # to a private temporary name first, then moved to its fresh name, the model last.
+            fd, tmp_data = tempfile.mkstemp(dir=folder, prefix=".onnxfcn-", suffix=".data.tmp")
+            os.close(fd)
+            new_data = Path(tmp_data)
+            if _write_external(model, tmp_model, tmp_data, data_name):
+                os.chmod(tmp_data, mode)
+                os.replace(tmp_data, folder / data_name)
+                new_data = folder / data_name
+                written.append(new_data)
+            else:  # no file at all when every tensor is under the threshold
+                os.unlink(tmp_data)
+                new_data = None
         else:
             _write_proto(model, tmp_model)
         os.chmod(tmp_model, mode)
@@ -388,6 +378,41 @@ def _save_model(model: onnx.ModelProto, path: Path, external_data: bool | None, 
             with contextlib.suppress(OSError):
                 old.unlink()
     return written
+
+
+_EXTERNAL_MIN_BYTES = 1024  # as onnx.save_model's size_threshold: smaller tensors stay in the model
+_ALIGN = 64 * 1024  # large tensors start at multiples of this (the page and allocation granularity)
+
+
+def _write_external(model: onnx.ModelProto, model_path: str, data_path: str, location: str) -> bool:
+    """``model`` written to ``model_path`` with each initializer of at least 1 KB in ``data_path``
+    (referred to as ``location``), each tensor's bytes read once and written straight to the file;
+    ``model`` itself is not changed. Returns whether any tensor went to the data file."""
+    light = onnx.ModelProto()
+    copy_fields(model, light, "graph")
+    copy_fields(model.graph, light.graph, "initializer")
+    moved = False
+    with open(data_path, "wb") as f:
+        for t in model.graph.initializer:
+            if not (t.HasField("raw_data") and t.data_location != onnx.TensorProto.EXTERNAL
+                    and tensor_nbytes(t) >= _EXTERNAL_MIN_BYTES):
+                light.graph.initializer.append(t)
+                continue
+            if tensor_nbytes(t) >= PIECE_MIN_BYTES and f.tell() % _ALIGN:
+                f.write(b"\0" * (_ALIGN - f.tell() % _ALIGN))
+            header = light.graph.initializer.add()
+            copy_fields(t, header, "raw_data")
+            offset = f.tell()
+            raw = t.raw_data
+            f.write(raw)
+            del raw
+            header.data_location = onnx.TensorProto.EXTERNAL
+            del header.external_data[:]
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(f.tell() - offset))):
+                header.external_data.add(key=key, value=value)
+            moved = True
+    _write_proto(light, model_path)
+    return moved
 
 
 def _write_proto(model: onnx.ModelProto, path: str) -> None:

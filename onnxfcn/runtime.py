@@ -330,7 +330,7 @@ def _start_model(model: onnx.ModelProto | str | bytes, opts: ort.SessionOptions,
     return _start(model.SerializeToString(), opts, provider)
 
 
-def node_from_error(exc: Exception) -> str | None:
+def node_from_error(exc: BaseException) -> str | None:
     m = re.search(r"Name:'([^']*)'", str(exc))
     return m.group(1) if m else None
 

@@ -23,6 +23,8 @@ from onnxfcn.scan.runner import Runner
 pytest.importorskip("distributed")
 from onnxfcn.scan.distributed import client, scan_files, scan_tiled, worker_loads
 
+pytestmark = pytest.mark.dask
+
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections import Counter
 
 import fuzz
+import pytest
+
+pytestmark = pytest.mark.fuzz
 
 
 def test_fuzz_320_cases() -> None:

@@ -26,6 +26,8 @@ from interop import (
     table,
 )
 
+pytestmark = pytest.mark.interop
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Failures of the runtime, each checked to be what it says.

@@ -15,6 +15,8 @@ from onnx import numpy_helper
 import onnxfcn
 from onnxfcn.errors import OnnxFcnError
 
+pytestmark = pytest.mark.keras
+
 KERAS = ROOT / "tests" / "data" / "keras"
 NAMES = ["sequential_valid", "vgg_flatten", "mobilenetv2_035", "efficientnetb0", "vgg_flatten_dynamic"]
 SIZES = {"sequential_valid": 24, "vgg_flatten": 32, "mobilenetv2_035": 96, "efficientnetb0": 64,

@@ -99,3 +99,18 @@ def test_every_subpackage_is_installed() -> None:
     listed = set(tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(("onnxfcn", *p.parent.relative_to(PKG).parts)) for p in PKG.rglob("__init__.py")}
     assert found == listed, found ^ listed
+
+
+def test_modules_and_functions_stay_small() -> None:
+    """No module over 600 lines, no function over 100 (docs/architecture.md): a newcomer reads one
+    piece at a time."""
+    long_modules, long_functions = [], []
+    for path in PKG.rglob("*.py"):
+        text = path.read_text()
+        if text.count("\n") > 600:
+            long_modules.append(str(path.relative_to(PKG)))
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno is not None:
+                if node.end_lineno - node.lineno + 1 > 100:
+                    long_functions.append(f"{path.relative_to(PKG)}:{node.name}")
+    assert not long_modules and not long_functions, (long_modules, long_functions)

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 from builders import flatten_gemm
-from onnxfcn.scan.picture import _ALPHA, _axis, colours, render
 from PIL import Image
 
 from onnxfcn import convert
 from onnxfcn.scan import ScanModel, ScanResult
+from onnxfcn.scan.picture import _ALPHA, _axis, colours, render
 from onnxfcn.scan.sources import ArraySource
 
 

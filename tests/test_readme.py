@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers import ROOT
+from tv_export import Exports
 
 README = (ROOT / "README.md").read_text()
 FLOAT = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:e[-+]?\d+)|[-+]?\d+\.\d+")
@@ -73,12 +74,10 @@ def test_convert_transcript(tmp_path: Path) -> None:
 
 
 @pytest.mark.torchvision
-def test_verify_transcript(tmp_path: Path, export_dir: Path) -> None:
-    pytest.importorskip("torchvision")
-    from tv_export import export
+def test_verify_transcript(tmp_path: Path, exports: Exports) -> None:
 
     command, expected = transcript("onnxfcn verify resnet50.onnx")
-    shutil.copy(export("resnet50", "legacy", 17, export_dir), tmp_path / "resnet50.onnx")
+    shutil.copy(exports.torchvision("resnet50"), tmp_path / "resnet50.onnx")
     conv = run_cli("onnxfcn convert resnet50.onnx -o resnet50_fcn.onnx -q", tmp_path)
     assert conv.returncode == 0, conv.stdout + conv.stderr
     res = run_cli(command, tmp_path)

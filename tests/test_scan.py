@@ -13,6 +13,7 @@ import pytest
 from builders import REF, flatten_gemm, realistic
 from helpers import ROOT, run
 from PIL import Image
+from tv_export import Exports
 from typer.testing import CliRunner
 
 import onnxfcn
@@ -474,11 +475,8 @@ def test_select_cells_orders_and_ties() -> None:
 
 
 @pytest.mark.torchvision
-def test_tiles_equal_one_pass_resnet18(export_dir: Path, tmp_path: Path) -> None:
-    pytest.importorskip("torchvision")
-    from tv_export import export
-
-    conv, _ = convert(export("resnet18", "legacy", 17, export_dir))
+def test_tiles_equal_one_pass_resnet18(exports: Exports, tmp_path: Path) -> None:
+    conv, _ = convert(exports.torchvision("resnet18"))
     onnx.save(conv, tmp_path / "r18.onnx")
     sm = ScanModel.load(tmp_path / "r18.onnx")
     assert (sm.receptive_field, sm.field_start, sm.global_context) == ((627, 627), (-217, -217), False)
@@ -493,11 +491,8 @@ def test_tiles_equal_one_pass_resnet18(export_dir: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.torchvision
-def test_global_pool_in_trunk_says_tiles_differ(export_dir: Path, tmp_path: Path) -> None:
-    pytest.importorskip("torchvision")
-    from tv_export import export
-
-    conv, _ = convert(export("mobilenet_v3_small", "legacy", 17, export_dir))
+def test_global_pool_in_trunk_says_tiles_differ(exports: Exports, tmp_path: Path) -> None:
+    conv, _ = convert(exports.torchvision("mobilenet_v3_small"))
     onnx.save(conv, tmp_path / "m.onnx")
     x = np.random.default_rng(14).standard_normal((900, 300, 3)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)

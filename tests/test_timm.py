@@ -5,39 +5,19 @@ run exactly there, and pass verify."""
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
-
 import numpy as np
 import pytest
 from helpers import heights_that_run, rand, run
+from tv_export import Exports
 
 import onnxfcn
 from onnxfcn.geometry import on_lattice
 
-pytestmark = pytest.mark.torchvision
+pytestmark = pytest.mark.timm
 
 
-def export_timm(name: str, folder: Path) -> Path:
-    timm = pytest.importorskip("timm")
-    import torch
-    from tv_export import realistic_scale
-
-    path = folder / f"timm_{name}.onnx"
-    if path.exists():
-        return path
-    torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, num_classes=100).eval()
-    realistic_scale(model, 224)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"])
-    return path
-
-
-def test_dla34_verifies_on_its_lattice(export_dir: Path) -> None:
-    path = export_timm("dla34", export_dir)
+def test_dla34_verifies_on_its_lattice(exports: Exports) -> None:
+    path = exports.timm("dla34")
     converted, report = onnxfcn.convert(path)
     assert report.geometry.lattice[0] == (32, (0, 31))
     result = onnxfcn.verify(path, converted, sizes=[(287, 320)], positions="all")
@@ -49,9 +29,9 @@ def test_dla34_verifies_on_its_lattice(export_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("name, lattice", [("dla34", (32, (0, 31))), ("hrnet_w18_small", (32, (0, 29, 30, 31)))])
-def test_lattice_models_run_exactly_at_their_sizes(export_dir: Path, name: str, lattice: tuple[int, tuple[int, ...]]
+def test_lattice_models_run_exactly_at_their_sizes(exports: Exports, name: str, lattice: tuple[int, tuple[int, ...]]
                                                    ) -> None:
-    path = export_timm(name, export_dir)
+    path = exports.timm(name)
     converted, report = onnxfcn.convert(path)
     assert report.geometry.lattice == (lattice, lattice)
     assert report.self_check[0]["outputs"][0]["ratio"] <= 1

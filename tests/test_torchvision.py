@@ -1,6 +1,6 @@
 """Real torchvision architectures at realistic scale (random weights), through both PyTorch exporters.
 
-Each export is made once per test run and cached in a session folder (``tv_export``: calibrated
+Each export is made once, in a child process, and cached on disk across runs (``tv_export``: calibrated
 BatchNorm, He-initialised dense layers, logits with standard deviation 3). Every model must
 convert with the default rounding bound (no false refusals), run at two larger sizes and batch 2
 (convert's self-check), and pass verify's reference and feature-window checks. Sliding windows
@@ -9,15 +9,10 @@ are reported: all of these networks pad, so cells match crops only approximately
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("torchvision")
-pytest.importorskip("onnxscript")
-
-from tv_export import export
+from tv_export import Exports
 
 import onnxfcn
 
@@ -35,9 +30,9 @@ def ratio(check: Any) -> float:
 
 
 @pytest.mark.parametrize(("arch", "exporter", "opset"), CASES, ids=[f"{a}-{e}{o}" for a, e, o in CASES])
-def test_torchvision_converts_and_verifies(arch: str, exporter: str, opset: int, export_dir: Path,
+def test_torchvision_converts_and_verifies(arch: str, exporter: str, opset: int, exports: Exports,
                                            tier_table: list[dict[str, Any]]) -> None:
-    path = export(arch, exporter, opset, export_dir)
+    path = exports.torchvision(arch, exporter, opset)
     plan = onnxfcn.inspect(path)
     assert plan, plan.blockers
     converted, report = onnxfcn.convert(path)
@@ -68,12 +63,12 @@ SIMPLIFIED = [("resnet50", "dynamo", 18), ("mobilenet_v3_large", "legacy", 11)]
 @pytest.mark.parametrize("simplifier", ["onnxslim", "onnxsim"])
 @pytest.mark.parametrize(("arch", "exporter", "opset"), SIMPLIFIED, ids=[f"{a}-{e}{o}" for a, e, o in SIMPLIFIED])
 def test_simplified_export_converts_and_verifies(arch: str, exporter: str, opset: int, simplifier: str,
-                                                 export_dir: Path) -> None:
+                                                 exports: Exports) -> None:
     """Users often run onnxslim or onnxsim before converting: the simplified graph (shapes folded,
     ops fused) converts to the same geometry and passes verify."""
     import onnx
 
-    path = export(arch, exporter, opset, export_dir)
+    path = exports.torchvision(arch, exporter, opset)
     model = onnx.load(path)
     if simplifier == "onnxslim":
         simplified = pytest.importorskip("onnxslim").slim(model)
@@ -93,13 +88,13 @@ STRIDED = [(a, s) for a in ISSUE2 + ISSUE4 for s in (16, 8)]
 
 
 @pytest.mark.parametrize(("arch", "stride"), STRIDED, ids=[f"{a}-os{s}" for a, s in STRIDED])
-def test_output_stride_verifies(arch: str, stride: int, export_dir: Path) -> None:
+def test_output_stride_verifies(arch: str, stride: int, exports: Exports) -> None:
     """Every architecture at output strides 16 and 8 (legacy exporter, opset 17): the self-check
     holds at the reference size within the rounding bound (squeeze-excitation pools read the
     original's cells; Inception's and DenseNet's AveragePools, with no dilations before opset 19,
     become depthwise Convs; GoogLeNet's ceil_mode pools keep their last window), and verify's
     feature check proves the dilated head on the denser map."""
-    path = export(arch, "legacy", 17, export_dir)
+    path = exports.torchvision(arch)
     converted, report = onnxfcn.convert(path, output_stride=stride)
     assert report.geometry.stride == (stride, stride)
     assert all(o["ratio"] <= 1 for o in report.self_check[0]["outputs"])

@@ -17,6 +17,8 @@ from zoo_models import realistic
 
 import onnxfcn
 
+pytestmark = pytest.mark.zoo
+
 CONVERTIBLE = ["bvlc_alexnet", "densenet121", "inception_v1", "resnet50", "shufflenet", "squeezenet", "vgg19",
                "zfnet512"]
 

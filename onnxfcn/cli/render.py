@@ -19,18 +19,21 @@ if TYPE_CHECKING:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A plain table: a header, a rule, the rows; as wide as it needs on a pipe or a file."""
+    """A plain table: a header, a rule of dashes, the rows, no trailing spaces; as wide as it
+    needs on a pipe or a file, wrapped to the terminal on one."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(*header, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="", expand=False,
-              safe_box=True)
+    rule = box.Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)
+    t = Table(*header, box=rule, show_edge=False, pad_edge=False, header_style="", padding=(0, 1))
     for row in rows:
         t.add_row(*row)
-    out = sys.stdout
-    width = None if out.isatty() else 1000
-    Console(file=out, width=width, highlight=False, soft_wrap=False, emoji=False, markup=False).print(t)
+    console = Console(width=None if sys.stdout.isatty() else 1000, highlight=False, soft_wrap=False, emoji=False,
+                      markup=False, color_system=None)
+    with console.capture() as captured:
+        console.print(t)
+    typer.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
 
 
 def _mb(n: int) -> str:
