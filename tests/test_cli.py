@@ -84,9 +84,8 @@ def test_bad_input_one_line_exit_2_nothing_written(case: str, tmp_path: Path) ->
     res = runner.invoke(app, ["convert", str(src), "-o", str(out), *args])
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
-    if case != "bad_size":  # typer's own usage error for a bad option value is a few lines
-        assert len(lines) == 1, res.output
-        assert lines[0].startswith("error: ")
+    assert len(lines) == 1, res.output
+    assert lines[0].startswith("error: ")
     if case == "flatten_axis2":
         assert "flat2" in lines[0] and "axis=2" in lines[0]
     if case == "unsupported_op":
@@ -285,3 +284,35 @@ def test_huge_declared_input_allocates_nothing_for_inspect(tmp_path: Path) -> No
     assert runner.invoke(app, ["inspect", str(src)]).exit_code == 0
     res = runner.invoke(app, ["convert", str(src), "-o", str(tmp_path / "o.onnx")])
     assert res.exit_code == 2 and "self-check" in res.output and "needs about" in res.output
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["convert", "--help"], ["scan", "--help"]])
+def test_help_and_version_import_neither_onnx_nor_onnxruntime(args: list[str]) -> None:
+    """The command line answers --help and --version without loading the library's heavy imports."""
+    code = ("import sys\nfrom onnxfcn.cli import main\nsys.argv = ['onnxfcn', *sys.argv[1:]]\ntry:\n    main()\n"
+            "except SystemExit:\n    pass\nheavy = [m for m in ('onnx', 'onnxruntime', 'numpy') if m in sys.modules]\n"
+            "print('heavy:', heavy)")
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "heavy: []", res.stdout
+
+
+def test_usage_names_arguments_plainly() -> None:
+    assert "Usage: onnxfcn convert [OPTIONS] MODEL\n" in runner.invoke(app, ["convert", "--help"], prog_name="onnxfcn").output
+    assert "[OPTIONS] CONVERTED INPUT...\n" in runner.invoke(app, ["scan", "--help"]).output
+    assert "[OPTIONS] ORIGINAL CONVERTED\n" in runner.invoke(app, ["verify", "--help"]).output
+
+
+@pytest.mark.parametrize("args, words", [
+    (["convert"], "Missing argument 'MODEL'"),
+    (["convert", "m.onnx", "--mode", "slide"], "'slide' is not one of"),
+    (["convert", "m.onnx", "--size", "12y"], "--size '12y'"),
+    (["convert", "m.onnx", "--max-memory", "lots"], "--max-memory 'lots'"),
+    (["scan", "m.onnx", "x.png", "--out", "o", "--mean", "a,b"], "--mean 'a,b'"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+])
+def test_usage_errors_are_one_line(args: list[str], words: str) -> None:
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], res.output

@@ -49,11 +49,26 @@ class _OneLine:
 
 
 class Command(_OneLine, TyperCommand):
-    pass
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        """The usage line names arguments as their help does: ``MODEL``, ``INPUT...`` (typer would
+        write ``{MODEL}``)."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = param.metavar or (param.name or "").upper()
+                pieces.append(name if param.nargs == 1 or name.endswith("...") else f"{name}...")
+        return pieces
 
 
 class Group(_OneLine, TyperGroup):
-    pass
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except OptionError:
+            raise
+        except _UsageError as exc:
+            message = exc.format_message()  # type: ignore[attr-defined]
+            raise OptionError(f"{message.rstrip('.')} (see '{ctx.command_path} --help')") from None
 
 
 @dataclass
