@@ -9,13 +9,19 @@ exact: every output cell equals the classifier on its 8x8 crop. Seeded and deter
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from torch import nn
+try:
+    import numpy as np
+    import onnxscript  # noqa: F401  (torch's exporter needs it)
+    import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from torch import nn
+except ImportError as exc:  # one line, naming what to install
+    sys.exit(f"make_digits_cnn.py needs PyTorch, onnxscript and scikit-learn ({exc.name} is missing): "
+             "pip install -e '.[models]'")
 
 
 class DigitsCNN(nn.Module):

@@ -7,7 +7,7 @@ model's 2-pixel cell grid, so one cell's window is exactly each digit. Also writ
 ``digits_scene.json`` (each digit's label, box [x0, y0, x1, y1] and held-out index) and
 ``digits_labels.txt`` (the class names, for ``onnxfcn convert --labels``).
 
-    pip install -e '.[test]' && python models/make_digits_scene.py
+    pip install scikit-learn && python models/make_digits_scene.py    # Pillow comes with onnxfcn
 
 Pixel values 0..16 are stored as round(v * 255 / 16), so the default ``--scale 1/255`` gives the
 model its training range (v / 16) to within 0.002.
@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+try:
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+except ImportError as exc:  # one line, naming what to install
+    sys.exit(f"make_digits_scene.py needs numpy, Pillow and scikit-learn ({exc.name} is missing): "
+             "pip install numpy pillow scikit-learn")
 
 HERE = Path(__file__).parent
 # (top, left) of each digit 0-9: two rows, irregular gaps, even coordinates (the cell grid)

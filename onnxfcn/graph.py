@@ -8,6 +8,7 @@ bytes (a VGG16 carries 500 MB of them).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -49,7 +50,7 @@ def node_label(node: onnx.NodeProto) -> str:
 
 
 def tensor_nbytes(t: onnx.TensorProto) -> int:
-    n = int(np.prod(t.dims)) if len(t.dims) else 1
+    n = math.prod(int(d) for d in t.dims)
     return n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 0
 
 
@@ -171,8 +172,8 @@ class GraphIndex:
                 continue  # not a valid target for this input: shape inference or the runtime says why
             dims = [int(src[k]) if v == 0 and not attr(node, "allowzero", 0) else v for k, v in enumerate(values)]
             if dims.count(-1) == 1:
-                known = int(np.prod([d for d in dims if d != -1]))
-                dims[dims.index(-1)] = int(np.prod(src)) // max(known, 1)
+                known = math.prod(int(d) for d in dims if d != -1)
+                dims[dims.index(-1)] = math.prod(int(d) for d in src) // max(known, 1)
             self.shapes[node.output[0]] = tuple(dims)
             found = True
         return found
@@ -223,7 +224,7 @@ class GraphIndex:
         dtype = self.dtypes.get(name)
         if shape is None or not dtype:
             return False
-        nbytes = int(np.prod(shape)) * helper.tensor_dtype_to_np_dtype(dtype).itemsize
+        nbytes = math.prod(int(d) for d in shape) * helper.tensor_dtype_to_np_dtype(dtype).itemsize
         return nbytes <= 2 * self.const_leaves_nbytes(name) + _FOLD_SLACK_BYTES
 
     def const_value(self, name: str) -> np.ndarray | None:

@@ -7,9 +7,9 @@ elementwise ops are not multiply-accumulates and are left out, on both sides of 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-import numpy as np
 import onnx
 
 from .graph import GraphIndex, attr
@@ -41,7 +41,7 @@ def _node_macs(index: GraphIndex, node: onnx.NodeProto) -> int:
         out, w = _dims(index, node.output[0]), _dims(index, node.input[_CONV_WEIGHT[op]])
         if out is None or w is None:
             return 0
-        return int(np.prod(out, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+        return math.prod(int(d) for d in out) * math.prod(int(d) for d in w[1:])
     if op in _GEMM_INPUTS:
         a_i, b_i = _GEMM_INPUTS[op]
         a, b = _dims(index, node.input[a_i]), _dims(index, node.input[b_i])
@@ -55,5 +55,5 @@ def _node_macs(index: GraphIndex, node: onnx.NodeProto) -> int:
         a, out = _dims(index, node.input[a_i]), _dims(index, node.output[0])
         if a is None or out is None:
             return 0
-        return int(np.prod(out, dtype=np.int64)) * a[-1]
+        return math.prod(int(d) for d in out) * a[-1]
     return 0

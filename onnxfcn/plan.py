@@ -72,40 +72,55 @@ def plan_analysis(analysis: Analysis, mode: str = "window", output_stride: tuple
     edits |= plan_head_dilation(head_nodes, plan.sources, geo.feature_dilation, analysis.index.opset,
                                 plan.initializers, analysis.index.dtypes.get(plan.features[0]) or onnx.TensorProto.FLOAT)
     trunk = plan_trunk_rewrite(analysis)
-    return Planned(analysis, plan, trunk, geo, mode, edits, _stride_changes(analysis, head_nodes, edits))
+    return Planned(analysis, plan, trunk, geo, mode, edits, _stride_changes(analysis, plan, edits))
 
 
-def _stride_changes(analysis: Analysis, head_nodes: list[onnx.NodeProto], edits: dict[str, Edit]) -> list[Change]:
-    """The output stride's edits, as the report lists changes (graph order)."""
-    changes, seen = [], set()
-    # A rewritten head node keeps the original's output name: the head's own nodes come first.
-    for node in head_nodes + list(analysis.index.graph.node):
-        e = edits.get(node.output[0]) if node.output else None
-        if e is None or node.output[0] in seen:
+def _edit_text(node: onnx.NodeProto, e: Edit) -> str:
+    """What an output-stride edit does to ``node``, in words."""
+    if e.values is not None:
+        return f"{'pads' if e.op == 'Pad' else 'ends'} scaled by {e.factor[0]}x{e.factor[1]} for the denser map"
+    parts = []
+    if e.strides is not None and e.strides != tuple(attr(node, "strides") or [1, 1]):
+        parts.append(f"strides {e.strides[0]}x{e.strides[1]}")
+    if e.factor != (1, 1):
+        dil = attr(node, "dilations") or [1, 1]
+        parts.append(f"dilations {dil[0] * e.factor[0]}x{dil[1] * e.factor[1]}")
+    if e.pads is not None and e.pads != tuple(attr(node, "pads") or [0, 0, 0, 0]):
+        parts.append(f"pads {list(e.pads)}")
+    if e.as_conv is not None:
+        parts.insert(0, "as a depthwise Conv (AveragePool has no dilations before opset 19)")
+    if e.pad_with is not None:
+        parts.append("its pads in a Pad node before it")
+    if e.subsample is not None:
+        parts.append(f"reads every {e.subsample[0]}x{e.subsample[1]}th cell, the original's (a MaxPool 1x1 picks them)")
+    return ", ".join(parts) or "unchanged"
+
+
+def _stride_changes(analysis: Analysis, plan: Plan, edits: dict[str, Edit]) -> list[Change]:
+    """The output stride's edits, as the report lists changes (graph order). An edit of a node the
+    head's rewrite built goes into the row of the original node it replaces (the new node did not
+    exist before); the trunk's edits get rows of their own."""
+    graph = analysis.index.graph
+    rows = {c.node: c for c in plan.changes}
+    changes = []
+    for pos in sorted(plan.replacements):
+        original = graph.node[pos]
+        texts = [_edit_text(n, edits[n.output[0]]) for n in plan.replacements[pos] if n.output and n.output[0] in edits]
+        if not texts:
             continue
-        seen.add(node.output[0])
-        if e.values is not None:
-            after = f"{'pads' if e.op == 'Pad' else 'ends'} scaled by {e.factor[0]}x{e.factor[1]} for the denser map"
-        else:
-            parts = []
-            if e.strides is not None and e.strides != tuple(attr(node, "strides") or [1, 1]):
-                parts.append(f"strides {e.strides[0]}x{e.strides[1]}")
-            if e.factor != (1, 1):
-                dil = attr(node, "dilations") or [1, 1]
-                parts.append(f"dilations {dil[0] * e.factor[0]}x{dil[1] * e.factor[1]}")
-            if e.pads is not None and e.pads != tuple(attr(node, "pads") or [0, 0, 0, 0]):
-                parts.append(f"pads {list(e.pads)}")
-            if e.as_conv is not None:
-                parts.insert(0, "as a depthwise Conv (AveragePool has no dilations before opset 19)")
-            if e.pad_with is not None:
-                parts.append("its pads in a Pad node before it")
-            if e.subsample is not None:
-                parts.append(f"reads every {e.subsample[0]}x{e.subsample[1]}th cell, the original's (a MaxPool "
-                             "1x1 picks them)")
-            after = ", ".join(parts) or "unchanged"
+        row = rows.get(node_label(original))
+        if row is None:
+            row = Change(node_label(original), f"{original.op_type} (output stride)", "")
+            changes.append(row)
+        row.after = "; ".join([*([row.after] if row.after else []), *(f"{t} (output stride)" for t in texts)])
+    built = {n.output[0] for nodes in plan.replacements.values() for n in nodes if n.output}
+    for pos, node in enumerate(graph.node):
+        e = edits.get(node.output[0]) if node.output else None
+        if e is None or pos in plan.replacements or node.output[0] in built:
+            continue
         before = f"{e.op} (output stride)"
         if e.values is None and e.subsample is None:
             s, d = attr(node, "strides") or [1, 1], attr(node, "dilations") or [1, 1]
             before = f"{e.op} strides {s[0]}x{s[1]}, dilations {d[0]}x{d[1]}"
-        changes.append(Change(node_label(node), before, after))
+        changes.append(Change(node_label(node), before, _edit_text(node, e)))
     return changes

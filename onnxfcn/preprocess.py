@@ -96,7 +96,7 @@ def read_image(path: str | Path, channels: int) -> np.ndarray:
     try:
         from PIL import Image
     except ImportError:
-        raise OnnxFcnError("image files need Pillow: pip install 'onnxfcn[image]'") from None
+        raise OnnxFcnError("image files need Pillow: pip install pillow (onnxfcn depends on it: reinstall onnxfcn)") from None
     if channels not in (1, 3):
         raise OnnxFcnError(f"{path}: the model reads {channels} channels; give a .npy array instead of an image")
     Image.MAX_IMAGE_PIXELS = None  # scan is made for huge images; the memory check comes later

@@ -12,6 +12,7 @@ touching the model, and a plan with a refused node changes nothing.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,7 +193,7 @@ class HeadContext:
         shape = self.index.static_shape(name)
         if shape is None:
             return f"constant '{name}' has no static shape"
-        numel = int(np.prod(shape)) if shape else 1
+        numel = math.prod(int(d) for d in shape)
         if numel == 1:
             return None
         if m.window is not None:
@@ -225,7 +226,7 @@ class HeadContext:
     def per_feature_const(self, node: onnx.NodeProto, b: Builder, name: str, m: Mapped) -> str:
         """Constant ``name`` reshaped to broadcast over the 4-D counterpart (checked first)."""
         shape = self.index.static_shape(name) or ()
-        numel = int(np.prod(shape)) if shape else 1
+        numel = math.prod(int(d) for d in shape)
         if numel == 1:
             return name
         if self.index.foldable(name):

@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import math
 import os
 import re
 import tempfile
@@ -89,14 +90,14 @@ def estimate_memory(model: onnx.ModelProto, input_name: str, shape: list[int]) -
     weights = sum(tensor_nbytes(t) for t in model.graph.initializer)
     elem = next((vi.type.tensor_type.elem_type for vi in model.graph.input if vi.name == input_name), 1)
     itemsize = helper.tensor_dtype_to_np_dtype(elem).itemsize if elem else 4
-    input_bytes = int(np.prod(shape)) * itemsize
+    input_bytes = math.prod(int(d) for d in shape) * itemsize
     sizes = [input_bytes]
     try:
         inferred = shape_inference.infer_shapes(skeleton(model, {input_name: shape}), strict_mode=False)
         for vi in inferred.graph.value_info:
             dims = vi.type.tensor_type.shape.dim
             if dims and all(d.HasField("dim_value") for d in dims) and vi.type.tensor_type.elem_type:
-                size = int(np.prod([d.dim_value for d in dims], dtype=np.float64))
+                size = math.prod(int(d.dim_value) for d in dims)
                 sizes.append(size * helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).itemsize)
     except Exception:  # no shapes to be had: the input alone, with the weights
         pass
@@ -105,15 +106,17 @@ def estimate_memory(model: onnx.ModelProto, input_name: str, shape: list[int]) -
 
 
 def check_memory(model: onnx.ModelProto, input_name: str, shape: list[int], where: str,
-                 max_memory: int | None = None) -> None:
-    """Refuse, before running, a size and batch whose estimate exceeds the memory available."""
+                 max_memory: int | None = None, remedy: str = "use a smaller size or batch") -> None:
+    """Refuse, before running, a size and batch whose estimate exceeds the memory available (or
+    ``max_memory``). ``remedy``: what the caller can change, besides the limit."""
     need = estimate_memory(model, input_name, shape)
     limit = max_memory if max_memory is not None else available_memory()
     if need > limit:
+        limit_text = "allowed by --max-memory" if max_memory is not None else "available"
+        raise_it = "raise --max-memory" if max_memory is not None else "pass --max-memory to raise the limit"
         raise ResourceError(
             f"{where} needs about {human_bytes(need)} (weights, input and the largest activations), more than "
-            f"the {human_bytes(limit)} {'allowed by --max-memory' if max_memory is not None else 'available'}; "
-            "use a smaller size or batch, or pass --max-memory to raise the limit")
+            f"the {human_bytes(limit)} {limit_text}; {remedy}, or {raise_it}")
 
 
 PROBE_LIMIT_BYTES = 256 * 2**20
@@ -128,13 +131,17 @@ def probe_shapes(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]],
     inputs = [vi for vi in model.graph.input if vi.name not in inits]
     if any(vi.name not in input_shapes for vi in inputs):
         return {}
-    nbytes = sum(int(np.prod(input_shapes[vi.name])) * 4 for vi in inputs)
+    if any(int(d) < 0 for vi in inputs for d in input_shapes[vi.name]):
+        return {}
+    nbytes = sum(math.prod(int(d) for d in input_shapes[vi.name]) * 8 for vi in inputs)
     if nbytes > PROBE_LIMIT_BYTES:  # a huge declared input: leave the shapes unknown, allocate nothing
         return {}
-    feeds = {}
-    for vi in inputs:
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-        feeds[vi.name] = np.zeros(list(input_shapes[vi.name]), dtype=dtype)
+    try:
+        feeds = {vi.name: np.zeros(list(input_shapes[vi.name]),
+                                   dtype=onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+                 for vi in inputs}
+    except (KeyError, ValueError, TypeError, MemoryError):  # a type numpy lacks, or no memory: shapes unknown
+        return {}
     try:
         # An output whose type inference could not give (a com.microsoft op's) goes untyped (0).
         values = light_session(model, outputs=names, keep_outputs=False).run(None, feeds)

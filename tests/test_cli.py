@@ -29,6 +29,8 @@ def test_convert_demo_model(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert DIGITS.read_bytes() == before  # the input is never modified
     assert "exact  yes" in res.output and "Gemm" in res.output and "PASSED" in res.output
+    # the self-check's and verify's reference errors differ, and the output says why
+    assert "note: the self-check (check, above) runs both models without graph optimizations" in res.output
     assert "out_height = floor((H - 8) / 2) + 1" in res.output
     meta = {p.key: p.value for p in onnx.load(out).metadata_props}
     assert meta["onnxfcn.window"] == "8,8" and meta["onnxfcn.stride"] == "2,2" and meta["onnxfcn.exact"] == "true"
@@ -102,6 +104,8 @@ def test_already_fully_convolutional_exit_3(tmp_path: Path) -> None:
     res = runner.invoke(app, ["convert", str(tmp_path / "fcn.onnx"), "-o", str(tmp_path / "o.onnx")])
     assert res.exit_code == 3
     assert "already fully convolutional" in res.output
+    lines = res.output.strip().splitlines()  # one line, like every other error, naming the file
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'fcn.onnx'}: "), res.output
     assert not (tmp_path / "o.onnx").exists()
     # A converted model is recognised too.
     runner.invoke(app, ["convert", str(DIGITS), "-o", str(tmp_path / "d.onnx"), "-q"])
@@ -316,3 +320,15 @@ def test_usage_errors_are_one_line(args: list[str], words: str) -> None:
     assert res.exit_code == 2
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], res.output
+
+
+def test_memory_refusals_suggest_what_each_command_has(tmp_path: Path) -> None:
+    """convert has no --size or --batch: its refusal points at --no-self-check; a given --max-memory
+    is to be raised, not passed."""
+    res = runner.invoke(app, ["convert", str(DIGITS), "-o", str(tmp_path / "d.onnx"), "--max-memory", "1K"])
+    assert res.exit_code == 2 and "--no-self-check" in res.output and "raise --max-memory" in res.output
+    assert "batch" not in res.output.split("needs about")[1] and "pass --max-memory" not in res.output
+    assert not (tmp_path / "d.onnx").exists()
+    assert runner.invoke(app, ["convert", str(DIGITS), "-o", str(tmp_path / "d.onnx"), "-q"]).exit_code == 0
+    res = runner.invoke(app, ["verify", str(DIGITS), str(tmp_path / "d.onnx"), "--size", "100000x100000"])
+    assert res.exit_code == 2 and "use a smaller --size or --batch, or pass --max-memory" in res.output

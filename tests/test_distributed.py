@@ -131,3 +131,14 @@ def test_cli_scheduler_uses_a_running_cluster(cluster: Any, model_path: Path, in
         want = scan_source(Runner(sm), sm, open_input(f, sm), ScanOptions()).scores
         np.testing.assert_array_equal(np.load(tmp_path / f"{f.stem}.scores.npy"), want)
     assert all(n <= 1 for n in cluster.run(worker_loads).values())  # the cluster's workers kept their sessions
+
+
+def test_cli_workers_quiet_means_quiet(model_path: Path, tmp_path: Path) -> None:
+    """-q prints nothing, Dask's warnings included (a 12 MB picture in tiles makes a large graph)."""
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(25).integers(0, 256, (2000, 2000, 3), dtype=np.uint8)).save(big)
+    res = subprocess.run([sys.executable, "-m", "onnxfcn", "scan", str(model_path), str(big), "--out", str(tmp_path / "o"),
+                          "--no-png", "--tile", "512", "--workers", "2", "-q"], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "" and res.stderr == "", (res.stdout, res.stderr)

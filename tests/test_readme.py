@@ -108,3 +108,15 @@ def test_scan_transcript(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert mask(res.stdout) == mask(expected)
     assert (tmp_path / "scan" / "digits_scene.png").exists()
+
+
+@pytest.mark.parametrize("script, missing", [("make_digits_scene.py", "sklearn"), ("make_digits_cnn.py", "torch")])
+def test_model_scripts_name_what_they_need(script: str, missing: str, tmp_path: Path) -> None:
+    """A script in models/ run without what it needs says so in one line, and exits non-zero."""
+    code = (f"import runpy, sys; sys.modules[{missing!r}] = None; sys.argv = ['{script}']; "
+            f"runpy.run_path({str(ROOT / 'models' / script)!r}, run_name='__main__')")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False,
+                         timeout=120)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{script} needs") and "pip install" in lines[0], res.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from builders import Builder, image_shape, trunk, wide
+from builders import Builder, flatten_gemm, image_shape, trunk, wide
 from helpers import assert_close, rand
 from onnx import numpy_helper
 
@@ -186,3 +186,31 @@ def test_file_session_the_ordinary_way(tmp_path: Path, monkeypatch: pytest.Monke
     assert_close(got, want, 1e-5)
     assert_close(plain, want, 1e-5)
     assert hidden.shape == (2, 1024)
+
+
+def test_a_huge_declared_input_allocates_nothing_and_fails_cleanly() -> None:
+    """Fuzzing found an input declared 2147483647 x 2147483647: its size overflowed int64, passed
+    the probe's limit and numpy refused the allocation ("array is too big"). Sizes are Python
+    integers now; inspect and convert end in an OnnxFcnError."""
+    import onnxfcn
+    from onnxfcn.runtime import probe_shapes
+
+    model = flatten_gemm()
+    for d in model.graph.input[0].type.tensor_type.shape.dim[2:]:
+        d.dim_value = 2**31 - 1
+    assert probe_shapes(model, {"image": [1, 3, 2**31 - 1, 2**31 - 1]}, {"x": 0}) == {}
+    assert probe_shapes(model, {"image": [1, 3, -1, 5]}, {"x": 0}) == {}
+    assert not onnxfcn.inspect(model)
+    with pytest.raises(onnxfcn.OnnxFcnError):
+        onnxfcn.convert(model)
+
+
+def test_a_converted_input_of_unknown_type_is_a_clear_error(tmp_path: Path) -> None:
+    """Fuzzing found a converted model whose input element type is 99 (KeyError in verify)."""
+    import onnxfcn
+
+    original = flatten_gemm()
+    converted, _ = onnxfcn.convert(original)
+    converted.graph.input[0].type.tensor_type.elem_type = 99
+    with pytest.raises(onnxfcn.InvalidConversionError, match="element type 99"):
+        onnxfcn.verify(original, converted)

@@ -437,6 +437,34 @@ def test_cli_failure_leaves_no_partial_files(exact_rgb: tuple[onnx.ModelProto, P
     assert np.load(out / "a.scores.npy").shape == (7, 7, 7)
 
 
+@pytest.mark.parametrize("case", ["fake_png", "text_file", "smaller_than_window", "tile_4", "nested_out"])
+def test_cli_failure_creates_no_output_folder(exact_rgb: tuple[onnx.ModelProto, Path], tmp_path: Path,
+                                              case: str) -> None:
+    """A scan that fails before any file is written leaves no --out folder behind (nor the folders
+    above it that it would have made)."""
+    _, conv = exact_rgb
+    src, args = tmp_path / "x.npy", []
+    np.save(src, np.zeros((30, 30, 3), np.float32))
+    out = tmp_path / "out"
+    if case == "fake_png":
+        src = tmp_path / "x.png"
+        src.write_text("not a picture")
+    elif case == "text_file":
+        src = tmp_path / "x.txt"
+        src.write_text("hello")
+    elif case == "smaller_than_window":
+        np.save(src, np.zeros((10, 30, 3), np.float32))
+    elif case == "tile_4":
+        args = ["--tile", "4"]
+    else:
+        out = tmp_path / "a" / "b" / "out"
+        np.save(src, np.zeros((10, 30, 3), np.float32))
+    res = runner.invoke(app, ["scan", str(conv), str(src), "--out", str(out), *args])
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1 and res.output.startswith("error: "), res.output
+    assert not out.exists() and not (tmp_path / "a").exists()
+
+
 def test_cli_same_stem_twice_is_refused(exact_rgb: tuple[onnx.ModelProto, Path], tmp_path: Path) -> None:
     _, conv = exact_rgb
     np.save(tmp_path / "a.npy", np.zeros((30, 30, 3), np.float32))

@@ -325,3 +325,13 @@ def test_output_stride_on_cuda(stride: int) -> None:
     assert exact, exact.reason
     sliding = next(c for c in exact.checks if c.name.startswith("sliding"))
     assert sliding.exact and sliding.passed
+
+
+def test_changes_name_only_the_original_nodes() -> None:
+    """The report's rows are the original's nodes: an output stride's edit of a node the rewrite
+    built goes into the row of the node it replaces."""
+    original = deep("gap")
+    _, report = onnxfcn.convert(original, output_stride=4, self_check=False)
+    names = {n.name for n in original.graph.node}
+    assert report.changes and all(c.node in names for c in report.changes), [c.node for c in report.changes]
+    assert any("(output stride)" in c.after for c in report.changes)

@@ -387,3 +387,14 @@ def test_reference_check_is_retried_with_the_dims_pinned(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(v, "reference_check", always_fails)
     assert not onnxfcn.verify(orig_path, conv_path)
+
+
+def test_a_renamed_output_is_an_extra_output_not_unexpected(tmp_path: Path) -> None:
+    """"unexpected" is kept for real bugs; a converted model with an output the original does not
+    have fails verify naming it as an extra output."""
+    original = two_outputs()
+    conv, _ = onnxfcn.convert(original)
+    lie_renamed_output(conv)
+    res = runner.invoke(app, ["verify", str(_save(tmp_path, original, "o.onnx")), str(_save(tmp_path, conv, "c.onnx"))])
+    assert res.exit_code == 1
+    assert "extra output 'probabilities'" in res.output and "unexpected" not in res.output, res.output

@@ -96,6 +96,15 @@ def set_verbose(ctx: typer.Context, verbose: bool) -> None:
     if verbose:
         state(ctx).verbose = True
         logging.getLogger().setLevel(logging.INFO)
+    _library_warnings(state(ctx).verbose)
+
+
+def _library_warnings(verbose: bool) -> None:
+    """Warnings of the libraries underneath (Dask's "Sending large graph", onnxruntime's) are for
+    -v: the tool says what matters in its own words, and -q means quiet."""
+    import warnings
+
+    warnings.simplefilter("default" if verbose else "ignore")
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
@@ -104,15 +113,16 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 
 
 @contextmanager
-def errors(ctx: typer.Context) -> Iterator[None]:
+def errors(ctx: typer.Context, model: Path | None = None) -> Iterator[None]:
     """The library's errors as one line and an exit code; anything else is a bug: one line here,
-    the traceback with -v."""
+    the traceback with -v. ``model``: the file an "already fully convolutional" refers to."""
     from ..errors import AlreadyConvolutionalError, OnnxFcnError, SelfCheckError
 
     try:
         yield
     except AlreadyConvolutionalError as exc:
-        fail(f"{exc} -- nothing to convert, nothing written (exit {EXIT_ALREADY_FCN})", EXIT_ALREADY_FCN)
+        where = f"{model}: " if model is not None else ""
+        fail(f"{where}{exc} -- nothing to convert, nothing written (exit {EXIT_ALREADY_FCN})", EXIT_ALREADY_FCN)
     except SelfCheckError as exc:
         fail(f"self-check failed, nothing written: {exc}", EXIT_MISMATCH)
     except OnnxFcnError as exc:
@@ -142,6 +152,7 @@ def _root(
 ) -> None:
     state(ctx).verbose = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    _library_warnings(verbose)
 
 
 def epilog(examples: list[str], exits: str) -> str:

@@ -36,17 +36,26 @@ EXITS = ("0 every input scanned and its files written; 2 bad input (a model not 
 
 class _Writer:
     """Writes each input's files as its scan finishes; a tiled input's scores file stays listed
-    (and is removed on failure) until it is in place."""
+    (and is removed on failure) until it is in place. The output folder is made when the first
+    file is, and removed again if the scan fails before anything is in it."""
 
     def __init__(self, out: Path, cls: str | None, display_scale: float, png: bool, quiet: bool) -> None:
         self.out, self.cls, self.display_scale, self.png, self.quiet = out, cls, display_scale, png, quiet
         self.temps: list[str] = []
+        self.made: list[Path] = []  # the folders this scan created, innermost last
+
+    def folder(self) -> Path:
+        if not self.out.is_dir():
+            missing = [p for p in (self.out, *self.out.parents) if not p.exists()]
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.made = list(reversed(missing))
+        return self.out
 
     def scores_for(self, name: str) -> Callable[[tuple[int, int, int]], ScoresFile]:
         from ..scan.outputs import ScoresFile
 
         def make(shape: tuple[int, int, int]) -> ScoresFile:
-            f = ScoresFile(self.out / f"{name}.scores.npy", shape)
+            f = ScoresFile(self.folder() / f"{name}.scores.npy", shape)
             self.temps.append(f.tmp)
             return f
 
@@ -56,7 +65,7 @@ class _Writer:
         from ..scan.outputs import write_result
         from . import render
 
-        written = write_result(result, self.out, self.cls, self.display_scale, self.png,
+        written = write_result(result, self.folder(), self.cls, self.display_scale, self.png,
                                self.temps[-1] if self.temps else None)
         self.temps.clear()
         if not self.quiet:
@@ -69,6 +78,9 @@ class _Writer:
         finally:
             for tmp in self.temps:
                 Path(tmp).unlink(missing_ok=True)
+            for folder in reversed(self.made):  # innermost first; only while empty
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
 
 
 def _model(converted: Path, output_name: str | None, labels: Path | None, class_: str | None) -> ScanModel:
@@ -144,7 +156,6 @@ def scan(
         opts = ScanOptions(top=top if top is not None or threshold is not None else 5, threshold=threshold,
                            softmax=use_softmax, tile=tile, max_memory=max_memory,
                            provider=resolve_providers(provider.value)[-1])
-        out.mkdir(parents=True, exist_ok=True)
         writer = _Writer(out, class_, display_scale, png, quiet)
         with writer.cleaning():
             if workers is not None or scheduler is not None:

@@ -4,6 +4,7 @@ flatten's order), every other one a 1x1 Conv."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -56,7 +57,7 @@ def _bias_kind(ctx: HeadContext, name: str, k: int) -> str | None:
     shape = ctx.index.static_shape(name)
     if shape is None:
         return None
-    numel = int(np.prod(shape)) if shape else 1
+    numel = math.prod(int(d) for d in shape)
     if (numel == k and all(s in (1, k) for s in shape) and k > 1) or (k == 1 and numel == 1 and len(shape) >= 1):
         return "vector"
     return "scalar" if numel == 1 else None

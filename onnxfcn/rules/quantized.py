@@ -17,6 +17,7 @@ Also here: the rounding bounds of QuantizeLinear and DequantizeLinear, for verif
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,7 @@ class QuantizeDequantize(Rule):
             if not i:
                 continue
             shape = ctx.index.static_shape(i)
-            if not ctx.index.is_const(i) or shape is None or int(np.prod(shape or (1,))) != 1:
+            if not ctx.index.is_const(i) or shape is None or math.prod(int(d) for d in (shape or (1,))) != 1:
                 return f"quantizes the head tensor per axis ('{i}' is not one constant); only per-tensor is supported"
         return None
 
@@ -115,7 +116,7 @@ def _qlinear_dense_reason(ctx: HeadContext, node: onnx.NodeProto, a: str, w: str
         return why
     if bias:
         shape = ctx.index.static_shape(bias)
-        if not ctx.index.is_const(bias) or shape is None or int(np.prod(shape)) != k:
+        if not ctx.index.is_const(bias) or shape is None or math.prod(int(d) for d in shape) != k:
             return f"bias '{bias}' is not a constant with one value per output feature"
     return None
 

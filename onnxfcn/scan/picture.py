@@ -51,7 +51,7 @@ def render(result: Any, k: int, display_scale: float = 1.0) -> Any:
     try:
         from PIL import Image, ImageDraw
     except ImportError:
-        raise OnnxFcnError("pictures need Pillow: pip install 'onnxfcn[image]'") from None
+        raise OnnxFcnError("pictures need Pillow: pip install pillow (onnxfcn depends on it: reinstall onnxfcn)") from None
     if not display_scale > 0:
         raise OnnxFcnError("--display-scale must be positive")
     assert result.source is not None

@@ -190,7 +190,8 @@ def verify(
     size_list = _sizes(image, geo, sizes, inputs)
     n = batch if inputs is None else len(inputs)
     for h, w in size_list:
-        check_memory(conv, image.name, image.shape_at(n, h, w), f"verify at {h}x{w}, batch {n},", max_memory)
+        check_memory(conv, image.name, image.shape_at(n, h, w), f"verify at {h}x{w}, batch {n},", max_memory,
+                     "use a smaller --size or --batch")
     xs: list[np.ndarray | tuple[int, int]] = [np.asarray(inputs, dtype=dtype)] if inputs is not None else list(size_list)
     ctx = CheckContext(orig, subject, positions, seed, rtol, atol, strict, progress, batch=batch)
     ctx.head()

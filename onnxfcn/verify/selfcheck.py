@@ -21,6 +21,9 @@ from .reference import reference_compare
 from .sessions import batched, input_dtype, random_input, run, session
 from .subject import Subject
 
+# What a user can change when the self-check would not fit: its sizes are the model's own.
+SELF_CHECK_REMEDY = "convert with --no-self-check to write the model unchecked (then run verify where memory allows)"
+
 
 def self_check_sizes(image: ImageInput, geo: Geometry) -> list[tuple[int, int]]:
     """One stride-aligned size, one that is not a multiple of the stride (each the next size the
@@ -46,7 +49,7 @@ def reference_outputs(original: onnx.ModelProto, subject: Subject, seed: int = 0
     converted model's exists, so no two copies of a model's weights are ever alive in onnxruntime."""
     image = subject.image
     check_memory(original, image.name, image.shape_at(batch, image.height, image.width),
-                 f"the self-check at {image.height}x{image.width}, batch {batch},", max_memory)
+                 f"the self-check at {image.height}x{image.width}, batch {batch},", max_memory, SELF_CHECK_REMEDY)
     x = random_input(image, batch, image.height, image.width, seed, input_dtype(original, image.name))
     # No graph optimizations, here and for the converted model (light sessions): the layout
     # transforms cost more than the few runs of a check, and both models run the same kernels.
@@ -103,7 +106,7 @@ def self_check(converted: onnx.ModelProto, subject: Subject, reference: Referenc
     image, geo = subject.image, subject.geo
     h, w = self_check_sizes(image, geo)[-1]
     check_memory(converted, image.name, image.shape_at(batch, max(h, image.height + geo.stride[0]), w),
-                 f"the self-check at {h}x{w}, batch {batch},", max_memory)
+                 f"the self-check at {h}x{w}, batch {batch},", max_memory, SELF_CHECK_REMEDY)
     dtype = input_dtype(converted, image.name)
     feat_dtype = subject.analysis.index.dtypes.get(subject.feature, 0)
     # Without the layout transforms the kernels do not depend on whether H and W are symbolic,

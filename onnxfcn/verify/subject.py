@@ -211,7 +211,8 @@ def outputs_check(orig: onnx.ModelProto, conv: onnx.ModelProto) -> CheckResult |
     if missing:
         problems.append(f"missing output{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
     if extra:
-        problems.append(f"unexpected output{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))}")
+        problems.append(f"extra output{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))} (not the "
+                        "original's)")
     for n in want:
         if n in got and got[n] != want[n]:
             problems.append(f"output '{n}' is {onnx.TensorProto.DataType.Name(got[n])}, the original's "
