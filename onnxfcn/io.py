@@ -145,6 +145,7 @@ def validate_model(model: onnx.ModelProto, label: str, data_lengths: list[int | 
     g = model.graph
     names = [x for n in g.node for x in (n.name, n.op_type, n.domain, *n.input, *n.output)]
     names += [v.name for v in (*g.input, *g.output, *g.value_info)] + [t.name for t in g.initializer]
+    names += [g.name, model.producer_name, model.domain, *(x for p in model.metadata_props for x in (p.key, p.value))]
     # protobuf hands back bytes, not str, for a string field that is not UTF-8
     bad = next((x for x in names if not isinstance(x, str)), None)
     if bad is not None:
@@ -239,6 +240,8 @@ def check_external_data(model: onnx.ModelProto, path: Path) -> None:
         if offset < 0 or length < 0 or offset + length > st.st_size:
             raise ModelLoadError(f"{where}: bytes {offset}..{offset + length} lie past the end of {loc!r} "
                                  f"({st.st_size} bytes)")
+        if t.data_type not in onnx.TensorProto.DataType.values():
+            raise ModelLoadError(f"{path}: tensor '{t.name}' has unknown data type {t.data_type}")
         if t.data_type and length != tensor_nbytes(t):
             raise ModelLoadError(f"{where}: {length} bytes for a tensor of {tensor_nbytes(t)} bytes")
 

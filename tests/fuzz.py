@@ -344,15 +344,21 @@ def worker(cases: int, seed: int, cli_every: int) -> None:
 
     logging.disable(logging.CRITICAL)
     bases = base_models()
-    names = sorted(bases)
     for k in range(cases):
-        rng = random.Random(seed * 1_000_003 + k)
-        name = names[k % len(names)]
-        data, mutations = mutate(bases[name], rng)
-        with tempfile.TemporaryDirectory(prefix="onnxfcn-fuzz-") as tmp:
-            res = run_case(data, rng, Path(tmp), via_cli=cli_every > 0 and k % cli_every == 0)
-        res.update({"case": k, "base": name, "mutations": mutations, "max_rss_mb": _peak_rss_mb()})
-        print(json.dumps(res), flush=True)
+        print(json.dumps(one_case(bases, seed, k, cli_every)), flush=True)
+
+
+def one_case(bases: dict[str, bytes], seed: int, k: int, cli_every: int) -> dict[str, Any]:
+    """Case ``k`` of the run seeded ``seed``: the same mutations, whatever ran before it."""
+    signal.signal(signal.SIGALRM, _alarm)  # run_case's time limit raises, never kills the process
+    names = sorted(bases)
+    rng = random.Random(seed * 1_000_003 + k)
+    name = names[k % len(names)]
+    data, mutations = mutate(bases[name], rng)
+    with tempfile.TemporaryDirectory(prefix="onnxfcn-fuzz-") as tmp:
+        res = run_case(data, rng, Path(tmp), via_cli=cli_every > 0 and k % cli_every == 0)
+    res.update({"case": k, "base": name, "mutations": mutations, "max_rss_mb": _peak_rss_mb()})
+    return res
 
 
 def fuzz(cases: int, seed: int = 0, cli_every: int = 5) -> list[dict[str, Any]]:

@@ -25,3 +25,12 @@ def test_fuzz_320_cases() -> None:
     # the mutations do reach both ends: some models still convert, most are refused with a reason
     assert outcomes["converted"] > 20 and sum(v for k, v in outcomes.items() if k != "converted") > 150
     assert max(r["max_rss_mb"] for r in records) < fuzz.MEMORY_LIMIT // 2**20
+
+
+# Found by the long run (python tests/fuzz.py --cases 5000 --seed 11): a graph name and a metadata
+# key that are not UTF-8 (a flipped byte), an unknown data type on an external tensor, a Transpose
+# perm that no longer fits the map's rank.
+@pytest.mark.parametrize("case", [2341, 4715, 4866, 4915])
+def test_fuzz_findings_end_in_a_clear_error(case: int) -> None:
+    record = fuzz.one_case(fuzz.base_models(), 11, case, cli_every=5)
+    assert record["outcome"] == "ok", record

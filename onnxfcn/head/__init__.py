@@ -45,6 +45,9 @@ def flatten_order(a: Analysis, feature: str) -> tuple[str, tuple[int, int, int]]
     shape = a.index.static_shape(feature)
     if shape is None:
         raise UnsupportedModelError("feature map has no static shape at the reference size", feature)
+    if max(lay) >= len(shape):
+        raise UnsupportedModelError(f"feature map of shape {list(shape)} does not have the N, C, H, W axes its "
+                                    f"layout {list(lay)} says", feature)
     c, h, w = shape[lay[1]], shape[lay[2]], shape[lay[3]]
     order = "".join("CHW"[[lay[1], lay[2], lay[3]].index(p)] for p in (1, 2, 3))
     return order, (int(c), int(h), int(w))
