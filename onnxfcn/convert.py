@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ def convert(
     output_stride: int | tuple[int, int] | None = None,
     preprocess: Preprocess | None = None,
     labels: list[str] | None = None,
+    mpp: float | None = None,
 ) -> tuple[onnx.ModelProto, ConversionReport]:
     """Rewrite a classifier's dense head into convolutions; return the new model and a report.
 
@@ -79,7 +81,9 @@ def convert(
     refused before it runs. ``output_stride`` (S, or (SH, SW)), a divisor of the network's own
     stride, gives a denser map in one pass: the stride is taken out of the last strided layers
     and every later kernel is dilated (a trous). ``preprocess`` and ``labels`` are stored in the
-    metadata for ``scan`` (``preprocess.py``); labels must match the number of classes.
+    metadata for ``scan`` (``preprocess.py``); labels must match the number of classes. ``mpp``: the
+    micrometres per pixel the model was trained at, stored for scan, which reads a pyramid's
+    nearest level by it.
     """
     t0 = time.perf_counter()
     stride = (output_stride, output_stride) if isinstance(output_stride, int) else output_stride
@@ -93,10 +97,12 @@ def convert(
         classes = class_count(model)
         if classes is not None and len(labels) != classes:
             raise OnnxFcnError(f"{len(labels)} labels for {classes} classes: give one label per class")
-    if preprocess is not None or labels is not None:
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise OnnxFcnError(f"--mpp {mpp}: micrometres per pixel must be a positive number")
+    if preprocess is not None or labels is not None or mpp is not None:
         meta = ConversionMetadata.read(model)
         assert meta is not None  # the pipeline wrote it
-        meta.with_preprocess(preprocess, labels).write(model)
+        meta.with_preprocess(preprocess, labels, mpp).write(model)
     report = ConversionReport(
         image=planned.analysis.image, mode=planned.mode, geometry=planned.geometry,
         changes=planned.trunk.changes + planned.plan.changes + planned.stride_changes, features=sorted(set(planned.plan.features)),

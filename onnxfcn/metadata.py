@@ -11,6 +11,7 @@ can only compare those (verify).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -89,6 +90,19 @@ def labels_from_props(props: dict[str, str]) -> tuple[str, ...] | None:
     return tuple(labels)
 
 
+def _mpp(props: dict[str, str]) -> float | None:
+    text = props.get("mpp")
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidConversionError(f"metadata onnxfcn.mpp is {text!r}, not a positive number of micrometres")
+    return value
+
+
 def read_preprocess(props: dict[str, str]) -> Preprocess | None:
     """The stored preprocessing (None: none stored); the defaults where a key is missing."""
     if not any(props.get(k) for k in _PREPROCESS_KEYS):
@@ -132,6 +146,7 @@ class ConversionMetadata:
     version: str | None = None  # of onnxfcn, at conversion
     preprocess: Preprocess | None = None  # how image pixels become input values (scan)
     labels: tuple[str, ...] | None = None  # class names (scan)
+    mpp: float | None = None  # micrometres per pixel the model was trained at (scan picks the level)
     present: frozenset[str] = field(default=frozenset(), compare=False)  # the keys the file had
 
     @classmethod
@@ -144,9 +159,11 @@ class ConversionMetadata:
                    feature_dilation=geo.feature_dilation, features=tuple(features), feature_layout="NCHW",
                    version=__version__)
 
-    def with_preprocess(self, preprocess: Preprocess | None, labels: Sequence[str] | None) -> ConversionMetadata:
+    def with_preprocess(self, preprocess: Preprocess | None, labels: Sequence[str] | None,
+                        mpp: float | None = None) -> ConversionMetadata:
         return replace(self, preprocess=preprocess or self.preprocess,
-                       labels=tuple(labels) if labels is not None else self.labels)
+                       labels=tuple(labels) if labels is not None else self.labels,
+                       mpp=mpp if mpp is not None else self.mpp)
 
     def props(self) -> dict[str, str]:
         """The ``onnxfcn.*`` keys, as convert writes them."""
@@ -165,6 +182,8 @@ class ConversionMetadata:
             d |= preprocess_props(self.preprocess)
         if self.labels is not None:
             d["labels"] = json.dumps(list(self.labels), ensure_ascii=False)
+        if self.mpp is not None:
+            d["mpp"] = repr(float(self.mpp))
         return {PREFIX + k: v for k, v in d.items() if v is not None}
 
     def write(self, model: onnx.ModelProto) -> None:
@@ -196,7 +215,7 @@ class ConversionMetadata:
             feature_window=parse_pair(props, "feature_window", 1) if "feature_window" in props else None,
             feature_dilation=(parse_pair(props, "feature_dilation", 1) if "feature_dilation" in props else (1, 1)),
             features=tuple(f for f in props.get("features", "").split(",") if f),
-            preprocess=read_preprocess(props), labels=labels_from_props(props),
+            preprocess=read_preprocess(props), labels=labels_from_props(props), mpp=_mpp(props),
             present=frozenset(props), **opt,
         )
 

@@ -57,16 +57,25 @@ class Preprocess:
                        std=self.std if std is None else tuple(std),
                        channels=self.channels if channels is None else channels)
 
-    def apply(self, pixels: np.ndarray) -> np.ndarray:
-        """H x W x C pixels (0..255, RGB order) -> float32 model values, channels last."""
-        x = pixels.astype(np.float32) * np.float32(self.scale)
-        if self.channels == "bgr" and x.shape[-1] == 3:
-            x = x[..., ::-1]
+    def apply(self, pixels: np.ndarray, chw: bool = False) -> np.ndarray:
+        """H x W x C pixels (0..255, RGB order) -> float32 model values, channels last, or with
+        ``chw`` channels first: one pass to scale (and move the channels), the mean and std in
+        place, since a tile of a slide is hundreds of megabytes."""
+        src = pixels[..., ::-1] if self.channels == "bgr" and pixels.shape[-1] == 3 else pixels
+        c = src.shape[-1]
+        if chw:
+            x = np.empty((c, src.shape[0], src.shape[1]), np.float32)
+            np.multiply(src.transpose(2, 0, 1), np.float32(self.scale), out=x, casting="unsafe")
+            shape: tuple[int, ...] = (-1, 1, 1)
+        else:
+            x = np.empty(src.shape, np.float32)
+            np.multiply(src, np.float32(self.scale), out=x, casting="unsafe")
+            shape = (-1,)
         if self.mean is not None:
-            x = x - np.asarray(self.mean, dtype=np.float32)
+            x -= np.asarray(self.mean, dtype=np.float32).reshape(shape)
         if self.std is not None:
-            x = x / np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(x, dtype=np.float32)
+            x /= np.asarray(self.std, dtype=np.float32).reshape(shape)
+        return x
 
 
 def read_labels(path: str | Path) -> list[str]:

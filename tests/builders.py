@@ -151,3 +151,32 @@ def realistic(model: onnx.ModelProto, std: float = 4.0) -> onnx.ModelProto:
         t = inits[name]
         t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(k), name))
     return model
+
+
+def channel_means(window: int = 32, stride: int = 4, weights: tuple[float, ...] = (10.0, 20.0, 30.0)) -> onnx.ModelProto:
+    """A patch classifier whose scores are known in closed form: class c is ``weights[c]`` times the
+    mean of channel c over the window (an average pool of stride ``stride``, then a global pool)."""
+    b = Builder(13)
+    y = b.node("AveragePool", ["image"], kernel_shape=[stride, stride], strides=[stride, stride])
+    y = b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1)
+    w = b.const("means_w", np.diag(np.asarray(weights, np.float32)))
+    return b.model([1, 3, window, window], [b.node("Gemm", [y, w], transB=1)], out_names=["scores"])
+
+
+def tissue(height: int, width: int, seed: int = 0, background: float = 2 / 3) -> np.ndarray:
+    """An RGB slide: coloured, textured tissue in blobs over white glass (about ``background`` of
+    the area), as uint8 H x W x 3."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    field = np.zeros((height, width), np.float32)
+    for _ in range(6):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        r = rng.uniform(0.1, 0.3) * min(height, width)
+        field = np.maximum(field, 1 - ((yy - cy) ** 2 + (xx - cx) ** 2) / r**2)
+    cut = np.quantile(field, background)
+    inside = field > cut
+    texture = 0.5 + 0.5 * np.sin(yy / 3.1 + rng.uniform(0, 6)) * np.cos(xx / 4.7)
+    rgb = np.stack([150 + 80 * texture, 60 + 90 * (1 - texture), 140 + 60 * texture], axis=2)
+    noise = rng.integers(0, 12, (height, width, 3))
+    glass = 242 + rng.integers(0, 10, (height, width, 1))
+    return np.where(inside[..., None], rgb + noise, glass).clip(0, 255).astype(np.uint8)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+import zarr
 from builders import flatten_gemm, realistic
 from PIL import Image
 
@@ -117,7 +118,8 @@ def test_cli_workers_writes_what_the_serial_cli_writes(model_path: Path, inputs:
     d = cli(str(tmp_path / "big.npy"), "--out", str(tmp_path / "t2"), "--no-png", "--tile", "48", "--workers", "2")
     assert c.returncode == 0 and d.returncode == 0, (c.stderr, d.stderr)
     assert "tiles" in d.stdout
-    np.testing.assert_array_equal(np.load(tmp_path / "t1" / "big.scores.npy"), np.load(tmp_path / "t2" / "big.scores.npy"))
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "t1" / "big.scores.zarr")[:],
+                                  zarr.open_array(tmp_path / "t2" / "big.scores.zarr")[:])
 
 
 def test_cli_scheduler_uses_a_running_cluster(cluster: Any, model_path: Path, inputs: list[Path], tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -10,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import ROOT
+from PIL import Image
 from tv_export import Exports
 
 README = (ROOT / "README.md").read_text()
@@ -98,7 +101,8 @@ def test_python_snippet(tmp_path: Path) -> None:
 
 
 def test_scan_transcript(tmp_path: Path) -> None:
-    """The scan block: the convert line before it, then the scan command against its transcript."""
+    """The scan block: the convert line before it, then the scan command against its transcript
+    and its picture against the README's."""
     command, expected = transcript("onnxfcn scan digits_fcn.onnx")
     shutil.copytree(ROOT / "models", tmp_path / "models")
     bash = next(b for b in blocks("bash") if "make_digits_scene.py" in b)
@@ -107,7 +111,36 @@ def test_scan_transcript(tmp_path: Path) -> None:
     res = run_cli(command, tmp_path)
     assert res.returncode == 0, res.stderr
     assert mask(res.stdout) == mask(expected)
-    assert (tmp_path / "scan" / "digits_scene.png").exists()
+    # docs/digits_scan.png is this command's picture. Text is drawn with the platform's font:
+    # compare below the title, left of the legend (the labels in the boxes are Pillow's own font).
+    made = np.asarray(Image.open(tmp_path / "scan" / "digits_scene.png")).astype(int)
+    committed = np.asarray(Image.open(ROOT / "docs" / "digits_scan.png")).astype(int)
+    assert made.shape == committed.shape
+    assert np.abs(made[24:, :-150] - committed[24:, :-150]).max() <= 1
+
+
+def test_every_example_line_runs_in_order(tmp_path: Path) -> None:
+    """Every line of the README's bash blocks after the two set-up commands runs, in order, in one
+    folder (the repository's models/ copied, benchmarks/ and tests/ linked), and exits as its
+    comment says (``# exit N``; 0 otherwise). Lines that install packages are not run: the test
+    extra has what they install, and tests install nothing."""
+    lines = [ln.strip() for block in blocks("bash")[2:] for ln in block.splitlines()
+             if ln.strip() and not ln.strip().startswith(("pip install", "#"))]
+    assert sum(ln.startswith("onnxfcn ") for ln in lines) >= 5 and any(ln.startswith("python ") for ln in lines)
+    shutil.copytree(ROOT / "models", tmp_path / "models")
+    for folder in ("benchmarks", "tests"):
+        (tmp_path / folder).symlink_to(ROOT / folder)
+    bin_dir = tmp_path / ".bin"  # `onnxfcn` and `python` as this interpreter runs them
+    bin_dir.mkdir()
+    for name, target in (("onnxfcn", f'"{sys.executable}" -m onnxfcn'), ("python", f'"{sys.executable}"')):
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec {target} "$@"\n')
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for line in lines:
+        m = re.search(r"#\s*exit (\d)", line)
+        res = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True, check=False,
+                             timeout=600, env=env)
+        assert res.returncode == (int(m.group(1)) if m else 0), f"{line}\n{res.stdout}\n{res.stderr}"
 
 
 @pytest.mark.parametrize("script, missing", [("make_digits_scene.py", "sklearn"), ("make_digits_cnn.py", "torch")])

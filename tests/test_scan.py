@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+import zarr
 from builders import REF, flatten_gemm, realistic
 from helpers import ROOT, run
 from PIL import Image
@@ -23,6 +24,7 @@ from onnxfcn.errors import InvalidConversionError, OnnxFcnError
 from onnxfcn.preprocess import Preprocess
 from onnxfcn.scan import ScanModel, ScanResult, scan
 from onnxfcn.scan.result import select_cells
+from onnxfcn.scan.runner import Runner
 from onnxfcn.scan.tiles import axis_tiles, plan_tiles
 
 runner = CliRunner()
@@ -360,18 +362,6 @@ def test_digits_scene_finds_every_digit(digits: Path, tmp_path: Path) -> None:
     assert report["picture"]["class"] == int(np.argmax(scores.reshape(10, -1).max(1)))
 
 
-def test_readme_picture_is_what_the_commands_make(digits: Path, tmp_path: Path) -> None:
-    """docs/digits_scan.png is the output of the README's scan command (the same pixels)."""
-    res = runner.invoke(app, ["scan", str(digits), str(MODELS / "digits_scene.png"), "--out", str(tmp_path),
-                              "--display-scale", "6", "--top", "10"])
-    assert res.exit_code == 0, res.output
-    made = np.asarray(Image.open(tmp_path / "digits_scene.png"))
-    committed = np.asarray(Image.open(ROOT / "docs" / "digits_scan.png"))
-    assert made.shape == committed.shape
-    # Text is drawn with the platform's font: compare the picture area below the title.
-    assert np.abs(made[24:, :-72].astype(int) - committed[24:, :-72].astype(int)).max() <= 1
-
-
 # --------------------------------------------------------------------------------------------
 # The command line and its files
 
@@ -433,8 +423,9 @@ def test_cli_failure_leaves_no_partial_files(exact_rgb: tuple[onnx.ModelProto, P
     out = tmp_path / "out"
     res = runner.invoke(app, ["scan", str(conv), str(folder), "--out", str(out), "--tile", "24"])
     assert res.exit_code == 2 and "smaller than the model's" in res.output
-    assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.png", "a.scores.npy"]
-    assert np.load(out / "a.scores.npy").shape == (7, 7, 7)
+    # a tiled input's scores are a Zarr array; the failed input left nothing, not even a partial store
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.png", "a.scores.zarr"]
+    assert zarr.open_array(out / "a.scores.zarr", mode="r").shape == (7, 7, 7)
 
 
 @pytest.mark.parametrize("case", ["fake_png", "text_file", "smaller_than_window", "tile_4", "nested_out"])
@@ -496,6 +487,57 @@ def test_select_cells_orders_and_ties() -> None:
 
     cells = select_cells(M(), best, cls, (2, 2), top=3, threshold=None)  # type: ignore[arg-type]
     assert [(c.row, c.col, c.label) for c in cells] == [(0, 1, "b"), (1, 0, "c"), (1, 1, "b")]
+
+
+def _greedy_nms(sm: ScanModel, best: np.ndarray, size: tuple[int, int], iou: float, top: int) -> list[tuple[int, int]]:
+    """Non-maximum suppression the plain way: every cell against every kept one."""
+    def overlap(a: list[int], b: list[int]) -> float:
+        iw, ih = max(0, min(a[2], b[2]) - max(a[0], b[0])), max(0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
+        return iw * ih / union
+
+    kept: list[tuple[int, int]] = []
+    for idx in np.argsort(-best.ravel(), kind="stable"):
+        i, j = divmod(int(idx), best.shape[1])
+        if all(overlap(sm.box(i, j, *size), sm.box(a, b, *size)) <= iou for a, b in kept):
+            kept.append((i, j))
+        if len(kept) == top:
+            break
+    return kept
+
+
+@pytest.mark.parametrize("iou", [0.0, 0.3, 0.5])
+def test_nms_keeps_one_cell_per_object(digits: Path, iou: float) -> None:
+    """--nms equals the plain greedy suppression (every pair compared); at 0.3 on the digits scene
+    each of the seven digits whose own cell is its best nearby window is listed at its own box."""
+    scene = json.loads((MODELS / "digits_scene.json").read_text())
+    res = scan(digits, MODELS / "digits_scene.png", top=10, nms=iou)
+    sm = ScanModel.load(digits)
+    assert [(c.row, c.col) for c in res.cells] == _greedy_nms(sm, res.best, res.size, iou, 10)
+    plain = scan(digits, MODELS / "digits_scene.png", top=10)
+    assert [(c.row, c.col) for c in plain.cells] != [(c.row, c.col) for c in res.cells]  # it did suppress
+    if iou == 0.3:
+        listed = {(tuple(c.box), c.cls) for c in res.cells}
+        found = [d["label"] for d in scene["digits"] if (tuple(d["box"]), d["label"]) in listed]
+        assert found == [0, 2, 4, 6, 7, 8, 9]
+    with pytest.raises(OnnxFcnError, match="--nms"):
+        scan(digits, MODELS / "digits_scene.png", nms=1.0)
+
+
+def test_confidence_is_zero_for_a_uniform_guess_and_reads_probabilities_as_they_are() -> None:
+    from onnxfcn.scan.result import softmax, summarize
+
+    logits = np.zeros((4, 2, 3), np.float32)
+    logits[2, 0, 0] = 50.0  # certain
+    logits[1, 1, 2] = np.log(3.0)  # 0.5 against three times 1/6
+    logits[:, 1, 1] = np.nan  # not computed
+    got = summarize(logits, use_softmax=False).confidence
+    np.testing.assert_allclose(got[0, 0], 1.0, atol=1e-6)
+    np.testing.assert_allclose(got[0, 1], 0.0, atol=1e-6)
+    np.testing.assert_allclose(got[1, 2], (0.5 - 0.25) / 0.75, atol=1e-6)
+    assert np.isnan(got[1, 1])
+    probs = np.where(np.isnan(logits), np.nan, softmax(np.nan_to_num(logits)))  # a model ending in Softmax
+    np.testing.assert_allclose(summarize(probs, use_softmax=False).confidence, got, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,20 +603,39 @@ def test_lattice_model_scans_only_its_sizes_and_tiles_on_them(tmp_path: Path) ->
     np.testing.assert_allclose(tiled.scores, one.scores, rtol=0, atol=1e-5 * float(np.abs(one.scores).max()))
 
 
-def test_cli_failed_picture_leaves_no_tiled_scores_behind(exact_rgb: tuple[onnx.ModelProto, Path], tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """A tiled scan fills its scores in a temporary file; if writing the picture then fails,
-    nothing of that input is left, temporary or not."""
+def test_cli_failure_after_the_tiles_keeps_them_for_resume(exact_rgb: tuple[onnx.ModelProto, Path], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tiled scan writes its cells into a hidden partial store; if writing the picture then fails,
+    no file of that input is left but the partial store, and --resume finishes the input without
+    running its tiles again, with the scores of an uninterrupted run."""
     _, conv = exact_rgb
-    np.save(tmp_path / "a.npy", np.zeros((40, 40, 3), np.float32))
+    np.save(tmp_path / "a.npy", np.random.default_rng(8).standard_normal((40, 40, 3)).astype(np.float32))
+    real = ScanResult.save_png
 
     def broken(*args: Any, **kwargs: Any) -> int:
         raise OSError("disk full")
 
+    args = ["scan", str(conv), str(tmp_path / "a.npy"), "--tile", "24"]
     monkeypatch.setattr(ScanResult, "save_png", broken)
-    res = runner.invoke(app, ["scan", str(conv), str(tmp_path / "a.npy"), "--out", str(tmp_path / "o"), "--tile", "24"])
-    assert res.exit_code != 0
-    assert list((tmp_path / "o").iterdir()) == []
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "--resume" in res.output
+    assert [p.name for p in (tmp_path / "o").iterdir()] == [".a.scores.zarr.partial"]
+    monkeypatch.setattr(ScanResult, "save_png", real)
+    ran: list[object] = []
+    monkeypatch.setattr(Runner, "run_region", lambda self, x, t: ran.append(t) or real_run_region(self, x, t))
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "o"), "--resume"])
+    assert res.exit_code == 0, res.output
+    assert ran == []  # every tile was written before the failure
+    assert "(9 done before, resumed)" in res.output
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a.json", "a.png", "a.scores.zarr"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "u")])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "o" / "a.scores.zarr")[:],
+                                  zarr.open_array(tmp_path / "u" / "a.scores.zarr")[:])
+    assert json.loads((tmp_path / "o" / "a.json").read_text()) == json.loads((tmp_path / "u" / "a.json").read_text())
+
+
+real_run_region = Runner.run_region
 
 
 def test_cli_cuda_without_cuda_is_one_clear_error(exact_rgb: tuple[onnx.ModelProto, Path], tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from .params import (
     Mode,
     Model,
     ModeOpt,
+    Mpp,
     OutputStride,
     Quiet,
     ReferenceSize,
@@ -53,11 +54,12 @@ def convert(
     scale: Scale = None,
     channels: Channels = None,
     labels: Labels = None,
+    mpp: Mpp = None,
     verbose: Verbose = False,
 ) -> None:
     """Rewrite the dense head into convolutions so the model runs on larger images.
 
-    --mean, --std, --scale, --channels and --labels are stored in the model for scan."""
+    --mean, --std, --scale, --channels, --labels and --mpp are stored in the model for scan."""
     set_verbose(ctx, verbose)
     out = output or model.with_name(model.name.removesuffix(".onnx") + ".fcn.onnx")
     if out.resolve() == model.resolve():
@@ -78,7 +80,8 @@ def convert(
             pre = Preprocess().with_overrides(scale, mean, std, channels.value if channels else None)
         names = read_labels(labels) if labels is not None else None
         new, report = do_convert(model, mode=mode.value, input_name=input_name, size=size, self_check=self_check,
-                                 max_memory=max_memory, output_stride=output_stride, preprocess=pre, labels=names)
+                                 max_memory=max_memory, output_stride=output_stride, preprocess=pre, labels=names,
+                                 mpp=mpp)
         vreport = do_verify(model, new, progress=None if quiet else render.progress()) if verify else None
         if vreport is not None and not vreport:
             if not quiet:

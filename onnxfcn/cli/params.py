@@ -60,17 +60,17 @@ def _scale(text: str) -> float:
     return value
 
 
-class Mode(str, enum.Enum):
+class Mode(enum.StrEnum):
     window = "window"
     dense = "dense"
 
 
-class ChannelOrder(str, enum.Enum):
+class ChannelOrder(enum.StrEnum):
     rgb = "rgb"
     bgr = "bgr"
 
 
-class Provider(str, enum.Enum):
+class Provider(enum.StrEnum):
     cpu = "cpu"
     cuda = "cuda"
     auto = "auto"
@@ -127,6 +127,20 @@ Scale = Annotated[Optional[float], typer.Option(
     "--scale", metavar="F", parser=_parser(_scale),
     help="Pixel values (0..255) are multiplied by F first, e.g. 1/255 [default: 1/255].")]
 Channels = Annotated[Optional[ChannelOrder], typer.Option(case_sensitive=False, help="The model's channel order.")]
+def _mpp(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise OptionError(f"--mpp {text!r}: micrometres per pixel, a positive number such as 0.5")
+    return value
+
+
+Mpp = Annotated[Optional[float], typer.Option(
+    "--mpp", metavar="UM", parser=_mpp,
+    help="Micrometres per pixel: convert stores the model's training resolution; scan reads the pyramid level "
+         "nearest to it (default: the model's).")]
 Labels = Annotated[Optional[Path], typer.Option("--labels", metavar="FILE",
                                                 help="Class names: one per line, or a JSON list.")]
 

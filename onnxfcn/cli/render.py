@@ -196,6 +196,8 @@ def bench_report(r: BenchReport) -> None:
 def scan_result(r: ScanResult, written: list[Path]) -> None:
     (h, w), (gh, gw) = r.size, r.grid
     tiles = f" in {r.tiles} tiles" if r.tiles > 1 else ""
+    resumed = r.run.get("tiles_resumed", 0)
+    tiles += f" ({resumed} done before, resumed)" if resumed else ""
     line = f"{r.name}: {h}x{w} -> {gh}x{gw} cells{tiles}"
     if r.cells:
         c = r.cells[0]
@@ -204,6 +206,10 @@ def scan_result(r: ScanResult, written: list[Path]) -> None:
     typer.echo(line)
     if not r.tiles_exact:
         typer.echo("  note: a global pool inside the trunk sees the whole image, so tiled scores differ from one pass")
+    if r.background is not None:
+        b = r.background
+        typer.echo(f"  background: {b['tiles_skipped']} of {b['tiles']} tiles and {b['fraction_skipped']:.0%} of the "
+                   "cells skipped (NaN)")
     typer.echo("  wrote " + ", ".join(str(p) for p in written))
 
 
@@ -224,5 +230,26 @@ def progress(label: str = "crops") -> Callable[[int, int], None]:
         if done >= total:
             bar.__exit__(None, None, None)
             state.clear()
+
+    return update
+
+
+def scan_progress() -> Callable[[int, int, int], None]:
+    """Tiles done, input megapixels per second and the time left, on stderr, on a terminal only."""
+    import time
+
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int, pixels: int) -> None:
+        if not sys.stderr.isatty() or total <= 1:
+            return
+        now = time.perf_counter()
+        start = state.setdefault("start", now)
+        rate = pixels / 1e6 / max(now - start, 1e-9)
+        left = (now - start) * (total - done) / max(done, 1)
+        sys.stderr.write(f"\rtiles {done}/{total}, {rate:.1f} MP/s, {int(left) // 60}:{int(left) % 60:02d} left   ")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
 
     return update

@@ -21,11 +21,12 @@ import numpy as np
 
 from ..errors import OnnxFcnError
 from ..preprocess import Preprocess
-from .driver import ScanOptions, scan_source
+from .driver import ScanOptions, masked, run_tile, scan_source
 from .model import ScanModel
+from .outputs.zarr import ScoresZarr
 from .result import ScanResult
 from .runner import Runner
-from .sources import ArraySource, PixelSource, Source, open_input
+from .sources import ArraySource, ReadOptions, Source, open_input
 from .tiles import Tile
 
 log = logging.getLogger(__name__)
@@ -92,60 +93,60 @@ def _broadcast(c: Any, model: ScanModel) -> Any:
     return c.scatter(model, broadcast=True, hash=False)
 
 
-def _scan_file(model: ScanModel, path: str, opts: ScanOptions, preprocess: Preprocess | None) -> ScanResult:
+def _scan_file(model: ScanModel, path: str, opts: ScanOptions, read: ReadOptions | Preprocess | None) -> ScanResult:
     runner = worker_runner(model, opts.provider)
-    return scan_source(runner, model, open_input(path, model, preprocess), opts)
+    return scan_source(runner, model, open_input(path, model, read), opts)
 
 
 def scan_files(c: Any, model: ScanModel, files: Sequence[Path], opts: ScanOptions,
-               preprocess: Preprocess | None) -> Iterator[ScanResult]:
+               read: ReadOptions | Preprocess | None) -> Iterator[ScanResult]:
     """One task per file, results in the files' order."""
     shared = _broadcast(c, model)
-    futures = [c.submit(_scan_file, shared, str(f), opts, preprocess, pure=False) for f in files]
+    futures = [c.submit(_scan_file, shared, str(f), opts, read, pure=False) for f in files]
     for fut in futures:
         yield fut.result()
 
 
-def _tile_region(model: ScanModel, provider: str, region: np.ndarray, preprocess: Preprocess | None,
-                 t: Tile) -> np.ndarray:
+def _tile_region(model: ScanModel, provider: str, region: np.ndarray, preprocess: Preprocess | None, t: Tile,
+                 foreground: np.ndarray | None) -> np.ndarray:
     x = preprocess.apply(region) if preprocess is not None else np.asarray(region, dtype=np.float32)
-    return worker_runner(model, provider).run_region(x, t)
+    return masked(worker_runner(model, provider).run_region(x, t), foreground)
 
 
-def _tile_file(model: ScanModel, provider: str, source: Source, t: Tile) -> np.ndarray:
-    return worker_runner(model, provider).run_tile(source, t)
+def _tile_file(model: ScanModel, provider: str, source: Source, t: Tile, foreground: np.ndarray | None,
+               store: ScoresZarr | None) -> np.ndarray | None:
+    return run_tile(worker_runner(model, provider), source, t, foreground, store)
 
 
 def scan_tiled(c: Any, model: ScanModel, source: Source, opts: ScanOptions, progress: Any = None,
-               scores_for: Any = None) -> ScanResult:
-    """One image, one task per tile; the tiles and the stitching are the serial run's."""
+               store_for: Any = None) -> ScanResult:
+    """One image, one task per tile; the tiles and the stitching are the serial run's. A file is
+    opened by each worker, which reads its own regions and writes its cells into the store; an
+    array in memory travels as the overlapping regions of a ``dask.array``."""
     import dask
     import dask.array as da
     from dask.distributed import as_completed
 
     shared = _broadcast(c, model)
 
-    def run(tiles: list[Tile]) -> Iterator[tuple[Tile, np.ndarray]]:
-        if isinstance(source, ArraySource) and source.path is not None:  # workers read their own regions
-            futures = [c.submit(_tile_file, shared, opts.provider, source, t, pure=False) for t in tiles]
+    def run(work: list[tuple[Tile, np.ndarray | None]], store: ScoresZarr | None) -> Iterator[tuple[Tile, np.ndarray | None]]:
+        if not work:
+            return
+        if not isinstance(source, ArraySource) or source.path is not None:  # workers read their own regions
+            futures = [c.submit(_tile_file, shared, opts.provider, source, t, fg, store, pure=False) for t, fg in work]
         else:
-            if isinstance(source, PixelSource):
-                data, pre = source.pixels, source.preprocess
-            else:
-                assert isinstance(source, ArraySource) and source.array is not None
-                a = source.array
-                data = a[:, :, None] if source.order == "HW" else (np.moveaxis(a, 0, -1) if source.order == "CHW" else a)
-                pre = None
-            side = max(t.y1 - t.y0 for t in tiles)
+            assert source.array is not None
+            a = source.array
+            data = a[:, :, None] if source.order == "HW" else (np.moveaxis(a, 0, -1) if source.order == "CHW" else a)
+            side = max(t.y1 - t.y0 for t, _ in work)
             image = da.from_array(data, chunks=(side, side, data.shape[2]))
-            tasks = [dask.delayed(_tile_region)(shared, opts.provider, image[t.y0:t.y1, t.x0:t.x1], pre, t)
-                     for t in tiles]
-            futures = c.compute(tasks)
-        index = {f.key: t for f, t in zip(futures, tiles)}
+            futures = c.compute([dask.delayed(_tile_region)(shared, opts.provider, image[t.y0:t.y1, t.x0:t.x1], None,
+                                                            t, fg) for t, fg in work])
+        index = {f.key: t for f, (t, _) in zip(futures, work)}
         for fut, block in as_completed(futures, with_results=True):
             yield index[fut.key], block
 
     # Tiles even where one pass would fit: the point is to spread them.
     if opts.tile is None:
         raise OnnxFcnError("a single input on Dask runs in tiles: give --tile N")
-    return scan_source(None, model, source, opts, progress, scores_for, run)
+    return scan_source(None, model, source, opts, progress, store_for, run)

@@ -48,6 +48,7 @@ class ScanModel:
     weight_bytes: int
     classes: int | None
     lattice: tuple[Lattice, Lattice]  # the input sizes the model runs at (geometry.lattice)
+    mpp: float | None  # the micrometres per pixel it was trained at (convert --mpp): a pyramid's level is chosen by it
     shapes: onnx.ModelProto = field(repr=False, compare=False)  # the graph without its weights
     _grids: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -67,7 +68,7 @@ class ScanModel:
                    input_name=name, layout=layout, channels=channels, dtype=dtype, output_name=out_name, axes=axes,
                    labels=meta.labels, preprocess=meta.preprocess or Preprocess(),
                    weight_bytes=sum(tensor_nbytes(t) for t in proto.graph.initializer), classes=classes,
-                   lattice=meta.sizes, shapes=skeleton(proto, {}))
+                   lattice=meta.sizes, mpp=meta.mpp, shapes=skeleton(proto, {}))
 
     def with_labels(self, labels: Sequence[str]) -> ScanModel:
         """This model with other class names (scan's ``--labels``): one per class."""

@@ -12,7 +12,10 @@ from ..errors import OnnxFcnError
 from ..io import atomic_path
 from ..jsonout import dumps
 from .model import ScanModel
-from .sources import Source
+from .outputs.heatmap import cell_geometry
+from .sources import Placement, Source
+
+_ROWS = 256  # cell rows summarized at a time: memory follows the block, not the map
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -22,17 +25,68 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Summary:
+    """Per cell: the best score and class, and how sure the model is of that class
+    (``confidence``: its softmax probability rescaled so that 0 is a uniform guess and 1 is
+    certain); per class: its best score over the cells. Cells not computed (NaN: background)
+    have best and confidence NaN and class -1, and count for no class."""
+
+    best: np.ndarray
+    best_class: np.ndarray
+    class_max: np.ndarray
+    confidence: np.ndarray
+
+
+def _probabilities(block: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """A block's scores as probabilities: softmax, unless they are probabilities already (every
+    value in [0, 1], and each cell's sum 1: a model that ends in Softmax)."""
+    vals = block[:, seen]
+    if vals.size and vals.min() >= 0 and vals.max() <= 1 and np.allclose(vals.sum(axis=0), 1, atol=1e-3):
+        return block
+    return softmax(np.where(seen, block, 0))
+
+
+def summarize(scores: Any, use_softmax: bool) -> Summary:
+    """Read ``scores`` (K x h x w, numpy or Zarr) a block of rows at a time into a ``Summary``;
+    with ``use_softmax`` best scores are probabilities."""
+    k, h, w = scores.shape
+    best = np.full((h, w), np.nan, np.float32)
+    best_class = np.full((h, w), -1, np.int32)
+    confidence = np.full((h, w), np.nan, np.float32)
+    class_max = np.full(k, -np.inf, np.float32)
+    for r in range(0, h, _ROWS):
+        block = np.asarray(scores[:, r:r + _ROWS], dtype=np.float32)
+        seen = np.asarray(~np.isnan(block).any(axis=0), dtype=bool)
+        if not seen.any():
+            continue
+        probs = _probabilities(block, seen)
+        if use_softmax:
+            block = np.where(seen, probs, np.nan).astype(np.float32)
+        filled = np.where(seen, block, -np.inf)
+        best[r:r + _ROWS] = np.where(seen, filled.max(axis=0), np.nan)
+        best_class[r:r + _ROWS] = np.where(seen, filled.argmax(axis=0), -1)
+        sure = (probs.max(axis=0) - 1 / k) / (1 - 1 / k) if k > 1 else np.ones(seen.shape, np.float32)
+        confidence[r:r + _ROWS] = np.where(seen, np.clip(sure, 0, 1), np.nan)
+        class_max = np.maximum(class_max, filled.reshape(k, -1).max(axis=1))
+    return Summary(best=best, best_class=best_class, class_max=class_max, confidence=confidence)
+
+
 @dataclass(kw_only=True)
 class Cell:
     row: int
     col: int
-    box: list[int]  # x0, y0, x1, y1 in input pixels
+    box: list[int]  # x0, y0, x1, y1 in the scanned level's pixels
     cls: int
     label: str | None
     score: float
+    box_level0: list[int] | None = None  # the same in level-0 pixels, where a coarser level was scanned
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"row": self.row, "col": self.col, "box": self.box, "class": self.cls}
+        d: dict[str, Any] = {"row": self.row, "col": self.col, "box": self.box}
+        if self.box_level0 is not None:
+            d["box_level0"] = self.box_level0
+        d["class"] = self.cls
         if self.label is not None:
             d["label"] = self.label
         d["score"] = self.score
@@ -41,22 +95,27 @@ class Cell:
 
 @dataclass(kw_only=True)
 class ScanResult:
-    """What scan found in one input; ``scores`` is K x out_h x out_w, as the model returned it."""
+    """What scan found in one input; ``scores`` is K x out_h x out_w as the model returned it (a
+    Zarr array for a tiled scan written to a folder), NaN where background was skipped."""
 
     name: str
     size: tuple[int, int]
     grid: tuple[int, int]
     model: ScanModel
-    scores: np.ndarray
+    scores: Any
     best: np.ndarray  # out_h x out_w: each cell's best score (after softmax, with it)
-    best_class: np.ndarray  # out_h x out_w
+    best_class: np.ndarray  # out_h x out_w (-1: not computed)
     class_max: np.ndarray  # K: each class's best score over the cells
     cells: list[Cell]
+    confidence: np.ndarray | None = None  # out_h x out_w: 0 a uniform guess .. 1 certain (Summary)
     tiles: int
     tiles_exact: bool  # tiling left every cell as one pass computes it (up to float rounding)
     softmax: bool
     seconds: float
     source: Source | None = field(default=None, repr=False)
+    placement: Placement = field(default_factory=Placement)
+    background: dict[str, Any] | None = None  # with --skip-background: what was skipped
+    run: dict[str, Any] = field(default_factory=dict)  # tile size, overlap, resumed tiles, MP/s
 
     def label(self, k: int) -> str | None:
         labels = self.model.labels
@@ -65,50 +124,74 @@ class ScanResult:
     def best_overall(self) -> int:
         return int(np.argmax(self.class_max))
 
+    def centre0(self) -> tuple[float, float]:
+        """Cell (0, 0)'s window centre (dense mode: its field's), in scanned pixels (y, x)."""
+        m = self.model
+        return float(m.centres(0, 1)[0]), float(m.centres(1, 1)[0])
+
     def class_map(self, k: int) -> np.ndarray:
-        """One class's map (after softmax, with it), out_h x out_w."""
+        """One class's map (after softmax, with it), out_h x out_w; NaN where not computed."""
         if not 0 <= k < self.scores.shape[0]:
             raise OnnxFcnError(f"class {k}: the model has classes 0..{self.scores.shape[0] - 1}")
-        m = np.array(self.scores[k], dtype=np.float32)
-        if self.softmax:
-            # Softmax of one class needs every class: one row of cells at a time keeps it small.
-            m = np.stack([softmax(np.asarray(self.scores[:, r]))[k] for r in range(self.grid[0])])
-        return m
+        if not self.softmax:
+            return np.array(self.scores[k], dtype=np.float32)
+        # Softmax of one class needs every class: a block of rows at a time keeps it small.
+        rows = []
+        for r in range(0, self.grid[0], _ROWS):
+            block = np.asarray(self.scores[:, r:r + _ROWS], dtype=np.float32)
+            rows.append(softmax(block)[k])
+        return np.concatenate(rows, axis=0)
 
     def to_dict(self) -> dict[str, Any]:
         m = self.model
-        return {
+        d: dict[str, Any] = {
             "name": self.name, "size": list(self.size), "grid": list(self.grid),
             "window": list(m.window), "stride": list(m.stride), "offset": list(m.offset),
             "mode": m.mode, "exact": m.exact, "classes": int(self.scores.shape[0]),
             "score": "softmax" if self.softmax else "raw",
             "tiles": self.tiles, "tiles_exact": self.tiles_exact,
-            "cells": [c.to_dict() for c in self.cells],
+            **self.placement.to_json(),
+            "cells_geometry": cell_geometry(self.placement, m.stride, self.centre0()),
         }
+        if self.background is not None:
+            d["background"] = self.background
+        if "tile" in self.run:  # what does not vary from run to run: the tile size and the overlap's cost
+            d["run"] = {k: self.run[k] for k in ("tile", "overlap_overhead")}
+        d["cells"] = [c.to_dict() for c in self.cells]
+        return d
 
     def to_json(self) -> str:
         return dumps(self.to_dict())
 
-    def save_png(self, path: str | os.PathLike[str], cls: int | str | None = None, display_scale: float = 1.0) -> int:
-        """Draw one class's map (default: the best class overall) over the input; returns the class."""
+    def save_png(self, path: str | os.PathLike[str], cls: int | str | None = None, display_scale: float = 1.0,
+                 picture: str = "map", max_side: int = 2048) -> int:
+        """Draw the picture (``picture``: "map", one class's map, default the best class overall;
+        "classes", every cell's best class) over the input, its longer side at most ``max_side``;
+        returns the class drawn (the best overall for "classes")."""
         from .picture import render
 
         if self.source is None:
             raise OnnxFcnError("this result has no input to draw on")
         k = self.best_overall() if cls is None else self.model.class_index(cls)
-        img = render(self, k, display_scale)
+        img = render(self, k, display_scale, picture=picture, max_side=max_side)
         with atomic_path(path) as tmp:
             img.save(tmp, format="PNG")
         return k
 
 
 def select_cells(model: ScanModel, best: np.ndarray, best_class: np.ndarray, size: tuple[int, int],
-                 top: int | None, threshold: float | None) -> list[Cell]:
-    """The best cells, in descending score order: every cell >= ``threshold`` (at most ``top``), or the ``top``."""
+                 top: int | None, threshold: float | None, downsample: float = 1.0,
+                 nms: float | None = None) -> list[Cell]:
+    """The best cells, in descending score order: every cell >= ``threshold`` (at most ``top``), or
+    the ``top``; cells not computed (NaN) are never listed. ``nms``: a cell whose box overlaps a
+    better listed cell's by more than this intersection over union is left out."""
     flat = best.ravel()
     order = np.argsort(-flat, kind="stable")
+    order = order[~np.isnan(flat[order])]
     if threshold is not None:
         order = order[flat[order] >= threshold]
+    if nms is not None:
+        order = _suppress(model, order, best.shape, size, nms, top)
     if top is not None:
         order = order[:top]
     w = best.shape[1]
@@ -117,5 +200,42 @@ def select_cells(model: ScanModel, best: np.ndarray, best_class: np.ndarray, siz
         i, j = divmod(int(idx), w)
         k = int(best_class[i, j])
         label = model.labels[k] if model.labels and k < len(model.labels) else None
-        cells.append(Cell(row=i, col=j, box=model.box(i, j, *size), cls=k, label=label, score=float(flat[idx])))
+        box = model.box(i, j, *size)
+        level0 = [round(v * downsample) for v in box] if downsample != 1 else None
+        cells.append(Cell(row=i, col=j, box=box, cls=k, label=label, score=float(flat[idx]), box_level0=level0))
     return cells
+
+
+def _suppress(model: ScanModel, order: np.ndarray, grid: tuple[int, int], size: tuple[int, int], nms: float,
+              top: int | None) -> np.ndarray:
+    """Greedy non-maximum suppression over cells in ``order`` (best first): each kept cell marks
+    the cells around it whose box overlaps its own by more than ``nms`` (IoU). Only the cells
+    within a box's reach are compared, so the cost follows the cells kept, not the map squared."""
+    gh, gw = grid
+    span = model.window if model.mode == "window" else model.receptive_field
+    reach = (-(-span[0] // model.stride[0]), -(-span[1] // model.stride[1]))
+    suppressed = np.zeros(grid, bool)
+    kept = []
+    for idx in order:
+        i, j = divmod(int(idx), gw)
+        if suppressed[i, j]:
+            continue
+        kept.append(idx)
+        if top is not None and len(kept) == top:
+            break
+        ii = np.arange(max(0, i - reach[0]), min(gh, i + reach[0] + 1))
+        jj = np.arange(max(0, j - reach[1]), min(gw, j + reach[1] + 1))
+        suppressed[np.ix_(ii, jj)] |= _iou(model, (i, j), ii, jj, size) > nms
+    return np.asarray(kept, dtype=np.int64)
+
+
+def _iou(model: ScanModel, cell: tuple[int, int], ii: np.ndarray, jj: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """IoU of cell's box with the boxes of cells ii x jj (clipped to the image, as listed)."""
+    x0, y0, x1, y1 = model.box(*cell, *size)
+    boxes_y = np.array([model.box(int(i), int(jj[0]), *size)[1::2] for i in ii])  # y0, y1 per row
+    boxes_x = np.array([model.box(int(ii[0]), int(j), *size)[0::2] for j in jj])  # x0, x1 per column
+    ih = np.clip(np.minimum(y1, boxes_y[:, 1]) - np.maximum(y0, boxes_y[:, 0]), 0, None)
+    iw = np.clip(np.minimum(x1, boxes_x[:, 1]) - np.maximum(x0, boxes_x[:, 0]), 0, None)
+    inter = ih[:, None] * iw[None, :]
+    area = ((boxes_y[:, 1] - boxes_y[:, 0])[:, None] * (boxes_x[:, 1] - boxes_x[:, 0])[None, :])
+    return inter / np.maximum((y1 - y0) * (x1 - x0) + area - inter, 1)

@@ -20,8 +20,10 @@ from .model import ScanModel
 
 log = logging.getLogger(__name__)
 
-# Auto-tiling: the untiled run may take this share of the memory available.
+# Auto-tiling: the untiled run may take this share of the memory available...
 MEMORY_SHARE = 0.5
+# ... and at most this for an input read from its file a tile at a time (a slide, a TIFF).
+LAZY_BUDGET = 768 * 2**20
 
 
 @dataclass(frozen=True)
@@ -45,22 +47,34 @@ def axis_tiles(n: int, cells: int, s: int, start: int, span: int, tile: int,
     """Split one axis: (input a, b, cells c0, c1) with a a multiple of the stride, and every kept
     cell's field [start + c*s, + span) inside [a, b) or crossing only the image's own edge.
     ``period``: the model runs only at sizes n + k * period (its size lattice)."""
-    q = math.lcm(s, period)
     per = max(1, (tile - span) // s + 1)
     out = []
     for c0 in range(0, cells, per):
         c1 = min(cells, c0 + per)
-        lo, hi = start + c0 * s, start + (c1 - 1) * s + span
-        a = 0 if lo <= 0 else lo // q * q
-        if hi >= n or c1 == cells:  # the last cells' tile reaches the edge, where a cell more would show
-            b = n
-        else:
-            # A length congruent to the image's modulo the stride (and the lattice's period): SAME
-            # padding, whose amount depends on the size, then pads the tile as it pads the image,
-            # and a model that runs only at some sizes runs at the tile's.
-            b = min(n, hi + (n - hi) % q)
-        out.append((a, b, c0, c1))
+        out.append((*axis_span(n, cells, s, start, span, c0, c1, period), c0, c1))
     return out
+
+
+def axis_span(n: int, cells: int, s: int, start: int, span: int, c0: int, c1: int, period: int = 1) -> tuple[int, int]:
+    """The input a:b that cells c0:c1 of one axis are run on (``axis_tiles``' rules)."""
+    q = math.lcm(s, period)
+    lo, hi = start + c0 * s, start + (c1 - 1) * s + span
+    a = 0 if lo <= 0 else lo // q * q
+    if hi >= n or c1 == cells:  # the last cells' tile reaches the edge, where a cell more would show
+        return a, n
+    # A length congruent to the image's modulo the stride (and the lattice's period): SAME padding,
+    # whose amount depends on the size, then pads the tile as it pads the image, and a model that
+    # runs only at some sizes runs at the tile's.
+    return a, min(n, hi + (n - hi) % q)
+
+
+def crop_tile(model: ScanModel, height: int, width: int, i0: int, i1: int, j0: int, j1: int) -> Tile:
+    """The tile that runs cells i0:i1 by j0:j1 only (a tile shrunk to its foreground's cells)."""
+    gh, gw = model.grid(height, width)
+    (fy, fx), (sy, sx), (ry, rx) = model.field_start, model.stride, model.receptive_field
+    y0, y1 = axis_span(height, gh, sy, fy, ry, i0, i1, model.lattice[0][0])
+    x0, x1 = axis_span(width, gw, sx, fx, rx, j0, j1, model.lattice[1][0])
+    return Tile(y0, y1, x0, x1, i0, i1, j0, j1, i1 == gh, j1 == gw)
 
 
 def plan_tiles(model: ScanModel, height: int, width: int, tile: int) -> list[Tile]:
@@ -75,11 +89,17 @@ def plan_tiles(model: ScanModel, height: int, width: int, tile: int) -> list[Til
     return [Tile(a, b, c, d, i0, i1, j0, j1, i1 == gh, j1 == gw) for a, b, i0, i1 in rows for c, d, j0, j1 in cols]
 
 
-def choose_tile(model: ScanModel, height: int, width: int, tile: int | None, max_memory: int | None) -> int | None:
-    """``tile``; else None when one pass fits, or the largest square tile that fits."""
+def choose_tile(model: ScanModel, height: int, width: int, tile: int | None, max_memory: int | None,
+                lazy: bool = False) -> int | None:
+    """``tile``; else None when one pass fits the budget, or the largest square tile that does.
+    The budget is half of ``max_memory`` or of the memory available; for an input read lazily
+    from its file (TIFF, Zarr, a slide) at most ``LAZY_BUDGET``, so that memory follows the tile,
+    not the image, however much is free."""
     if tile is not None:
         return tile
     limit = int((max_memory if max_memory is not None else available_memory()) * MEMORY_SHARE)
+    if lazy and max_memory is None:
+        limit = min(limit, LAZY_BUDGET)
     need = model.estimate(height, width)
     if need <= limit:
         return None
@@ -89,6 +109,7 @@ def choose_tile(model: ScanModel, height: int, width: int, tile: int | None, max
         side = max(span, side * 3 // 4)
     if model.estimate(min(side, height), min(side, width)) > limit:
         raise ResourceError(f"even one {side}x{side} tile needs about {human_bytes(model.estimate(side, side))}, "
-                            f"more than half the {human_bytes(limit * 2)} available")
+                            f"more than the {human_bytes(limit)} a tile may take (half of --max-memory or of what is "
+                            "available)")
     log.info("one pass at %dx%d needs about %s; tiles of %d px", height, width, human_bytes(need), side)
     return side

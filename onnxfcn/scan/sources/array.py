@@ -4,12 +4,13 @@ at a time (H x W, H x W x C or C x H x W)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import OnnxFcnError
+from .base import Placement, as_display, fit_scale
 
 SUFFIXES = (".npy",)
 
@@ -23,6 +24,12 @@ class ArraySource:
     order: str  # the stored order: HW, HWC or CHW
     shape: tuple[int, int]
     path: str | None = None
+    placement: Placement = field(default_factory=Placement)
+
+    @property
+    def lazy(self) -> bool:
+        """Read from its file a region at a time (a .npy), not held whole in memory."""
+        return self.path is not None
 
     @property
     def height(self) -> int:
@@ -39,7 +46,7 @@ class ArraySource:
         # Mapped anew for each region and dropped after: only the region's pages are ever resident.
         return np.load(self.path, mmap_mode="r", allow_pickle=False)
 
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    def read(self, y0: int, y1: int, x0: int, x1: int, chw: bool = False) -> np.ndarray:
         a = self._stored()
         if self.order == "HW":
             region = a[y0:y1, x0:x1, None]
@@ -47,18 +54,27 @@ class ArraySource:
             region = a[:, y0:y1, x0:x1].transpose(1, 2, 0)
         else:
             region = a[y0:y1, x0:x1]
-        out = np.array(region, dtype=np.float32)
+        out = np.ascontiguousarray(region.transpose(2, 0, 1) if chw else region, dtype=np.float32)
         if not np.isfinite(out).all():
             raise OnnxFcnError(f"{self.name}: the array holds NaN or infinite values")
         return out
 
-    def display(self) -> np.ndarray:
-        x = self.read(0, self.height, 0, self.width)
-        x = x[:, :, :3] if x.shape[2] >= 3 else x[:, :, :1]
-        lo, hi = (float(v) for v in np.percentile(x, [1, 99]))
-        hi = hi if hi > lo else lo + 1.0
-        g = np.clip((x - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
-        return np.repeat(g, 3, axis=2) if g.shape[2] == 1 else g
+    def thumbnail(self, max_side: int) -> tuple[np.ndarray, float]:
+        """A strided read fitted in ``max_side``, its values stretched between their 1st and 99th
+        percentile (model values, not pixels)."""
+        from PIL import Image
+
+        scale = fit_scale(self.height, self.width, max_side)
+        step = max(1, int(1 / scale))
+        rows, cols = range(0, self.height, step), range(0, self.width, step)
+        a = self._stored()
+        region = (a[::step, ::step, None] if self.order == "HW" else
+                  a[:, ::step, ::step].transpose(1, 2, 0) if self.order == "CHW" else a[::step, ::step])
+        img = as_display(np.asarray(region, dtype=np.float32))
+        size = (max(1, round(self.width * scale)), max(1, round(self.height * scale)))
+        if (len(rows), len(cols)) != (size[1], size[0]):
+            img = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BILINEAR))
+        return img, scale
 
 
 def array_order(shape: Sequence[int], channels: int, name: str) -> tuple[str, tuple[int, int]]:
