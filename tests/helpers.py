@@ -26,7 +26,7 @@ def session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
-def run(model: onnx.ModelProto, x: np.ndarray, name: str | None = None) -> list[np.ndarray]:
+def run(model: onnx.ModelProto | str | Path, x: np.ndarray, name: str | None = None) -> list[np.ndarray]:
     sess = session(model)
     return sess.run(None, {name or sess.get_inputs()[0].name: x})
 

@@ -524,6 +524,27 @@ def test_nms_keeps_one_cell_per_object(digits: Path, iou: float) -> None:
         scan(digits, MODELS / "digits_scene.png", nms=1.0)
 
 
+@pytest.mark.parametrize("use_softmax", [False, True])
+def test_summarize_in_blocks_equals_the_whole_map_at_once(monkeypatch: pytest.MonkeyPatch, use_softmax: bool) -> None:
+    """Blocks of a few rows (forced small here) give what the whole map computed at once gives."""
+    from onnxfcn.scan import result
+
+    rng = np.random.default_rng(3)
+    scores = (rng.standard_normal((7, 50, 30)) * 4).astype(np.float32)
+    scores[:, 10:14, 5:9] = np.nan  # background cells
+    seen = ~np.isnan(scores[0])
+    monkeypatch.setattr(result, "_BLOCK", 7 * 30 * 3)  # three rows a block
+    got = result.summarize(scores, use_softmax)
+    values = result.softmax(np.nan_to_num(scores)) if use_softmax else scores
+    probs = result.softmax(np.nan_to_num(scores))
+    np.testing.assert_allclose(got.best[seen], values.max(axis=0)[seen], rtol=1e-6)
+    np.testing.assert_array_equal(got.best_class[seen], scores.argmax(axis=0)[seen])
+    np.testing.assert_allclose(got.class_max, values[:, seen].max(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(got.confidence[seen], (probs.max(axis=0)[seen] - 1 / 7) / (6 / 7), rtol=1e-5, atol=1e-6)
+    assert np.isnan(got.best[~seen]).all() and (got.best_class[~seen] == -1).all()
+    assert np.isnan(scores[:, ~seen]).all()  # the caller's map is not changed
+
+
 def test_confidence_is_zero_for_a_uniform_guess_and_reads_probabilities_as_they_are() -> None:
     from onnxfcn.scan.result import softmax, summarize
 

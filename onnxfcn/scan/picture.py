@@ -32,12 +32,20 @@ _ALPHA = 0.55
 VIEWS = ("map", "classes")
 
 
-def colours(v: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] -> RGB float32 (viridis)."""
+def _viridis(v: np.ndarray) -> np.ndarray:
     t = np.clip(v, 0.0, 1.0) * (len(_ANCHORS) - 1)
     i = np.minimum(t.astype(np.int64), len(_ANCHORS) - 2)
     f = (t - i)[..., None]
     return _ANCHORS[i] * (1 - f) + _ANCHORS[i + 1] * f
+
+
+_LEVELS = 256  # the colour map as a table: a lookup per display pixel, not an interpolation
+_TABLE = _viridis(np.linspace(0.0, 1.0, _LEVELS, dtype=np.float32)).astype(np.float32)
+
+
+def colours(v: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> RGB float32 (viridis, in 256 steps)."""
+    return _TABLE[np.rint(np.clip(np.nan_to_num(v), 0.0, 1.0) * (_LEVELS - 1)).astype(np.intp)]
 
 
 def class_colour(k: int) -> tuple[int, int, int]:

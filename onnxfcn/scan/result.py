@@ -15,7 +15,12 @@ from .model import ScanModel
 from .outputs.heatmap import cell_geometry
 from .sources import Placement, Source
 
-_ROWS = 256  # cell rows summarized at a time: memory follows the block, not the map
+_BLOCK = 2**22  # scores summarized at a time (16 MB of float32): memory follows the block, not the map
+
+
+def _rows(classes: int, width: int) -> int:
+    """Cell rows in one block of ``_BLOCK`` scores."""
+    return max(1, _BLOCK // max(1, classes * width))
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -38,37 +43,47 @@ class Summary:
     confidence: np.ndarray
 
 
-def _probabilities(block: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    """A block's scores as probabilities: softmax, unless they are probabilities already (every
-    value in [0, 1], and each cell's sum 1: a model that ends in Softmax)."""
-    vals = block[:, seen]
-    if vals.size and vals.min() >= 0 and vals.max() <= 1 and np.allclose(vals.sum(axis=0), 1, atol=1e-3):
-        return block
-    return softmax(np.where(seen, block, 0))
+def _is_probabilities(block: np.ndarray, seen: np.ndarray) -> bool:
+    """Every value in [0, 1] and each computed cell's sum 1: the scores of a model that ends in Softmax."""
+    return bool(block.min() >= 0 and block.max() <= 1 and np.allclose(block.sum(axis=0)[seen], 1, atol=1e-3))
 
 
 def summarize(scores: Any, use_softmax: bool) -> Summary:
-    """Read ``scores`` (K x h x w, numpy or Zarr) a block of rows at a time into a ``Summary``;
-    with ``use_softmax`` best scores are probabilities."""
+    """Read ``scores`` (K x h x w, numpy or Zarr) a block at a time into a ``Summary``; with
+    ``use_softmax`` best scores are probabilities (a model's own probabilities as they are). The
+    confidence needs only each cell's largest probability, 1 / sum(exp(score - best score)): the
+    block is turned into it in place, and no other copy of it is made."""
     k, h, w = scores.shape
     best = np.full((h, w), np.nan, np.float32)
     best_class = np.full((h, w), -1, np.int32)
     confidence = np.full((h, w), np.nan, np.float32)
     class_max = np.full(k, -np.inf, np.float32)
-    for r in range(0, h, _ROWS):
-        block = np.asarray(scores[:, r:r + _ROWS], dtype=np.float32)
+    rows = _rows(k, w)
+    for r in range(0, h, rows):
+        block = np.array(scores[:, r:r + rows], dtype=np.float32)  # a copy, worked on in place
         seen = np.asarray(~np.isnan(block).any(axis=0), dtype=bool)
         if not seen.any():
             continue
-        probs = _probabilities(block, seen)
-        if use_softmax:
-            block = np.where(seen, probs, np.nan).astype(np.float32)
-        filled = np.where(seen, block, -np.inf)
-        best[r:r + _ROWS] = np.where(seen, filled.max(axis=0), np.nan)
-        best_class[r:r + _ROWS] = np.where(seen, filled.argmax(axis=0), -1)
-        sure = (probs.max(axis=0) - 1 / k) / (1 - 1 / k) if k > 1 else np.ones(seen.shape, np.float32)
-        confidence[r:r + _ROWS] = np.where(seen, np.clip(sure, 0, 1), np.nan)
-        class_max = np.maximum(class_max, filled.reshape(k, -1).max(axis=1))
+        block[:, ~seen] = 0
+        top, cls = block.max(axis=0), block.argmax(axis=0)
+        probabilities = _is_probabilities(block, seen)
+        if not use_softmax or probabilities:
+            class_max = np.maximum(class_max, block[:, seen].max(axis=1))
+        if probabilities:
+            p_max = top
+        else:
+            block -= top  # exp(score - best score): each cell's probabilities times its sum
+            np.exp(block, out=block)
+            total = block.sum(axis=0)
+            p_max = 1 / total
+            if use_softmax:
+                block /= total
+                top = p_max
+                class_max = np.maximum(class_max, block[:, seen].max(axis=1))
+        best[r:r + rows] = np.where(seen, top, np.nan)
+        best_class[r:r + rows] = np.where(seen, cls, -1)
+        sure = (p_max - 1 / k) / (1 - 1 / k) if k > 1 else np.ones(seen.shape, np.float32)
+        confidence[r:r + rows] = np.where(seen, np.clip(sure, 0, 1), np.nan)
     return Summary(best=best, best_class=best_class, class_max=class_max, confidence=confidence)
 
 
@@ -135,12 +150,16 @@ class ScanResult:
             raise OnnxFcnError(f"class {k}: the model has classes 0..{self.scores.shape[0] - 1}")
         if not self.softmax:
             return np.array(self.scores[k], dtype=np.float32)
-        # Softmax of one class needs every class: a block of rows at a time keeps it small.
-        rows = []
-        for r in range(0, self.grid[0], _ROWS):
-            block = np.asarray(self.scores[:, r:r + _ROWS], dtype=np.float32)
-            rows.append(softmax(block)[k])
-        return np.concatenate(rows, axis=0)
+        # Softmax of one class needs every class: a block of rows at a time keeps it small. A
+        # model's own probabilities are used as they are (as summarize does).
+        parts = []
+        n = _rows(self.scores.shape[0], self.grid[1])
+        for r in range(0, self.grid[0], n):
+            block = np.asarray(self.scores[:, r:r + n], dtype=np.float32)
+            seen = np.asarray(~np.isnan(block).any(axis=0), dtype=bool)
+            probs = block if _is_probabilities(np.where(seen, block, 0), seen) else softmax(block)
+            parts.append(probs[k])
+        return np.concatenate(parts, axis=0)
 
     def to_dict(self) -> dict[str, Any]:
         m = self.model
@@ -175,7 +194,7 @@ class ScanResult:
         k = self.best_overall() if cls is None else self.model.class_index(cls)
         img = render(self, k, display_scale, picture=picture, max_side=max_side)
         with atomic_path(path) as tmp:
-            img.save(tmp, format="PNG")
+            img.save(tmp, format="PNG", compress_level=1)  # a quarter of the default's time; a larger file
         return k
 
 

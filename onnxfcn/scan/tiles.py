@@ -93,13 +93,13 @@ def choose_tile(model: ScanModel, height: int, width: int, tile: int | None, max
                 lazy: bool = False) -> int | None:
     """``tile``; else None when one pass fits the budget, or the largest square tile that does.
     The budget is half of ``max_memory`` or of the memory available; for an input read lazily
-    from its file (TIFF, Zarr, a slide) at most ``LAZY_BUDGET``, so that memory follows the tile,
-    not the image, however much is free."""
+    from its file (TIFF, Zarr, a slide, a .npy) at most the model's weights and ``LAZY_BUDGET``
+    more, so that memory follows the tile, not the image, however much is free."""
     if tile is not None:
         return tile
     limit = int((max_memory if max_memory is not None else available_memory()) * MEMORY_SHARE)
     if lazy and max_memory is None:
-        limit = min(limit, LAZY_BUDGET)
+        limit = min(limit, model.weight_bytes + LAZY_BUDGET)
     need = model.estimate(height, width)
     if need <= limit:
         return None
