@@ -1,4 +1,5 @@
-"""The model a benchmark runs on: the user's file, or a torchvision model exported into ``folder``.
+"""What the benchmarks share: the model one runs on (the user's file, or a torchvision model
+exported into ``folder``), and timing a whole process (``timed_process``).
 
 The export runs in a child process. A benchmark that measures other processes' peak memory must
 stay small itself: a child's ``ru_maxrss`` starts from its parent's resident size at the fork (the
@@ -8,8 +9,10 @@ raise the floor of every measured child to its own size.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
@@ -25,3 +28,15 @@ def exported(arch: str, folder: Path) -> Path:
 
 def model_or_vgg16(path: Path | None, folder: Path) -> Path:
     return path if path is not None else exported("vgg16", folder)
+
+
+def timed_process(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of one process, interpreter start included; exits with its
+    error output if it fails."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
+    return wall, usage.ru_maxrss / 1024

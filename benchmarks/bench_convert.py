@@ -15,15 +15,12 @@ medians and the ratios to the baseline, with the targets of issue #11:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _models import model_or_vgg16
+from _models import model_or_vgg16, timed_process
 
 LOAD_SAVE = "import sys, onnx; onnx.save(onnx.load(sys.argv[1]), sys.argv[2])"
 TARGETS = {"convert --no-self-check": (1.3, 1.1), "convert": (2.5, 1.3)}
@@ -34,18 +31,6 @@ def variants(src: Path, dst: Path) -> dict[str, list[str]]:
     return {"load+save": [sys.executable, "-c", LOAD_SAVE, str(src), str(dst)],
             "convert --no-self-check": [*cli, "--no-self-check"],
             "convert": cli}
-
-
-def run(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"{cmd} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return wall, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -59,7 +44,7 @@ def main() -> None:
         rows: dict[str, list[tuple[float, float]]] = {v: [] for v in cmds}
         for _ in range(args.repeat):
             for v, cmd in cmds.items():
-                rows[v].append(run(cmd))
+                rows[v].append(timed_process(cmd))
         base_t = statistics.median(r[0] for r in rows["load+save"])
         base_m = statistics.median(r[1] for r in rows["load+save"])
         print(f"model {src.name}, {src.stat().st_size / 1e6:.0f} MB, {args.repeat} runs each (whole processes), medians")

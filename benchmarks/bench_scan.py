@@ -19,10 +19,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _models import exported
+from _models import exported, timed_process
 
 # What the parent needs from onnxfcn, asked of a child so that the parent stays small (see _models).
 GEOMETRY = """
@@ -40,17 +39,6 @@ print(json.dumps({"window": sm.window, "stride": sm.stride, "field": sm.receptiv
 def own_rss() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def run(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return wall, usage.ru_maxrss / 1024
 
 
 # Done in children as well: mapping the image or the score maps would raise this process's
@@ -106,7 +94,7 @@ def main() -> None:
             times: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
             for _ in range(args.repeat):
                 for name, cmd in variants.items():
-                    times[name].append(run(cmd))
+                    times[name].append(timed_process(cmd))
             diff = ""
             if "one pass" in variants:
                 ratio = child(COMPARE, str(tmp / "tiled" / f"x{side}.scores.zarr"), str(tmp / "one" / f"x{side}.scores.npy"))

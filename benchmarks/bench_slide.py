@@ -16,14 +16,18 @@ wall time and its own peak RSS measured around it:
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from _models import timed_process
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW, STRIDE = 96, 16
@@ -58,6 +62,7 @@ def patch_classifier(path: Path) -> None:
     """Window 96, stride 16, no padding, every input pixel read (its receptive field is its
     window): 3 -> 16 -> 32 -> 32 -> 64 channels, 64x5x5 -> 128 -> 4."""
     sys.path.insert(0, str(ROOT / "tests"))
+    import numpy as np
     import onnx
     from builders import Builder
 
@@ -82,6 +87,8 @@ def patch_classifier(path: Path) -> None:
 def _tissue_tile(y0: int, x0: int, h: int, w: int, ds: int, size: tuple[int, int]) -> np.ndarray:
     """The slide's pixels at level-0 positions (y0 + r*ds, x0 + c*ds): tissue in four large blobs
     (about a third of the slide) over glass, textured."""
+    import numpy as np
+
     yy = (y0 + np.arange(h)[:, None] * ds).astype(np.float32) / size[0]
     xx = (x0 + np.arange(w)[None, :] * ds).astype(np.float32) / size[1]
     blobs = [(0.3, 0.25, 0.19), (0.65, 0.6, 0.21), (0.75, 0.2, 0.13), (0.25, 0.78, 0.12)]
@@ -97,6 +104,7 @@ def _tissue_tile(y0: int, x0: int, h: int, w: int, ds: int, size: tuple[int, int
 
 def write_slide(path: Path, height: int, width: int, levels: int = 5, tile: int = 512) -> None:
     """A pyramidal OME-TIFF written a tile at a time (memory: one tile)."""
+    import numpy as np
     import tifffile
 
     def tiles(ds: int):  # type: ignore[no-untyped-def]
@@ -116,15 +124,26 @@ def write_slide(path: Path, height: int, width: int, levels: int = 5, tile: int 
             tif.write(tiles(2**k), shape=(height // 2**k, width // 2**k, 3), subfiletype=1, **opts)
 
 
-def measure(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"{cmd} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return wall, usage.ru_maxrss / 1024
+def own_rss() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def child(*args: str) -> str:
+    """This script's ``--child`` job in its own process: this one stays small, for a child's peak
+    RSS starts from its parent's size (see _models)."""
+    return subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def run_child(job: list[str]) -> None:
+    kind, *args = job
+    if kind == "model":
+        patch_classifier(Path(args[0]))
+    elif kind == "slide":
+        write_slide(Path(args[0]), int(args[1]), int(args[2]))
+    elif kind == "compare":
+        print(json.dumps(compare(*(Path(a) for a in args))))
 
 
 def main() -> None:
@@ -132,19 +151,22 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["12000x16000", "24000x32000"])
     parser.add_argument("--tile", type=int, default=2048, help="the hand loop's tile (scan chooses its own)")
     parser.add_argument("--folder", type=Path, help="keep the slides here (default: a temporary folder)")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        return run_child(args.child)
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.folder or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         model = folder / "patch.fcn.onnx"
-        patch_classifier(model)
+        child("model", str(model))
         rows = []
         for size in args.sizes:
             h, w = (int(v) for v in size.split("x"))
             slide = folder / f"slide_{h}x{w}.ome.tif"
             if not slide.exists():
                 t = time.perf_counter()
-                write_slide(slide, h, w)
+                child("slide", str(slide), str(h), str(w))
                 print(f"wrote {slide.name} ({slide.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.0f} s",
                       flush=True)
             scan = [sys.executable, "-m", "onnxfcn", "scan", str(model), str(slide), "-q", "--level", "0"]
@@ -155,13 +177,11 @@ def main() -> None:
                 "scan (picture on)": [*scan, "--out", str(folder / "b")],
                 "scan --skip-background": [*scan, "--out", str(folder / "c"), "--no-png", "--skip-background"],
             }
-            results = {name: measure(cmd) for name, cmd in runs.items()}
-            hand = np.load(folder / "hand.npy", mmap_mode="r")
-            import zarr
-
-            ours = zarr.open_array(folder / "a" / f"{slide.name.split('.')[0]}.scores.zarr", mode="r")
-            skip = zarr.open_array(folder / "c" / f"{slide.name.split('.')[0]}.scores.zarr", mode="r")
-            diff, skip_diff, kept = _compare(hand, ours, skip)
+            print(f"{size}: this process holds {own_rss():.0f} MB before the runs", flush=True)
+            results = {name: timed_process(cmd) for name, cmd in runs.items()}
+            stem = f"slide_{h}x{w}.scores.zarr"
+            diff, skip_diff, kept = json.loads(child("compare", str(folder / "hand.npy"), str(folder / "a" / stem),
+                                                     str(folder / "c" / stem)))
             base = results["hand loop"][0]
             for name, (wall, rss) in results.items():
                 rows.append((size, name, wall, wall / base, rss, h * w / 1e6 / wall))
@@ -172,15 +192,18 @@ def main() -> None:
         print(f"{size:13s} {name:24s} {wall:8.1f} {ratio:7.2f} {rss:8.0f} {rate:7.1f}")
 
 
-def _compare(hand: np.ndarray, ours: object, skip: object) -> tuple[float, float, float]:
+def compare(hand_path: Path, ours_path: Path, skip_path: Path) -> tuple[float, float, float]:
     """max |scan - hand loop|, max |skip-background - scan| over the cells it computed, and their share."""
+    import numpy as np
+    import zarr
+
+    hand = np.load(hand_path, mmap_mode="r")
+    ours: Any = zarr.open_array(ours_path, mode="r")
+    skip: Any = zarr.open_array(skip_path, mode="r")
     diff = skip_diff = 0.0
     kept = total = 0
-    rows = hand.shape[1]
-    for r in range(0, rows, 256):
-        a = np.asarray(hand[:, r:r + 256])
-        b = np.asarray(ours[:, r:r + 256])  # type: ignore[index]
-        c = np.asarray(skip[:, r:r + 256])  # type: ignore[index]
+    for r in range(0, hand.shape[1], 256):
+        a, b, c = (np.asarray(x[:, r:r + 256]) for x in (hand, ours, skip))
         diff = max(diff, float(np.abs(a - b).max()))
         done = ~np.isnan(c[0])
         kept += int(done.sum())

@@ -1,6 +1,7 @@
 """What every reader shares: where the scanned pixels lie (pyramid level, physical pixel size,
-georeference), choosing a level, matching an image's channels to the model's, and a cache of
-decoded file tiles so that overlapping scan tiles decode each of the file's tiles once."""
+georeference), choosing a level, matching an image's channels to the model's, a cache of decoded
+file tiles so that overlapping scan tiles decode each of the file's tiles once, and the fields and
+reading of a file with levels (``LevelledSource``)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ...errors import OnnxFcnError
+from ...preprocess import Preprocess
 
 
 @dataclass(frozen=True)
@@ -186,3 +189,31 @@ class TileCache:
                 sx0, sx1 = max(x0, ax), min(x1, ax + block.shape[1])
                 out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = block[sy0 - ay:sy1 - ay, sx0 - ax:sx1 - ax]
         return out
+
+
+@dataclass(kw_only=True)
+class LevelledSource:
+    """One level of a file with levels (TIFF, Zarr, a slide), read a region at a time: what its
+    readers share. A reader adds ``pixels`` (the raw region) and ``thumbnail``. Picklable: the open
+    file is left behind (``_open``), and a Dask worker that receives the source opens it itself."""
+
+    name: str
+    path: str
+    level: int
+    channels: int  # the model's
+    preprocess: Preprocess
+    height: int
+    width: int
+    placement: Placement
+    levels: list[Level]
+    _open: dict[Any, Any] = field(default_factory=dict, repr=False)
+    lazy = True  # read from its file a region at a time
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_open"} | {"_open": {}}
+
+    def pixels(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def read(self, y0: int, y1: int, x0: int, x1: int, chw: bool = False) -> np.ndarray:
+        return self.preprocess.apply(to_channels(self.pixels(y0, y1, x0, x1), self.channels, self.name), chw)

@@ -3,7 +3,7 @@ an OME-Zarr pyramid. Their values are pixels, preprocessed as image files are.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from ...errors import OnnxFcnError
 from ...preprocess import Preprocess
 from .base import (
     Level,
+    LevelledSource,
     Placement,
     TileCache,
     as_display,
@@ -20,7 +21,6 @@ from .base import (
     fit_scale,
     resized,
     thumbnail_level,
-    to_channels,
 )
 
 SUFFIXES = (".zarr",)
@@ -73,26 +73,12 @@ def _hw(roles: list[str], shape: tuple[int, ...]) -> tuple[int, int]:
     return int(shape[roles.index("y")]), int(shape[roles.index("x")])
 
 
-@dataclass
-class ZarrSource:
+@dataclass(kw_only=True)
+class ZarrSource(LevelledSource):
     """One level of a Zarr image, read chunk by chunk. Picklable: a Dask worker opens it itself."""
 
-    name: str
-    path: str
     arrays: list[str]  # paths of the levels inside the store ("" for a plain array)
-    level: int
     axes: list[str]
-    channels: int
-    preprocess: Preprocess
-    height: int
-    width: int
-    placement: Placement
-    levels: list[Level]
-    _open: dict[Any, Any] = field(default_factory=dict, repr=False)
-    lazy = True  # read from its file a region at a time
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_open"} | {"_open": {}}
 
     def _array(self, level: int) -> Any:
         if level not in self._open:
@@ -126,9 +112,6 @@ class ZarrSource:
     def pixels(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return self._cache().region(y0, y1, x0, x1)
 
-    def read(self, y0: int, y1: int, x0: int, x1: int, chw: bool = False) -> np.ndarray:
-        return self.preprocess.apply(to_channels(self.pixels(y0, y1, x0, x1), self.channels, self.name), chw)
-
     def thumbnail(self, max_side: int) -> tuple[np.ndarray, float]:
         scale = fit_scale(self.height, self.width, max_side)
         k, step = thumbnail_level(self.levels, self.level, max(self.height, self.width) * scale)
@@ -151,4 +134,5 @@ def open_zarr(path: Path, name: str, channels: int, preprocess: Preprocess, leve
     ds = levels[k].downsample
     preprocess.check(channels)
     placement = Placement(level=k, levels=len(levels), downsample=ds, mpp=None if mpp0 is None else mpp0 * ds)
-    return ZarrSource(name, str(path), arrays, k, axes, channels, preprocess, hw[k][0], hw[k][1], placement, levels)
+    return ZarrSource(name=name, path=str(path), arrays=arrays, level=k, axes=axes, channels=channels,
+                      preprocess=preprocess, height=hw[k][0], width=hw[k][1], placement=placement, levels=levels)

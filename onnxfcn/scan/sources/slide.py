@@ -3,7 +3,7 @@ time at any level: ``pip install 'onnxfcn[slides]'`` (openslide-python with open
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from ...errors import OnnxFcnError
 from ...preprocess import Preprocess
-from .base import Level, Placement, choose_level, fit_scale, resized, to_channels
+from .base import Level, LevelledSource, Placement, choose_level, fit_scale, resized
 
 SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
 
@@ -32,24 +32,9 @@ def _rgb(rgba: np.ndarray) -> np.ndarray:
     return rgb
 
 
-@dataclass
-class SlideSource:
+@dataclass(kw_only=True)
+class SlideSource(LevelledSource):
     """One level of a whole-slide image. Picklable: a Dask worker opens the slide itself."""
-
-    name: str
-    path: str
-    level: int
-    channels: int
-    preprocess: Preprocess
-    height: int
-    width: int
-    placement: Placement
-    levels: list[Level]
-    _open: dict[Any, Any] = field(default_factory=dict, repr=False)
-    lazy = True  # read from its file a region at a time
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_open"} | {"_open": {}}
 
     def _slide(self) -> Any:
         if "slide" not in self._open:
@@ -60,9 +45,6 @@ class SlideSource:
         ds = self.placement.downsample  # read_region takes level-0 coordinates
         region = self._slide().read_region((round(x0 * ds), round(y0 * ds)), self.level, (x1 - x0, y1 - y0))
         return _rgb(np.asarray(region))
-
-    def read(self, y0: int, y1: int, x0: int, x1: int, chw: bool = False) -> np.ndarray:
-        return self.preprocess.apply(to_channels(self.pixels(y0, y1, x0, x1), self.channels, self.name), chw)
 
     def thumbnail(self, max_side: int) -> tuple[np.ndarray, float]:
         scale = fit_scale(self.height, self.width, max_side)
@@ -90,4 +72,5 @@ def open_slide(path: Path, name: str, channels: int, preprocess: Preprocess, lev
     preprocess.check(channels)
     ds = levels[k].downsample
     placement = Placement(level=k, levels=len(levels), downsample=ds, mpp=None if mpp0 is None else mpp0 * ds)
-    return SlideSource(name, str(path), k, channels, preprocess, levels[k].height, levels[k].width, placement, levels)
+    return SlideSource(name=name, path=str(path), level=k, channels=channels, preprocess=preprocess,
+                       height=levels[k].height, width=levels[k].width, placement=placement, levels=levels)

@@ -5,7 +5,7 @@ LZW, ...) need imagecodecs (``pip install 'onnxfcn[slides]'``)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from ...preprocess import Preprocess
 from .base import (
     GeoRef,
     Level,
+    LevelledSource,
     Placement,
     TileCache,
     as_display,
@@ -23,7 +24,6 @@ from .base import (
     fit_scale,
     resized,
     thumbnail_level,
-    to_channels,
 )
 
 SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
@@ -86,25 +86,10 @@ def _georef(tif: Any) -> GeoRef | None:
                   str(text.value) if text is not None else "")
 
 
-@dataclass
-class TiffSource:
+@dataclass(kw_only=True)
+class TiffSource(LevelledSource):
     """One level of a TIFF's first series, read region by region. Picklable: a Dask worker that
     receives it opens the file itself."""
-
-    name: str
-    path: str
-    level: int
-    channels: int  # the model's
-    preprocess: Preprocess
-    height: int
-    width: int
-    placement: Placement
-    levels: list[Level]
-    _open: dict[Any, Any] = field(default_factory=dict, repr=False)
-    lazy = True  # read from its file a region at a time
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_open"} | {"_open": {}}
 
     def _array(self, level: int) -> Any:
         if level not in self._open:
@@ -142,9 +127,6 @@ class TiffSource:
     def pixels(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return self._cache().region(y0, y1, x0, x1)
 
-    def read(self, y0: int, y1: int, x0: int, x1: int, chw: bool = False) -> np.ndarray:
-        return self.preprocess.apply(to_channels(self.pixels(y0, y1, x0, x1), self.channels, self.name), chw)
-
     def thumbnail(self, max_side: int) -> tuple[np.ndarray, float]:
         """The image fitted in ``max_side`` (display pixels per scanned pixel returned), read from
         a small enough level (``thumbnail_level``): never the whole image."""
@@ -180,7 +162,8 @@ def open_tiff(path: Path, name: str, channels: int, preprocess: Preprocess, leve
                           georef=None if geo is None else geo.scaled(ds))
     if preprocess is not None:
         preprocess.check(channels)
-    source = TiffSource(name, str(path), k, channels, preprocess, levels[k].height, levels[k].width, placement, levels)
+    source = TiffSource(name=name, path=str(path), level=k, channels=channels, preprocess=preprocess,
+                        height=levels[k].height, width=levels[k].width, placement=placement, levels=levels)
     if not math.isfinite(ds) or ds <= 0:
         raise OnnxFcnError(f"{path}: level {k} has no size")
     return source
