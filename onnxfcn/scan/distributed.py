@@ -4,8 +4,9 @@ Optional (``pip install 'onnxfcn[scale]'``). ``--workers N`` starts a local clus
 processes; ``--scheduler ADDRESS`` uses a running ``dask.distributed`` cluster, whose workers
 must see the model and input paths. Each worker process loads the model once and keeps the
 session for every later task. The tiles are those of the serial run (``tiles.plan_tiles``), so
-the stitched result is the same; a huge image in memory is a ``dask.array`` whose overlapping
-tile regions travel to the workers, a ``.npy`` file is read region by region by the workers.
+the stitched result is the same. An input file (TIFF, Zarr, a slide, a ``.npy``) is opened by
+each worker, which reads its own regions and writes its cells into the one Zarr store; only an
+array passed from Python travels, as the overlapping tile regions of a ``dask.array``.
 """
 
 from __future__ import annotations
