@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -100,6 +101,21 @@ def read_labels(path: str | Path) -> list[str]:
     return labels
 
 
+@contextmanager
+def any_image_size() -> Iterator[None]:
+    """Pillow's decompression-bomb limit lifted while an image is opened (scan is made for huge
+    images; its own memory check decides, before decoding), and put back after: the caller's
+    Pillow is left as it was."""
+    from PIL import Image
+
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 def read_image(path: str | Path, channels: int) -> np.ndarray:
     """An image file as H x W x C uint8 pixels (RGB, or grey for a one-channel model)."""
     try:
@@ -108,9 +124,8 @@ def read_image(path: str | Path, channels: int) -> np.ndarray:
         raise OnnxFcnError("image files need Pillow: pip install pillow (onnxfcn depends on it: reinstall onnxfcn)") from None
     if channels not in (1, 3):
         raise OnnxFcnError(f"{path}: the model reads {channels} channels; give a .npy array instead of an image")
-    Image.MAX_IMAGE_PIXELS = None  # scan is made for huge images; the memory check comes later
     try:
-        with Image.open(path) as img:
+        with any_image_size(), Image.open(path) as img:
             arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
     except OSError as exc:
         raise OnnxFcnError(f"{path}: not a readable image: {exc}") from None

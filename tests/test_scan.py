@@ -545,6 +545,15 @@ def test_summarize_in_blocks_equals_the_whole_map_at_once(monkeypatch: pytest.Mo
     assert np.isnan(scores[:, ~seen]).all()  # the caller's map is not changed
 
 
+def test_pillows_bomb_limit_is_left_as_it_was(digits: Path) -> None:
+    """scan lifts Pillow's decompression-bomb limit only while it opens an image (its own memory
+    check decides): a caller's Pillow keeps its limit afterwards."""
+    before = Image.MAX_IMAGE_PIXELS
+    assert before is not None  # Pillow's default
+    scan(digits, MODELS / "digits_scene.png")
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
 def test_confidence_is_zero_for_a_uniform_guess_and_reads_probabilities_as_they_are() -> None:
     from onnxfcn.scan.result import softmax, summarize
 

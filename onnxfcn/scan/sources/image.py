@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import OnnxFcnError, ResourceError
-from ...preprocess import Preprocess, read_image
+from ...preprocess import Preprocess, any_image_size, read_image
 from ...runtime import available_memory
 from ...units import human_bytes
 from .base import Placement, as_display, fit_scale
@@ -69,9 +69,8 @@ def decoded_bytes(path: Path, channels: int) -> tuple[int, int, int]:
         from PIL import Image
     except ImportError:
         raise OnnxFcnError("image files need Pillow: pip install pillow (onnxfcn depends on it: reinstall onnxfcn)") from None
-    Image.MAX_IMAGE_PIXELS = None  # scan is made for huge images: the memory check below decides
     try:
-        with Image.open(path) as img:
+        with any_image_size(), Image.open(path) as img:
             w, h = img.size
     except OSError as exc:
         raise OnnxFcnError(f"{path}: not a readable image: {exc}") from None
