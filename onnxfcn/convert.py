@@ -12,6 +12,7 @@ from typing import Any
 import onnx
 
 from . import pipeline
+from .deploy import deploy_shapes
 from .errors import OnnxFcnError
 from .geometry import Geometry
 from .head import ImageInput
@@ -41,6 +42,8 @@ class ConversionReport:
     self_check: list[dict[str, Any]] = field(default_factory=list)
     external_data: bool = False
     input_files: list[str] = field(default_factory=list)  # what the input reads: never overwritten
+    static: dict[str, Any] = field(default_factory=dict)  # --static: the fixed dims and their check
+    deploy: dict[str, Any] = field(default_factory=dict)  # shapes for other runtimes (deploy.deploy_shapes)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +57,8 @@ class ConversionReport:
             "after": self.after.__dict__,
             "seconds": round(self.seconds, 3),
             "self_check": self.self_check,
+            **({"static": self.static} if self.static else {}),
+            "deploy": self.deploy,
         }
 
 
@@ -70,6 +75,10 @@ def convert(
     preprocess: Preprocess | None = None,
     labels: list[str] | None = None,
     mpp: float | None = None,
+    static: tuple[int, int] | None = None,
+    static_batch: int | None = None,
+    opt_size: tuple[int, int] | None = None,
+    max_size: tuple[int, int] | None = None,
 ) -> tuple[onnx.ModelProto, ConversionReport]:
     """Rewrite a classifier's dense head into convolutions; return the new model and a report.
 
@@ -83,13 +92,17 @@ def convert(
     and every later kernel is dilated (a trous). ``preprocess`` and ``labels`` are stored in the
     metadata for ``scan`` (``preprocess.py``); labels must match the number of classes. ``mpp``: the
     micrometres per pixel the model was trained at, stored for scan, which reads a pyramid's
-    nearest level by it.
+    nearest level by it. ``static`` (H, W): the result takes that input size only, every output dim
+    written out (compilers, NPUs, static TensorRT engines); ``static_batch`` fixes the batch too.
+    The report's ``deploy`` holds TensorRT, OpenVINO and onnxruntime shapes, with ``opt_size`` and
+    ``max_size`` as the profile's optimum and maximum.
     """
     t0 = time.perf_counter()
     stride = (output_stride, output_stride) if isinstance(output_stride, int) else output_stride
     state = pipeline.run(model_or_path, pipeline.Options(mode=mode, input_name=input_name, size=size,
                                                          self_check=self_check, seed=seed, max_memory=max_memory,
-                                                         output_stride=stride))
+                                                         output_stride=stride, static=static,
+                                                         static_batch=static_batch))
     planned, model = state.plan, state.model
     if preprocess is not None:
         preprocess.check(planned.analysis.image.channels)
@@ -107,7 +120,8 @@ def convert(
         image=planned.analysis.image, mode=planned.mode, geometry=planned.geometry,
         changes=planned.trunk.changes + planned.plan.changes + planned.stride_changes, features=sorted(set(planned.plan.features)),
         before=state.before, after=ModelStats.of(model), external_data=state.external_data,
-        input_files=state.input_files, self_check=state.self_check,
+        input_files=state.input_files, self_check=state.self_check, static=state.static,
+        deploy=deploy_shapes(planned.analysis.image, planned.geometry, opt_size, max_size, static_batch or 1, static),
     )
     report.seconds = time.perf_counter() - t0
     log.info("converted in %.2fs: %d changes", report.seconds, len(report.changes))

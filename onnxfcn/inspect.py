@@ -9,6 +9,7 @@ from typing import Any
 import onnx
 
 from . import pipeline
+from .deploy import deploy_shapes
 from .errors import AlreadyConvolutionalError, OnnxFcnError
 from .graph import node_label
 from .matcher import HeadRefusedError
@@ -23,6 +24,7 @@ class InspectReport:
     changes: list[dict[str, str]] = field(default_factory=list)
     blockers: list[dict[str, str | None]] = field(default_factory=list)
     geometry: dict[str, Any] | None = None
+    deploy: dict[str, Any] | None = None  # shapes for other runtimes (deploy.deploy_shapes)
     already_convolutional: bool = False
     mode: str = "window"
 
@@ -39,8 +41,10 @@ class InspectReport:
 
 def inspect(model_or_path: str | os.PathLike[str] | onnx.ModelProto, *, mode: str = "window",
             input_name: str | None = None, size: tuple[int, int] | None = None,
-            at: tuple[int, int] | None = None, output_stride: int | tuple[int, int] | None = None) -> InspectReport:
-    """Plan the conversion exactly as ``convert`` does, and stop; ``at``: an input size for the grid."""
+            at: tuple[int, int] | None = None, output_stride: int | tuple[int, int] | None = None,
+            opt_size: tuple[int, int] | None = None, max_size: tuple[int, int] | None = None) -> InspectReport:
+    """Plan the conversion exactly as ``convert`` does, and stop; ``at``: an input size for the grid;
+    ``opt_size`` and ``max_size``: the deploy profile's optimum and maximum."""
     report = InspectReport(mode=mode)
     stride = (output_stride, output_stride) if isinstance(output_stride, int) else output_stride
     state = pipeline.ConversionState(model_or_path, pipeline.Options(mode=mode, input_name=input_name, size=size,
@@ -77,4 +81,5 @@ def inspect(model_or_path: str | os.PathLike[str] | onnx.ModelProto, *, mode: st
         geo.check_size(*at, what="--at")
     h, w = at or geo.next_size(img.height + 2 * geo.stride[0], img.width + 2 * geo.stride[1])
     report.geometry = geo.summary(h, w)
+    report.deploy = deploy_shapes(img, geo, opt_size, max_size)
     return report

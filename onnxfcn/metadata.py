@@ -147,6 +147,7 @@ class ConversionMetadata:
     preprocess: Preprocess | None = None  # how image pixels become input values (scan)
     labels: tuple[str, ...] | None = None  # class names (scan)
     mpp: float | None = None  # micrometres per pixel the model was trained at (scan picks the level)
+    static: Pair | None = None  # convert --static: the one input size the model takes
     present: frozenset[str] = field(default=frozenset(), compare=False)  # the keys the file had
 
     @classmethod
@@ -184,6 +185,8 @@ class ConversionMetadata:
             d["labels"] = json.dumps(list(self.labels), ensure_ascii=False)
         if self.mpp is not None:
             d["mpp"] = repr(float(self.mpp))
+        if self.static is not None:
+            d["static"] = _pair_text(self.static)
         return {PREFIX + k: v for k, v in d.items() if v is not None}
 
     def write(self, model: onnx.ModelProto) -> None:
@@ -216,7 +219,7 @@ class ConversionMetadata:
             feature_dilation=(parse_pair(props, "feature_dilation", 1) if "feature_dilation" in props else (1, 1)),
             features=tuple(f for f in props.get("features", "").split(",") if f),
             preprocess=read_preprocess(props), labels=labels_from_props(props), mpp=_mpp(props),
-            present=frozenset(props), **opt,
+            static=parse_pair(props, "static", 1) if "static" in props else None, present=frozenset(props), **opt,
         )
 
     def require(self, *keys: str) -> None:

@@ -1,4 +1,5 @@
-"""The one pipeline convert and inspect run: load -> analyse -> plan -> reference -> apply -> make dynamic -> check.
+"""The one pipeline convert and inspect run: load -> analyse -> plan -> reference -> apply -> make dynamic -> check
+-> make static (``--static`` only).
 
 Each stage is a pass in the manner of onnx-ir's: it names the stages it requires, states what it
 ensures, and reports whether it changed the model. ``inspect`` is this pipeline stopped after
@@ -13,12 +14,13 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import onnx
 
+from .deploy import check_static_size, compare_static, fix_shapes
 from .errors import OnnxFcnError, SelfCheckError
 from .graph import GraphIndex, skeleton
 from .head import Analysis
@@ -66,6 +68,8 @@ class Options:
     seed: int = 0
     max_memory: int | None = None
     output_stride: tuple[int, int] | None = None  # None: the network's own
+    static: tuple[int, int] | None = None  # convert --static: the input fixed at H x W
+    static_batch: int | None = None  # and the batch (None: as the original's)
 
 
 @dataclass
@@ -83,6 +87,7 @@ class ConversionState:
     subject: Subject | None = None
     reference: Reference | None = None  # the original's outputs at the reference size, for the self-check
     self_check: list[dict[str, object]] = field(default_factory=list)
+    static: dict[str, object] = field(default_factory=dict)  # the fixed dims and their check (--static)
     done: list[str] = field(default_factory=list)
     changed: dict[str, bool] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -121,6 +126,7 @@ def _plan(s: ConversionState) -> bool:
     o = s.options
     assert s.analysis is not None
     s.planned = plan_analysis(s.analysis, o.mode, o.output_stride)
+    _check_static_size(s)  # before any work on the model
     if o.self_check:  # read off the original head before the graph is rewritten in place
         s.subject = subject_from_plan(s.planned, [out.name for out in s.model.graph.output])
     return False
@@ -151,6 +157,32 @@ def _make_dynamic(s: ConversionState) -> bool:
     return True
 
 
+def _check_static_size(s: ConversionState) -> None:
+    if s.options.static is not None:
+        check_static_size(s.plan.geometry, *s.options.static)
+    if s.options.static_batch is not None and s.options.static is None:
+        raise OnnxFcnError("--static-batch fixes the batch of a --static model: give --static HxW too")
+    if s.options.static_batch is not None and s.options.static_batch < 1:
+        raise OnnxFcnError(f"--static-batch {s.options.static_batch}: the batch must be at least 1")
+
+
+def _make_static(s: ConversionState) -> bool:
+    o = s.options
+    if o.static is None:
+        return False
+    image, geo = s.plan.analysis.image, s.plan.geometry
+    dynamic = onnx.ModelProto()
+    dynamic.CopyFrom(s.model)
+    shapes = fix_shapes(s.model, image, geo, *o.static, o.static_batch)
+    meta = ConversionMetadata.read(s.model)
+    assert meta is not None
+    replace(meta, static=o.static).write(s.model)
+    s.static = {"input": shapes.input, "outputs": shapes.outputs}
+    if o.self_check:
+        s.static["check"] = compare_static(dynamic, s.model, image, *o.static, o.static_batch or 2, o.seed)
+    return True
+
+
 def _check(s: ConversionState) -> bool:
     try:
         # The checker on the skeleton (weights as typed inputs) checks the graph without
@@ -175,6 +207,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("make_dynamic", ("apply",), "named dynamic batch, H and W; the geometry in the metadata", _make_dynamic),
     Stage("check", ("make_dynamic",), "the ONNX checker passes, and (self-check) onnxruntime agrees with the "
           "original at the reference size and runs at two larger sizes", _check),
+    Stage("make_static", ("check",), "(--static) the input fixed at H x W, every output dim written from the grid; "
+          "(self-check) equal to the dynamic model there, cell for cell", _make_static),
 )
 
 

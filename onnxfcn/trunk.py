@@ -65,8 +65,84 @@ def plan_trunk_rewrite(analysis: Analysis) -> TrunkPlan:
         else:
             _refuse_spatial_constant(analysis, node)
             if node.op_type == "Reshape":
-                _plan_reshape(analysis, plan, node, position)
+                if any(analysis.state(t) is TensorState.TOKENS for t in (node.input[0], node.output[0])):
+                    _plan_token_reshape(analysis, plan, node, position)
+                else:
+                    _plan_reshape(analysis, plan, node, position)
     return plan
+
+
+def _plan_token_reshape(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProto, position: int) -> None:
+    """A Reshape to tokens, between tokens, or back to the map, its shape rebuilt: the token axis
+    becomes -1 (it follows the map's size), H and W come from the map's Shape, the batch from the
+    input's; the other dims do not depend on the size. A shape the exporter computed is rebuilt
+    too: exporters leave a batch of 1 in it where the batch was not dynamic."""
+    index = analysis.index
+    src, dst = analysis.info[node.input[0]], analysis.info[node.output[0]]
+    if dst.tokens is not None and dst.tokens.blocked is not None:
+        return  # refused where the tokens reach an output
+    out = index.static_shape(node.output[0])
+    if out is None:
+        raise UnsupportedModelError("Reshape of tokens has no static shape to generalize", node_label(node))
+    in_batch = src.tokens.batch if src.tokens is not None else (src.layout or (0,))[0]
+    nodes: list[onnx.NodeProto] = []
+    pieces: list[str | int | None] = list(out)  # None: covered by the piece before it
+    words = [str(d) for d in out]
+    if dst.tokens is not None:
+        out_batch = dst.tokens.batch
+        for a in dst.tokens.axes:
+            pieces[a], words[a] = -1, "tokens"
+    else:  # back into the map the tokens came from: H and W (adjacent) from its Shape
+        assert src.tokens is not None and dst.layout is not None
+        source = src.tokens.source
+        out_batch, lay, h = dst.layout[0], analysis.layout(source), dst.layout[2]
+        shape = index.fresh("shape")
+        nodes.append(helper.make_node("Shape", [source], [shape], name=index.fresh("shape")))
+        pieces[h], pieces[h + 1] = _slice(index, plan, nodes, shape, lay[2], lay[3] + 1), None
+        words[h], words[h + 1] = "H", "W"
+    if in_batch is None or out_batch is None:
+        raise UnsupportedModelError("Reshape of tokens merges the batch with another axis; cannot generalize",
+                                    node_label(node))
+    words[out_batch] = "N"
+    if in_batch == out_batch:
+        pieces[out_batch] = 0  # Reshape's 0: the input's dim at the same position
+    else:
+        shape = index.fresh("shape")
+        nodes.append(helper.make_node("Shape", [node.input[0]], [shape], name=index.fresh("shape")))
+        pieces[out_batch] = _slice(index, plan, nodes, shape, in_batch, in_batch + 1)
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    new.input[1] = _concat(index, plan, nodes, [p for p in pieces if p is not None])
+    for a in new.attribute:
+        if a.name == "allowzero":
+            a.i = 0
+    nodes.append(new)
+    plan.replacements[position] = nodes
+    target = index.int_list(node.input[1]) if index.is_const(node.input[1]) else None
+    plan.changes.append(Change(node_label(node), f"Reshape(to {target if target is not None else 'a computed shape'})",
+                               f"Reshape(to [{', '.join(words)}]: the tokens follow the map's size)"))
+
+
+def _concat(index: GraphIndex, plan: TrunkPlan, nodes: list[onnx.NodeProto], pieces: list[str | int]) -> str:
+    """A shape from constants and computed dims: one initializer when all are constant, else a
+    Concat of runs of constants and the computed ones."""
+    if all(isinstance(p, int) for p in pieces):
+        return _const(index, plan, [int(p) for p in pieces])
+    parts: list[str] = []
+    run: list[int] = []
+    for p in pieces:
+        if isinstance(p, int):
+            run.append(p)
+            continue
+        if run:
+            parts.append(_const(index, plan, run))
+            run = []
+        parts.append(p)
+    if run:
+        parts.append(_const(index, plan, run))
+    out = index.fresh("dyn_shape")
+    nodes.append(helper.make_node("Concat", parts, [out], name=index.fresh("concat"), axis=0))
+    return out
 
 
 def _plan_reshape(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProto, position: int) -> None:

@@ -29,6 +29,19 @@ def exports() -> Iterator[Exports]:
 
 
 @pytest.fixture(scope="session")
+def attention_export(exports: Exports) -> Any:
+    """``get(name, exporter, dynamic)``: a trunk with attention (``attention_models.py``), exported
+    in the export process and cached beside the torchvision exports."""
+    from attention_models import export_attention, file_name
+
+    def get(name: str, exporter: str, dynamic: bool) -> Path:
+        path = exports.folder / file_name(name, exporter, dynamic)
+        return path if path.exists() else exports._run(export_attention, name, exporter, dynamic)
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def tier_table() -> Any:
     """Rows of the realistic-scale tiers (error and bound per model); written as JSON to the file
     ONNXFCN_TIER_JSON names, if set, at the end of the session (numbers for a closing note)."""
@@ -54,7 +67,7 @@ def tmp_model(tmp_path: Path):
 
 # The heavy tiers: each has its marker (pyproject.toml); any of them is also "heavy", so that
 # ``python -m pytest -m "not heavy"`` runs the fast tier alone.
-HEAVY = {"torchvision", "timm", "keras", "zoo", "interop", "dask", "fuzz", "big"}
+HEAVY = {"torchvision", "timm", "keras", "zoo", "interop", "dask", "fuzz", "big", "attention", "exporters"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -98,6 +98,21 @@ def reduce_flat(op: str = "ReduceMean", opset: int = 13, keepdims: int = 0) -> C
     return build
 
 
+def reduce_sum_mean(opset: int = 13) -> Callable[[], onnx.ModelProto]:
+    """jax2onnx's mean over H and W: ReduceSum (keepdims=0; axes an input from opset 13), then Div
+    by the cell count."""
+    def build() -> onnx.ModelProto:
+        b = Builder(opset)
+        f = trunk(b)
+        if opset >= 13:
+            y = b.node("ReduceSum", [f, b.ints("axes", [2, 3])], keepdims=0)
+        else:
+            y = b.node("ReduceSum", [f], axes=[2, 3], keepdims=0)
+        y = b.node("Div", [y, b.const("cells", np.asarray(36.0, np.float32))])
+        return _finish(b, gemm(b, y, C_FEAT, K))
+    return build
+
+
 def pooled(pool: str, flatten: str = "flatten", opset: int = 13) -> Callable[[], onnx.ModelProto]:
     def build() -> onnx.ModelProto:
         b = Builder(opset)
@@ -252,6 +267,8 @@ PATTERNS: dict[str, Callable[[], onnx.ModelProto]] = {
     "reducemean_input": reduce_flat("ReduceMean", 18, 1),
     "reducemax_attr": reduce_flat("ReduceMax", 13, 1),
     "reducemax_input": reduce_flat("ReduceMax", 18, 1),
+    "reducesum_div": reduce_sum_mean(13),
+    "reducesum_div_opset11": reduce_sum_mean(11),
     "gap_flatten": pooled("GlobalAveragePool"),
     "gmp_flatten": pooled("GlobalMaxPool"),
     "gap_reshape": pooled("GlobalAveragePool", "reshape"),

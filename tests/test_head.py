@@ -110,3 +110,33 @@ def test_unknown_collapsing_op_is_refused_not_called_convolutional(tmp_path: Pat
     assert res.exit_code == 2, res.output
     assert "vendor_pool" in res.output and "FancyPool (vendor.ops)" in res.output and "already" not in res.output
     assert not (tmp_path / "fcn.onnx").exists()
+
+
+def _symbolic_channels(model: onnx.ModelProto, axis: int) -> onnx.ModelProto:
+    dim = model.graph.input[0].type.tensor_type.shape.dim[axis]
+    dim.Clear()
+    dim.dim_param = "num_channels"
+    return model
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_symbolic_channel_count_comes_from_the_first_convolution(layout: str) -> None:
+    """optimum leaves the channel dim symbolic: the first Conv's weight (C/group) fixes it, looking
+    through the layout Transpose (Keras) or a Pad (Hugging Face's EfficientNet)."""
+    b = Builder(13)
+    if layout == "NHWC":
+        x = b.node("Transpose", ["image"], perm=[0, 3, 1, 2])
+    else:
+        x = b.node("Pad", ["image", b.ints("pads", [0, 0, 0, 0, 0, 0, 0, 0])])
+    y = gemm(b, b.node("Flatten", [trunk(b, x)], axis=1), 288, 4)
+    model = _symbolic_channels(b.model(image_shape(layout), [y]), 1 if layout == "NCHW" else 3)
+    img = find_image_input(model)
+    assert (img.layout, img.channels, img.height, img.width) == (layout, 3, 18, 18)
+
+
+def test_symbolic_channel_count_without_a_convolution_is_refused() -> None:
+    b = Builder(13)
+    y = gemm(b, b.node("Flatten", [b.node("GlobalAveragePool", ["image"])], axis=1), 3, 4)
+    model = _symbolic_channels(b.model(image_shape(), [y]), 1)
+    with pytest.raises(UnsupportedModelError, match="no fixed channel count, and no convolution reading it fixes one"):
+        find_image_input(model)

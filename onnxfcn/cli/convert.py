@@ -14,15 +14,19 @@ from .params import (
     JsonFile,
     Labels,
     MaxMemory,
+    MaxSize,
     Mean,
     Mode,
     Model,
     ModeOpt,
     Mpp,
+    OptSize,
     OutputStride,
     Quiet,
     ReferenceSize,
     Scale,
+    Static,
+    StaticBatch,
     Std,
     Verbose,
 )
@@ -34,7 +38,8 @@ EXITS = ("0 converted; 1 the self-check (or --verify) found a wrong result; 2 ba
 
 @app.command(cls=Command, short_help="Rewrite the dense head into convolutions (writes MODEL.fcn.onnx).",
              epilog=epilog(["onnxfcn convert vgg16.onnx", "onnxfcn convert resnet50.onnx -o r50_fcn.onnx --mode dense",
-                            "onnxfcn convert model.onnx --size 224x224 --verify --json report.json"], EXITS))
+                            "onnxfcn convert model.onnx --size 224x224 --verify --json report.json",
+                            "onnxfcn convert resnet50.onnx --static 512x512 --static-batch 1"], EXITS))
 def convert(
     ctx: typer.Context,
     model: Model,
@@ -44,6 +49,10 @@ def convert(
     input_name: InputName = None,
     size: ReferenceSize = None,
     output_stride: OutputStride = None,
+    static: Static = None,
+    static_batch: StaticBatch = None,
+    opt_size: OptSize = None,
+    max_size: MaxSize = None,
     verify: Annotated[bool, typer.Option("--verify", help="Run the full verify checks after converting.")] = False,
     self_check: Annotated[bool, typer.Option(help="Run the result on onnxruntime before writing it.")] = True,
     json_path: JsonFile = None,
@@ -64,6 +73,9 @@ def convert(
     out = output or model.with_name(model.name.removesuffix(".onnx") + ".fcn.onnx")
     if out.resolve() == model.resolve():
         fail("output path is the input path; the input is never overwritten")
+    if verify and static is not None:
+        fail("--verify runs the converted model at several sizes and a --static model takes one: convert --verify "
+             "without --static (convert checks that the --static model equals it cell for cell at its size)")
     with errors(ctx, model):
         from ..convert import convert as do_convert
         from ..io import check_output_path, save_model
@@ -81,7 +93,8 @@ def convert(
         names = read_labels(labels) if labels is not None else None
         new, report = do_convert(model, mode=mode.value, input_name=input_name, size=size, self_check=self_check,
                                  max_memory=max_memory, output_stride=output_stride, preprocess=pre, labels=names,
-                                 mpp=mpp)
+                                 mpp=mpp, static=static, static_batch=static_batch, opt_size=opt_size,
+                                 max_size=max_size)
         vreport = do_verify(model, new, progress=None if quiet else render.progress()) if verify else None
         if vreport is not None and not vreport:
             if not quiet:

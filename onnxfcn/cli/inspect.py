@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .app import EXIT_ALREADY_FCN, EXIT_BAD_INPUT, EXIT_OK, Command, app, epilog, errors, set_verbose
-from .params import GridAt, InputName, Mode, Model, ModeOpt, OutputStride, ReferenceSize, Verbose
+from .params import GridAt, InputName, MaxSize, Mode, Model, ModeOpt, OptSize, OutputStride, ReferenceSize, Verbose
 
 EXITS = "0 convertible; 2 not convertible (the blockers are listed) or bad input; 3 already fully convolutional."
 
@@ -23,6 +23,8 @@ def inspect(
     size: ReferenceSize = None,
     at: GridAt = None,
     output_stride: OutputStride = None,
+    opt_size: OptSize = None,
+    max_size: MaxSize = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     verbose: Verbose = False,
 ) -> None:
@@ -34,7 +36,7 @@ def inspect(
         from . import render
 
         report = do_inspect(model, mode=mode.value, input_name=input_name, size=size, at=at,
-                            output_stride=output_stride)
+                            output_stride=output_stride, opt_size=opt_size, max_size=max_size)
     if as_json:
         typer.echo(dumps(report.to_dict()))
     else:

@@ -104,6 +104,17 @@ ReferenceSize = Annotated[Optional[HxW], typer.Option(
     help="Reference size, for models whose input size is dynamic: 224x224, 224,224 or 224.")]
 OutputStride = Annotated[Optional[HxW], typer.Option(
     "--output-stride", metavar="S", parser=_hxw("--output-stride", "16x32"), help=STRIDE_HELP)]
+Static = Annotated[Optional[HxW], typer.Option(
+    "--static", metavar="HxW", parser=_hxw("--static", "512x512"),
+    help="Fix the input at this size (compilers, NPUs, static TensorRT engines): every output dim is written out.")]
+StaticBatch = Annotated[Optional[int], typer.Option(
+    "--static-batch", metavar="N", help="With --static: fix the batch too [default: as the original's].")]
+OptSize = Annotated[Optional[HxW], typer.Option(
+    "--opt-size", metavar="HxW", parser=_hxw("--opt-size"),
+    help="The deploy profile's optimum input (TensorRT --optShapes) [default: twice the window].")]
+MaxSize = Annotated[Optional[HxW], typer.Option(
+    "--max-size", metavar="HxW", parser=_hxw("--max-size"),
+    help="The deploy profile's largest input (TensorRT --maxShapes) [default: four times the window].")]
 GridAt = Annotated[Optional[HxW], typer.Option(
     "--at", metavar="HxW", parser=_hxw("--at"), help="An input size to compute the output grid for.")]
 CheckSizes = Annotated[Optional[list[HxW]], typer.Option(

@@ -78,6 +78,10 @@ def changes(rows: Sequence[tuple[str, str, str]]) -> None:
         table(("node", "before", "after"), rows)
 
 
+def _dims_text(dims: list[Any]) -> str:
+    return "x".join(str(d) for d in dims)
+
+
 def conversion(report: ConversionReport, out_path: Path | None) -> None:
     geo = report.geometry
     typer.echo(f"input  {report.image.name}: {report.image.layout}, reference size "
@@ -101,6 +105,14 @@ def conversion(report: ConversionReport, out_path: Path | None) -> None:
             if out.get("ratio") is not None:
                 typer.echo(f"       {out['name']} at the reference size: error {out['error']:.3g} from the exact head, "
                            f"rounding bound {out['bound']:.3g} (error/bound {out['ratio']:.3g})")
+    if report.static:
+        outs = "; ".join(f"{k} {_dims_text(v)}" for k, v in report.static["outputs"].items())
+        typer.echo(f"static input {_dims_text(report.static['input'])}, outputs {outs}")
+        if "check" in report.static:
+            typer.echo("       equal to the dynamic model at that size, cell for cell (batch "
+                       f"{report.static['check']['batch']})")
+    if report.deploy:
+        typer.echo(f"deploy trtexec {report.deploy['trtexec']}")
     if out_path is not None:
         typer.echo(f"wrote  {out_path}")
 
@@ -164,6 +176,8 @@ def inspection(report: InspectReport) -> None:
     if report.geometry:
         typer.echo("")
         geometry(report.geometry)
+    if report.deploy:
+        typer.echo(f"deploy trtexec {report.deploy['trtexec']}")
     typer.echo("\n" + ("convertible" if report.convertible else
                        "already fully convolutional" if report.already_convolutional else "NOT convertible"))
 

@@ -4,8 +4,8 @@ node's step (``steps.py``) into the geometry of every map.
 Receptive-field arithmetic per spatial axis, layer by layer (as in the FCN and OverFeat papers).
 Where branches merge (residual Add, Concat), the fields unite and the sizes must agree: where
 they agree only at some input sizes, the walk narrows the model's size lattice
-(``lattice.py``). A global pool inside the trunk (squeeze-excitation) makes every later cell
-depend on the whole image. Under an output stride S the same arithmetic runs with the strides
+(``lattice.py``). A global pool inside the trunk (squeeze-excitation), or attention over a
+map's positions (tokens reshaped back into the map), makes every later cell depend on the whole image. Under an output stride S the same arithmetic runs with the strides
 taken out of the last strided layers and every later kernel dilated (``stride.py`` decides each).
 """
 
@@ -18,7 +18,7 @@ import onnx
 
 from ..errors import OnnxFcnError, UnsupportedModelError
 from ..graph import node_label
-from ..head import NCHW_AXES, Analysis, TensorState
+from ..head import NCHW_AXES, Analysis, TensorState, Tokens
 from ..stride import Edit
 from .grid import WHOLE_IMAGE, Geometry
 from .lattice import agreeing, lattice_text, meet, on_lattice
@@ -53,6 +53,10 @@ def walk_trunk(analysis: Analysis, features: list[str], feature_window: tuple[in
     for node in analysis.index.graph.node:
         if not any(o in needed for o in node.output):
             continue
+        tokens = next((analysis.info[i].tokens for i in node.input if i in analysis.info), None)
+        if tokens is not None and analysis.state(node.output[0]) is TensorState.SPATIAL:
+            walk.maps[node.output[0]] = _from_tokens(walk, node, tokens)
+            continue
         ins = [i for i in node.input if i in walk.maps]
         if not ins:
             _follow_pooled(walk, node)
@@ -80,6 +84,22 @@ def _follow_pooled(walk: Walk, node: onnx.NodeProto) -> None:
     src = [i for i in node.input if i in walk.pooled_in_trunk]
     for o in outs:
         walk.pooled_in_trunk[o] = walk.pooled_in_trunk[src[0]] if src else node_label(node)
+
+
+def _from_tokens(walk: Walk, node: onnx.NodeProto, tokens: Tokens) -> MapGeo:
+    """Tokens reshaped back into the map they came from: its geometry, and where attention mixed
+    the positions on the way, every cell sees the whole image."""
+    seen = walk.maps.get(tokens.source)
+    if seen is None:
+        raise UnsupportedModelError(f"tokens of '{tokens.source}', a map the walk has not met", node_label(node))
+    out = MapGeo(seen.h.copy(), seen.w.copy(), list(seen.reasons))
+    if tokens.mixing is not None:
+        if walk.target is not None:
+            raise UnsupportedModelError(
+                f"output stride: attention over the map's positions ({tokens.mixing}) would attend over the denser "
+                "map's extra cells too", node_label(node))
+        out.reasons.append(f"attention over the map's positions ({tokens.mixing}) {WHOLE_IMAGE}")
+    return out
 
 
 def _global_pool(walk: Walk, node: onnx.NodeProto, source: str) -> None:

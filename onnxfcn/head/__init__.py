@@ -4,7 +4,8 @@ Every tensor gets a *state* by forward propagation from the image input (``state
 CONST, SHAPE, SPATIAL, POOLED or FLAT (``TensorState``). The head is every node whose output is
 POOLED or FLAT and reaches a graph output through POOLED/FLAT tensors only (``groups.py``).
 POOLED tensors that flow back into the trunk (squeeze-excitation blocks) are not head: they are
-global-context ops inside the trunk, recorded for geometry.
+global-context ops inside the trunk, recorded for geometry. TOKENS (a map's positions on one axis,
+attention inside the trunk) return to a map or block the conversion (``tokens.py``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from ..graph import GraphIndex, ShapeProbe
 from .groups import group_heads, refuse_headless
 from .image import find_image_input
 from .states import collapse_of, propagate
-from .types import NCHW_AXES, NHWC_AXES, Analysis, Head, ImageInput, Layout, TensorInfo, TensorState, perm_to
+from .tokens import refuse_fixed_tokens
+from .types import NCHW_AXES, NHWC_AXES, Analysis, Head, ImageInput, Layout, TensorInfo, TensorState, Tokens, perm_to
 
-__all__ = ["NCHW_AXES", "NHWC_AXES", "Analysis", "Head", "ImageInput", "Layout", "TensorInfo", "TensorState",
+__all__ = ["NCHW_AXES", "NHWC_AXES", "Analysis", "Head", "ImageInput", "Layout", "TensorInfo", "TensorState", "Tokens",
            "analyze", "collapse_kind", "find_image_input", "flatten_order", "perm_to"]
 
 
@@ -28,6 +30,7 @@ def analyze(model: onnx.ModelProto, image: ImageInput, probe: ShapeProbe | None 
     batch = image.batch if isinstance(image.batch, int) else 1
     index = GraphIndex(model, {image.name: image.shape_at(batch, image.height, image.width)}, probe)
     info = propagate(model, index, image)
+    refuse_fixed_tokens(index, info)
     heads = group_heads(model, index, info)
     if not heads:
         refuse_headless(model, index, info)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import onnx
 
 from ..errors import UnsupportedModelError
 from ..graph import attr, constant_tensors
 from .types import ImageInput
+
+log = logging.getLogger(__name__)
 
 
 def find_image_input(model: onnx.ModelProto, name: str | None = None,
@@ -55,7 +59,12 @@ def find_image_input(model: onnx.ModelProto, name: str | None = None,
             f"input '{vi.name}' has no fixed height and width ({hw[0]}x{hw[1]}); give the reference size with --size HxW"
         )
     if not isinstance(c, int) or c <= 0:
-        raise UnsupportedModelError(f"input '{vi.name}' has no fixed channel count")
+        c = _channels_from_graph(g, frontier, inits)
+        if c is None:
+            raise UnsupportedModelError(
+                f"input '{vi.name}' has no fixed channel count, and no convolution reading it fixes one")
+        log.info("input '%s': channel count %s from the graph (the input's is %s)", vi.name, c,
+                 dims[3] if nhwc else dims[1])
     return ImageInput(vi.name, layout, dims[0], c, int(hw[0]), int(hw[1]))  # type: ignore[arg-type]
 
 
@@ -87,3 +96,45 @@ def _layout_frontier(g: onnx.GraphProto, name: str, inits: set[str]) -> list[onn
                 seen.add(n.output[0])
                 todo.append(n.output[0])
     return frontier
+
+
+_CONVS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}  # op -> the weight's input index
+_TO_FIRST_CONV = {"Transpose", "Pad", "QuantizeLinear", "DequantizeLinear"}  # leave the channel count as it is
+_WEIGHT_PASSTHROUGH = {"DequantizeLinear", "Identity", "Cast", "CastLike"}
+
+
+def _channels_from_graph(g: onnx.GraphProto, frontier: list[onnx.NodeProto], inits: set[str]) -> int | None:
+    """The channel count the first layer that reads the image fixes (optimum exports leave the
+    input's symbolic): a convolution's weight has C/group input channels. Looks through the layout
+    Transpose, a Pad (EfficientNet's) and QuantizeLinear/DequantizeLinear pairs; None when the first layer is no
+    convolution with a constant weight."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    todo, found = list(frontier), set()
+    while todo:
+        n = todo.pop()
+        if n.op_type in _CONVS:
+            dims = _weight_dims(g, n.input[_CONVS[n.op_type]], inits)
+            if dims is not None and len(dims) == 4:
+                found.add(int(dims[1]) * int(attr(n, "group", 1)))
+        elif n.op_type in _TO_FIRST_CONV and n.output:
+            todo.extend(consumers.get(n.output[0], []))
+    return found.pop() if len(found) == 1 else None
+
+
+def _weight_dims(g: onnx.GraphProto, name: str, inits: set[str]) -> list[int] | None:
+    producers = {o: n for n in g.node for o in n.output}
+    while name not in inits:
+        n = producers.get(name)
+        if n is None:
+            return None
+        if n.op_type == "Constant":
+            value = next((a.t for a in n.attribute if a.name == "value"), None)
+            return list(value.dims) if value is not None else None
+        if n.op_type not in _WEIGHT_PASSTHROUGH:
+            return None
+        name = n.input[0]
+    t = next(t for t in g.initializer if t.name == name)
+    return list(t.dims)

@@ -3,7 +3,8 @@
 A node's output is CONST or SHAPE when its inputs are; POOLED or FLAT where it collapses the
 spatial axes (a global pool, a reduction over H and W, a pool covering the map, a flatten to
 N x D); SPATIAL while it keeps a map (with the layout a Transpose or a channel-shuffle Reshape
-gives it); and it stays FLAT or POOLED after that.
+gives it); TOKENS where a Reshape lays a map's positions on one axis (``tokens.py``); and it
+stays FLAT or POOLED after that.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import onnx
 
 from ..errors import UnsupportedModelError
 from ..graph import GraphIndex, attr, node_label
+from .tokens import to_tokens, token_state
 from .types import NCHW_AXES, NHWC_AXES, ImageInput, Layout, TensorInfo, TensorState
 
 _GLOBAL_POOLS = {"GlobalAveragePool": "AveragePool", "GlobalMaxPool": "MaxPool",
                  "QLinearGlobalAveragePool": "QLinearAveragePool"}  # the last: com.microsoft, quantized
-_REDUCE_POOLS = {"ReduceMean": "AveragePool", "ReduceMax": "MaxPool"}
+_REDUCE_POOLS = {"ReduceMean": "AveragePool", "ReduceMax": "MaxPool", "ReduceSum": "SumPool"}  # jax2onnx: a mean is a sum
 _WINDOW_POOLS = ("AveragePool", "MaxPool")
 _CONST = TensorInfo(TensorState.CONST)
 
@@ -41,12 +43,15 @@ def node_state(index: GraphIndex, info: dict[str, TensorInfo], node: onnx.NodePr
     """The state of ``node``'s outputs, from its inputs'."""
     ins = [info.get(i, _CONST) for i in node.input if i]
     states = {t.state for t in ins}
-    if node.op_type == "Shape" and states & {TensorState.SPATIAL, TensorState.POOLED, TensorState.FLAT}:
+    if node.op_type == "Shape" and states & {TensorState.SPATIAL, TensorState.POOLED, TensorState.FLAT,
+                                             TensorState.TOKENS}:
         return TensorInfo(TensorState.SHAPE)
     if states <= {TensorState.CONST}:
         return TensorInfo(TensorState.CONST)
     if states <= {TensorState.CONST, TensorState.SHAPE}:
         return TensorInfo(TensorState.SHAPE)
+    if TensorState.TOKENS in states:
+        return token_state(index, info, node)
     first = info.get(node.input[0], _CONST) if node.input else _CONST
     kind = collapse_of(index, node, first)
     if kind == "pool":
@@ -61,6 +66,9 @@ def node_state(index: GraphIndex, info: dict[str, TensorInfo], node: onnx.NodePr
             if perm:
                 lay = _transpose_layout(lay, perm, node)
         elif node.op_type == "Reshape" and first.state is TensorState.SPATIAL:
+            tokens = to_tokens(index, node, first)
+            if tokens is not None:
+                return tokens
             lay = _reshape_layout(index, node, lay)
         return TensorInfo(TensorState.SPATIAL, lay)
     if TensorState.FLAT in states:

@@ -18,6 +18,7 @@ class TensorState(enum.Enum):
     SPATIAL = "spatial"  # an image-like map whose height and width follow the input size
     POOLED = "pooled"  # a map pooled to 1x1 over the whole feature map (global pooling)
     FLAT = "flat"  # a per-sample vector, N x D (after Flatten, Reshape or a keepdims=0 reduction)
+    TOKENS = "tokens"  # a map's H x W positions on one axis (attention inside the trunk); see tokens.py
 
 
 # Layout of a spatial tensor: the axis positions of (N, C, H, W) in the actual tensor.
@@ -55,10 +56,27 @@ class ImageInput:
         return NCHW_AXES if self.layout == "NCHW" else NHWC_AXES
 
 
+@dataclass(frozen=True)
+class Tokens:
+    """A map whose H x W positions lie on one axis (two in an attention matrix)."""
+
+    axes: tuple[int, ...]  # where the token axes are in this tensor
+    batch: int | None  # where the batch axis is (None: merged with another, or lost)
+    source: str  # the map the tokens were made from
+    hw: tuple[int, int]  # its height and width at the reference size
+    mixing: str | None = None  # the first node that mixes positions (attention): every cell sees them all
+    blocked: tuple[str, str] | None = None  # (node, reason): the first op the tool cannot generalize
+
+    @property
+    def count(self) -> int:
+        return self.hw[0] * self.hw[1]
+
+
 @dataclass
 class TensorInfo:
     state: TensorState
     layout: Layout | None = None  # SPATIAL and POOLED
+    tokens: Tokens | None = None  # TOKENS
 
 
 @dataclass

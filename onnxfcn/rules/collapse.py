@@ -1,7 +1,8 @@
 """The node that ends the spatial trunk: a Flatten (or its Reshape spellings) of the feature map,
-or a global pool (GlobalAverage/MaxPool, ReduceMean/ReduceMax over H and W, a pool covering the
-map). A flatten becomes nothing (the next dense layer reads the map as a window); a pool becomes
-a stride-1 window pool (window mode) or nothing (dense mode)."""
+or a global pool (GlobalAverage/MaxPool, ReduceMean/ReduceMax/ReduceSum over H and W, a pool
+covering the map). A flatten becomes nothing (the next dense layer reads the map as a window); a
+pool becomes a stride-1 window pool (window mode) or nothing (dense mode; a sum, the cell times the
+window's cell count, as if the window held that cell everywhere)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ class Collapse(Rule):
             return f"Flatten with axis={axis} mixes the batch and feature axes (need axis=1)"
         if kind is None:
             return "reads the feature map but neither pools it globally nor flattens it"
+        if node.op_type == "ReduceSum" and np_dtype(ctx.index, node.input[0]) not in _CONV_DTYPES:
+            return "ReduceSum over a map whose type Conv does not take"
         if ctx.index.static_shape(node.input[0]) is None:
             return "feature map has no static shape at the reference size"
         if kind == "flatten":
@@ -61,9 +64,11 @@ class Collapse(Rule):
             ctx.mapped[node.output[0]] = Mapped(src, NCHW_AXES, window)
             return f"removed: the next dense layer reads the {c}x{h}x{w} map as a {h}x{w} window"
         pool_op = "MaxPool" if "Max" in node.op_type else "AveragePool"
-        if ctx.mode == "window":
+        dtype = np_dtype(ctx.index, feat)
+        if node.op_type == "ReduceSum":
+            pooled, after = window_sum(ctx, b, src, c, h, w, dtype)
+        elif ctx.mode == "window":
             plan.windows.append((h, w))
-            dtype = np_dtype(ctx.index, feat)
             if pool_op == "AveragePool" and (h, w) != (1, 1) and dtype in _CONV_DTYPES:
                 pooled = window_average(ctx, b, src, c, h, w, dtype)
                 after = f"depthwise Conv {h}x{w} of 1/{h * w}, stride 1 (one cell per {h}x{w} feature window)"
@@ -84,7 +89,23 @@ class Collapse(Rule):
         return after
 
 
-def window_average(ctx: HeadContext, b: Builder, src: str, c: int, h: int, w: int, dtype: np.dtype) -> str:
+def window_sum(ctx: HeadContext, b: Builder, src: str, c: int, h: int, w: int, dtype: np.dtype) -> tuple[str, str]:
+    """ReduceSum over H and W (jax2onnx writes a mean as a sum and a division): in window mode a
+    depthwise Conv of ones; in dense mode the cell times h*w, the sum of a window that held it
+    everywhere. Both multiply by exact values: the original's bound for the sum covers them."""
+    plan = ctx.plan
+    if ctx.mode == "window":
+        plan.windows.append((h, w))
+        return (window_average(ctx, b, src, c, h, w, dtype, weight_value=1.0),
+                f"depthwise Conv {h}x{w} of ones, stride 1 (one sum per {h}x{w} feature window)")
+    plan.windows.append((1, 1))
+    plan.pools_dropped += 1
+    (out,) = b.node("Mul", [src, b.const("cells", np.asarray(h * w, dtype=dtype))], "cell_sum")
+    return out, f"times {h * w} (dense mode: every feature cell is scored on its own, as a whole window of it)"
+
+
+def window_average(ctx: HeadContext, b: Builder, src: str, c: int, h: int, w: int, dtype: np.dtype,
+                   weight_value: float | None = None) -> str:
     """A stride-1 h x w average as a depthwise Conv with weights 1/(h*w).
 
     Not an AveragePool: onnxruntime's NCHWc pool divides by zero when its output size is 0, and
@@ -94,7 +115,7 @@ def window_average(ctx: HeadContext, b: Builder, src: str, c: int, h: int, w: in
     the bound of the original's mean (gamma_n) covers with LAMBDA*sqrt(n)*u >= u. From opset 9
     the weights are a ConstantOfShape (no bytes in the file).
     """
-    value = np.asarray([1.0 / (h * w)], dtype=dtype)
+    value = np.asarray([1.0 / (h * w) if weight_value is None else weight_value], dtype=dtype)
     if ctx.index.opset >= 9:
         (weight,) = b.node("ConstantOfShape", [b.ints("mean_shape", [c, 1, h, w])], "mean_weight",
                            value=numpy_helper.from_array(value, "value"))

@@ -59,6 +59,10 @@ class ScanModel:
         meta = ConversionMetadata.read(proto)
         if meta is None:
             raise InvalidConversionError("scan needs a model written by onnxfcn convert (no onnxfcn metadata)")
+        if meta.static is not None:
+            raise InvalidConversionError(
+                f"the model was converted with --static {meta.static[0]}x{meta.static[1]} and takes that size only; "
+                "scan runs tiles of other sizes: give it a conversion without --static")
         start, rf = meta.tile_field()
         name, layout, channels, dtype = _image_input(proto, meta)
         out_name, axes, classes = _score_output(proto, output)
