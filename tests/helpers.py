@@ -96,3 +96,26 @@ def set_attribute(node: onnx.NodeProto, name: str, value: object) -> None:
         if a.name == name:
             node.attribute.remove(a)
     node.attribute.append(helper.make_attribute(name, value))
+
+
+def _fan_in(model: onnx.ModelProto, name: str, dims: list[int]) -> int:
+    """Inputs per output of the layer whose weight ``name`` is (Conv: C/group x kh x kw)."""
+    for node in model.graph.node:
+        if len(node.input) > 1 and node.input[1] == name:
+            if node.op_type == "MatMul":
+                return dims[0]
+            if node.op_type == "Gemm":
+                trans = next((a.i for a in node.attribute if a.name == "transB"), 0)
+                return dims[1] if trans else dims[0]
+    return int(np.prod(dims[1:])) or 1
+
+
+def fill_zeroed_weights(model: onnx.ModelProto, seed: int) -> None:
+    """Weights a committed export stores as zeros (over 1024 elements), filled in place with
+    seeded He-scaled values (the Keras and exporters tiers)."""
+    rng = np.random.default_rng(seed)
+    for t in model.graph.initializer:
+        arr = numpy_helper.to_array(t)
+        if arr.dtype.kind == "f" and arr.size > 1024 and not arr.any():
+            scale = np.sqrt(2.0 / _fan_in(model, t.name, list(arr.shape)))
+            t.CopyFrom(numpy_helper.from_array((rng.standard_normal(arr.shape) * scale).astype(arr.dtype), t.name))

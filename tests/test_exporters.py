@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from helpers import ROOT, run
+from helpers import ROOT, fill_zeroed_weights, run
 from onnx import numpy_helper
 
 import onnxfcn
@@ -36,17 +36,6 @@ MODELS: dict[str, tuple[int, str, bool, bool]] = {
     "jax_flatten_cnn": (30, "NHWC", False, False),
     "jax_mean_cnn": (64, "NHWC", False, False),
 }
-
-
-def _fan_in(model: onnx.ModelProto, name: str, dims: list[int]) -> int:
-    for node in model.graph.node:
-        if len(node.input) > 1 and node.input[1] == name:
-            if node.op_type == "MatMul":
-                return dims[0]
-            if node.op_type == "Gemm":
-                trans = next((a.i for a in node.attribute if a.name == "transB"), 0)
-                return dims[1] if trans else dims[0]
-    return int(np.prod(dims[1:])) or 1
 
 
 def _last_dense(model: onnx.ModelProto) -> tuple[onnx.NodeProto, onnx.NodeProto | None]:
@@ -79,12 +68,7 @@ def realistic(name: str) -> onnx.ModelProto:
     """The committed export with its zeroed weights filled (He scale, seeded), the last dense layer
     scaled so that logits on random images have standard deviation ``LOGIT_STD``."""
     model = onnx.load(DATA / f"{name}.onnx")
-    rng = np.random.default_rng(zlib.crc32(name.encode()))
-    for t in model.graph.initializer:
-        arr = numpy_helper.to_array(t)
-        if arr.dtype.kind == "f" and arr.size > 1024 and not arr.any():
-            scale = np.sqrt(2.0 / _fan_in(model, t.name, list(arr.shape)))
-            t.CopyFrom(numpy_helper.from_array((rng.standard_normal(arr.shape) * scale).astype(arr.dtype), t.name))
+    fill_zeroed_weights(model, zlib.crc32(name.encode()))
     last, add = _last_dense(model)
     k = np.float32(LOGIT_STD / float(logits(model, _images(name, 8, 1)).std()))
     inits = {t.name: t for t in model.graph.initializer}

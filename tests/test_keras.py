@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import onnx
 import pytest
-from helpers import ROOT, assert_close, cells_vs_crops, run
+from helpers import ROOT, assert_close, cells_vs_crops, fill_zeroed_weights, run
 from onnx import numpy_helper
 
 import onnxfcn
@@ -21,16 +21,6 @@ KERAS = ROOT / "tests" / "data" / "keras"
 NAMES = ["sequential_valid", "vgg_flatten", "mobilenetv2_035", "efficientnetb0", "vgg_flatten_dynamic"]
 SIZES = {"sequential_valid": 24, "vgg_flatten": 32, "mobilenetv2_035": 96, "efficientnetb0": 64,
          "vgg_flatten_dynamic": 32}
-
-
-def _fan_in(model: onnx.ModelProto, name: str, dims: list[int]) -> int:
-    for node in model.graph.node:
-        if len(node.input) > 1 and node.input[1] == name:
-            if node.op_type == "Conv":
-                return int(np.prod(dims[1:]))
-            if node.op_type == "MatMul":
-                return dims[0]
-    return int(np.prod(dims[1:])) or 1
 
 
 def logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -48,12 +38,7 @@ def realistic(name: str) -> onnx.ModelProto:
     """The committed export with its zeroed weights filled (He scale, seeded), the last dense layer
     scaled so that logits on random images have std 4."""
     model = onnx.load(KERAS / f"{name}.onnx")
-    rng = np.random.default_rng(zlib.crc32(name.encode()))
-    for t in model.graph.initializer:
-        arr = numpy_helper.to_array(t)
-        if arr.dtype.kind == "f" and arr.size > 1024 and not arr.any():
-            scale = np.sqrt(2.0 / _fan_in(model, t.name, list(arr.shape)))
-            t.CopyFrom(numpy_helper.from_array((rng.standard_normal(arr.shape) * scale).astype(arr.dtype), t.name))
+    fill_zeroed_weights(model, zlib.crc32(name.encode()))
     last = [n for n in model.graph.node if n.op_type == "MatMul"][-1]
     size = SIZES[name]
     x = np.random.default_rng(1).uniform(0, 1, (8, size, size, 3)).astype(np.float32)
