@@ -74,28 +74,43 @@ def fix_shapes(model: onnx.ModelProto, image: ImageInput, geo: Geometry, height:
         fixed: list[int | str] = [values.get(d, d) if isinstance(d, str) else d for d in dims]
         _write(vi, fixed)
         outs[vi.name] = _dims(vi)
+    del model.graph.value_info[:]  # expressions of H and W: onnxruntime infers the fixed ones itself
     return StaticShapes(shapes_in, outs)
 
 
-def compare_static(dynamic: onnx.ModelProto, static: onnx.ModelProto, image: ImageInput, height: int, width: int,
-                   batch: int, seed: int = 0) -> dict[str, Any]:
-    """Run the dynamic and the static model at the static size on one random input: the outputs
-    must have the declared static dims and equal the dynamic model's, cell for cell."""
-    from .runtime import light_session
+def static_input(model: onnx.ModelProto, image: ImageInput, height: int, width: int, batch: int,
+                 seed: int = 0, max_memory: int | None = None) -> np.ndarray:
+    """The random input ``--static``'s check runs both models on, once its memory is known to fit."""
+    from .runtime import check_memory
     from .verify.sessions import input_dtype
 
+    check_memory(model, image.name, image.shape_at(batch, height, width),
+                 f"the --static check at {height}x{width}, batch {batch},", max_memory,
+                 "convert with --no-self-check to write the model unchecked")
     rng = np.random.default_rng(seed + 7)
-    x = rng.standard_normal(image.shape_at(batch, height, width)).astype(input_dtype(dynamic, image.name))
-    got = {}
-    for which, model in (("dynamic", dynamic), ("static", static)):
-        sess = light_session(model)
-        names = [o.name for o in sess.get_outputs()]
-        got[which] = dict(zip(names, sess.run(None, {image.name: x})))
-        del sess
+    return rng.standard_normal(image.shape_at(batch, height, width)).astype(input_dtype(model, image.name))
+
+
+def run_once(model: onnx.ModelProto, image: ImageInput, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of one run (a session that uses the weights in place: no copy of the model)."""
+    from .runtime import light_session
+
+    sess = light_session(model)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, {image.name: x}), strict=True))
+
+
+def compare_static(dynamic: dict[str, np.ndarray], static: onnx.ModelProto, image: ImageInput,
+                   x: np.ndarray) -> dict[str, Any]:
+    """The static model's outputs on ``x`` (the static size) against the dynamic model's there
+    (``dynamic``, from ``run_once`` before the shapes were fixed): the declared static dims, and
+    equal cell for cell."""
+    have_all = run_once(static, image, x)
+    height, width = (x.shape[2], x.shape[3]) if image.layout == "NCHW" else (x.shape[1], x.shape[2])
     rows = []
     declared = {vi.name: _dims(vi) for vi in static.graph.output}
-    for name, want in got["dynamic"].items():
-        have = got["static"][name]
+    for name, want in dynamic.items():
+        have = have_all[name]
         dims = declared.get(name, [])
         if any(isinstance(d, int) and d and d != s for d, s in zip(dims, have.shape)) or have.shape != want.shape:
             raise SelfCheckError(f"--static: output '{name}' has shape {list(have.shape)} at {height}x{width}, "
@@ -108,7 +123,7 @@ def compare_static(dynamic: onnx.ModelProto, static: onnx.ModelProto, image: Ima
             raise SelfCheckError(f"--static: output '{name}' differs from the dynamic model's at {height}x{width} "
                                  f"by {diff:.3g} (of a range {scale:.3g})")
         rows.append({"name": name, "shape": list(have.shape), "max_abs_diff": diff})
-    return {"size": [height, width], "batch": batch, "outputs": rows}
+    return {"size": [height, width], "batch": int(x.shape[0]), "outputs": rows}
 
 
 def deploy_shapes(image: ImageInput, geo: Geometry, opt_size: tuple[int, int] | None = None,

@@ -20,7 +20,7 @@ from typing import Any
 
 import onnx
 
-from .deploy import check_static_size, compare_static, fix_shapes
+from .deploy import check_static_size, compare_static, fix_shapes, run_once, static_input
 from .errors import OnnxFcnError, SelfCheckError
 from .graph import GraphIndex, skeleton
 from .head import Analysis
@@ -28,7 +28,7 @@ from .io import dependency_files, load_model, model_nbytes
 from .metadata import ConversionMetadata
 from .plan import Planned, analyse_model, check_mode, plan_analysis
 from .rewrite import apply_plan
-from .runtime import probe_shapes
+from .runtime import probe_shapes, symbolic_shapes
 from .shapes import make_dynamic
 from .verify.selfcheck import Reference, reference_outputs, self_check
 from .verify.subject import Subject, subject_from_plan
@@ -153,6 +153,7 @@ def _make_dynamic(s: ConversionState) -> bool:
         dim = shape[m.layout[1]] if shape and m.layout is not None else None
         channels[name] = dim if isinstance(dim, int) else None
     make_dynamic(s.model, image, plan.outputs, channels)
+    log.info("symbolic shapes of %d intermediate tensors", symbolic_shapes(s.model))
     ConversionMetadata.of(s.plan.geometry, list(dict.fromkeys(plan.sources)), s.plan.analysis.image).write(s.model)
     return True
 
@@ -171,15 +172,15 @@ def _make_static(s: ConversionState) -> bool:
     if o.static is None:
         return False
     image, geo = s.plan.analysis.image, s.plan.geometry
-    dynamic = onnx.ModelProto()
-    dynamic.CopyFrom(s.model)
+    x = static_input(s.model, image, *o.static, o.static_batch or 2, o.seed, o.max_memory) if o.self_check else None
+    dynamic = run_once(s.model, image, x) if x is not None else None  # before the shapes are fixed
     shapes = fix_shapes(s.model, image, geo, *o.static, o.static_batch)
     meta = ConversionMetadata.read(s.model)
     assert meta is not None
     replace(meta, static=o.static).write(s.model)
     s.static = {"input": shapes.input, "outputs": shapes.outputs}
-    if o.self_check:
-        s.static["check"] = compare_static(dynamic, s.model, image, *o.static, o.static_batch or 2, o.seed)
+    if x is not None and dynamic is not None:
+        s.static["check"] = compare_static(dynamic, s.model, image, x)
     return True
 
 
@@ -204,7 +205,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("reference", ("plan",), "(self-check, window mode) the original's outputs on a random input at the "
           "reference size, run before the graph is rewritten in place", _reference),
     Stage("apply", ("reference",), "the heads are convolutions; no dead node or weight", _apply),
-    Stage("make_dynamic", ("apply",), "named dynamic batch, H and W; the geometry in the metadata", _make_dynamic),
+    Stage("make_dynamic", ("apply",), "named dynamic batch, H and W; every intermediate shape as an expression of "
+          "them (where onnxruntime's symbolic inference follows the graph); the geometry in the metadata",
+          _make_dynamic),
     Stage("check", ("make_dynamic",), "the ONNX checker passes, and (self-check) onnxruntime agrees with the "
           "original at the reference size and runs at two larger sizes", _check),
     Stage("make_static", ("check",), "(--static) the input fixed at H x W, every output dim written from the grid; "

@@ -255,9 +255,10 @@ def _before(node: onnx.NodeProto, e: Edit, opset: int, added: list[onnx.TensorPr
             p = numpy_helper.from_array(np.asarray(pads, np.int64), f"{out}_pads")
             v = numpy_helper.from_array(value, f"{out}_value")
             added.extend([p, v])
-            pick = helper.make_node("Pad", [node.input[0], p.name, v.name], [out], name=name)
-        else:
-            pick = helper.make_node("Pad", [node.input[0]], [out], name=name, pads=pads, value=float(value))
+            pick = helper.make_node("Pad", [node.input[0], p.name, v.name], [out], name=name, mode="constant")
+        else:  # (mode written out: pnnx translates a Pad to ncnn only with it)
+            pick = helper.make_node("Pad", [node.input[0]], [out], name=name, pads=pads, value=float(value),
+                                    mode="constant")
     else:
         return []
     node.input[0] = out

@@ -67,7 +67,7 @@ def tmp_model(tmp_path: Path):
 
 # The heavy tiers: each has its marker (pyproject.toml); any of them is also "heavy", so that
 # ``python -m pytest -m "not heavy"`` runs the fast tier alone.
-HEAVY = {"torchvision", "timm", "keras", "zoo", "interop", "dask", "fuzz", "big", "attention", "exporters"}
+HEAVY = {"torchvision", "timm", "keras", "zoo", "interop", "dask", "fuzz", "big", "attention", "exporters", "browser"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

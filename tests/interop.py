@@ -1,4 +1,7 @@
-"""Converted models on other runtimes: OpenVINO, tract and the ONNX reference evaluator.
+"""Converted models on other runtimes: OpenVINO, tract, the ONNX reference evaluator,
+onnxruntime-node, onnxruntime-web's WebAssembly backend in headless Chromium (``js/run_ort.mjs``),
+MNN (its converter and Module API), ncnn (through pnnx) and LiteRT (through onnx2tf, on the
+``--static`` conversion at the test size; in its own virtual environment, ``ONNXFCN_LITERT_PYTHON``).
 
 One case per construct that onnxfcn emits. Each case is converted, saved, and run on onnxruntime
 (CPU) and on every other runtime at a size that is not a multiple of the network's stride, with
@@ -205,8 +208,188 @@ def _onnxruntime(path: Path, feeds: dict[str, np.ndarray], outputs: list[str] | 
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
 
 
+JS = HERE / "js"  # onnxruntime-node, onnxruntime-web and playwright-core: npm ci --ignore-scripts --prefix tests/js
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package
+
+
+def _js(backend: str) -> Callable[[Path, dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]:
+    """onnxruntime-node, or onnxruntime-web's WebAssembly backend in headless Chromium, through
+    ``tests/js/run_ort.mjs``: inputs and outputs pass as raw bytes beside a JSON list of them."""
+    def run(path: Path, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        import subprocess
+
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = []
+            for k, (name, x) in enumerate(feeds.items()):
+                np.ascontiguousarray(x).tofile(f"{tmp}/input{k}.bin")
+                spec.append({"name": name, "dtype": str(x.dtype), "dims": list(x.shape), "file": f"input{k}.bin"})
+            Path(tmp, "inputs.json").write_text(json.dumps(spec))
+            proc = subprocess.run(["node", str(JS / "run_ort.mjs"), backend, str(path), tmp], capture_output=True,
+                                  text=True, timeout=300, check=False)
+            if proc.returncode:
+                raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "node failed")
+            got = {}
+            for o in json.loads(Path(tmp, "outputs.json").read_text()):
+                dtype = {"float16": np.float16, "bool": np.bool_}.get(o["dtype"], o["dtype"])
+                got[o["name"]] = np.fromfile(f"{tmp}/{o['file']}", dtype=dtype).reshape(o["dims"])
+            return got
+    return run
+
+
+def _mnn(path: Path, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    """MNN's converter (its Python module, not the ``mnnconvert`` script, which sends usage logs
+    and pip-installs a logging SDK to do so), then MNN's Module API, which takes any input size."""
+    import _tools
+    import MNN.expr as mnn_expr
+    import MNN.nn as mnn_nn
+
+    mnn_file = path.with_suffix(".mnn")
+    if not mnn_file.exists():
+        _quiet(lambda: _tools.mnnconvert(["mnnconvert", "-f", "ONNX", "--modelFile", str(path), "--MNNModel",
+                                          str(mnn_file), "--bizCode", "onnxfcn"]))
+        if not mnn_file.exists():
+            raise RuntimeError("MNN's converter wrote no model")
+    module = mnn_nn.load_module_from_file(str(mnn_file), list(feeds), outputs)
+    ins = [mnn_expr.const(x, list(x.shape), mnn_expr.NCHW) for x in feeds.values()]
+    got = {}
+    for name, y in zip(outputs, module.forward(ins), strict=True):
+        y = mnn_expr.convert(y, mnn_expr.NCHW)
+        got[name] = np.array(y.read()).reshape(y.shape)
+    return got
+
+
+def _ncnn(path: Path, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    """pnnx converts the ONNX file to ncnn (at this input's shape; weights kept in float32), ncnn
+    runs it in float32 (its fp16 and bf16 storage and arithmetic turned off). ncnn has no batch axis: one sample at a time."""
+    import subprocess
+
+    import ncnn
+
+    (name, x), = feeds.items()
+    param = path.with_suffix(".ncnn.param")
+    if not param.exists():
+        shape = ",".join(str(d) for d in (1, *x.shape[1:]))
+        # fp16=0: pnnx otherwise stores the weights as float16
+        proc = subprocess.run(["pnnx", str(path), f"inputshape=[{shape}]", "fp16=0"], cwd=path.parent, capture_output=True,
+                              text=True, timeout=600, check=False)
+        if not param.exists():
+            lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            raise RuntimeError(f"pnnx: {lines[-1] if lines else 'no ncnn model written'}")
+    # Each layer line: type, name, input and output counts, blob names, then k=v parameters.
+    blobs = {b for line in param.read_text().splitlines()[2:] for b in line.split()[4:] if "=" not in b}
+    missing = [b for b in ("in0", *(f"out{k}" for k in range(len(outputs)))) if b not in blobs]
+    if missing:
+        raise RuntimeError(f"pnnx's ncnn graph has no blob {missing[0]} (the conversion dropped it)")
+    per_output: list[list[np.ndarray]] = [[] for _ in outputs]
+    with ncnn.Net() as net:
+        for flag in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage"):
+            setattr(net.opt, flag, False)
+        unknown = [line.split()[0] for line in param.read_text().splitlines()[2:]
+                   if line.split() and not ncnn.layer_to_index(line.split()[0]) >= 0]
+        if unknown:
+            raise RuntimeError(f"ncnn has no layer {unknown[0]} (pnnx kept that ONNX op as it was)")
+        if net.load_param(str(param)) or net.load_model(str(path.with_suffix(".ncnn.bin"))):
+            raise RuntimeError("ncnn cannot load pnnx's graph")
+        for sample in x:
+            with net.create_extractor() as ex:
+                ex.input("in0", ncnn.Mat(np.ascontiguousarray(sample)).clone())
+                for k in range(len(outputs)):
+                    _, out = ex.extract(f"out{k}")
+                    per_output[k].append(np.array(out))
+    return {n: np.stack(v) for n, v in zip(outputs, per_output, strict=True)}
+
+
+def _quiet(fn: Callable[[], object]) -> None:
+    """Run ``fn`` with the process's stdout silenced (MNN's converter prints from C++)."""
+    import os
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            fn()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _litert(path: Path, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    """onnx2tf and ai-edge-litert (``litert_run.py``), in the virtual environment whose Python
+    ``ONNXFCN_LITERT_PYTHON`` names. LiteRT takes fixed shapes: a converted model runs as its
+    ``--static`` conversion at the test size (``_prepare`` writes it beside the dynamic one)."""
+    import os
+    import subprocess
+
+    static = path.with_name(path.name.replace(".converted.onnx", ".static.onnx"))
+    done = path.with_name(path.name.replace(".converted.onnx", ".static.litert.npz"))
+    if done.exists():  # run by ``litert_batch``
+        with np.load(done) as got:
+            return {k: got[k] for k in outputs}
+    failed = done.with_suffix(".err")
+    if failed.exists():
+        raise RuntimeError(failed.read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        _save_arrays(Path(tmp, "in.npz"), feeds)
+        proc = subprocess.run([os.environ["ONNXFCN_LITERT_PYTHON"], str(HERE / "litert_run.py"),
+                               str(static if static.exists() else path), f"{tmp}/in.npz", f"{tmp}/out.npz", *outputs],
+                              capture_output=True, text=True, timeout=900, check=False)
+        if proc.returncode:
+            lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith(("W0000", "I0000"))]
+            raise RuntimeError(lines[-1][:300] if lines else f"LiteRT failed ({proc.returncode})")
+        with np.load(Path(tmp, "out.npz")) as got:
+            return {k: got[k] for k in outputs}
+
+
+def litert_batch(folder: Path) -> None:
+    """Every case's --static conversion on LiteRT in one process (TensorFlow takes seconds to
+    start, and onnx2tf to convert): ``_litert`` then reads the results."""
+    import os
+    import shutil
+    import subprocess
+
+    for case in cases().values():
+        if not (folder / f"{case.name}.converted.onnx").exists():
+            _prepare(case, folder)
+        shutil.copy(folder / f"{case.name}.converted.input.npz", folder / f"{case.name}.static.input.npz")
+    stems = [f"{c}.static" for c in cases() if not (folder / f"{c}.static.litert.npz").exists()]
+    subprocess.run([os.environ["ONNXFCN_LITERT_PYTHON"], str(HERE / "litert_run.py"), "--batch", str(folder), *stems],
+                   capture_output=True, text=True, timeout=3600, check=False)
+
+
+IN_CHILD = {"MNN": _mnn, "ncnn": _ncnn}  # native code that can take the process down (ncnn does, on a bad graph)
+
+
+def _child(name: str) -> Callable[[Path, dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]:
+    """``IN_CHILD[name]`` in a child process (``python interop.py --child``): a crash there is a
+    failed case with its signal, not the end of the test run."""
+    def run(path: Path, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        import subprocess
+
+        with tempfile.TemporaryDirectory() as tmp:
+            _save_arrays(Path(tmp, "in.npz"), feeds)
+            proc = subprocess.run([sys.executable, __file__, "--child", name, str(path), tmp, *outputs],
+                                  capture_output=True, text=True, timeout=600, check=False)
+            if proc.returncode:  # the child's last line: its exception, "Type: message"
+                lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+                if proc.returncode < 0:
+                    raise RuntimeError(f"{name} crashed (signal {-proc.returncode})")
+                raise RuntimeError(lines[-1].split(": ", 1)[-1] if lines else f"{name} failed")
+            with np.load(Path(tmp, "out.npz")) as got:
+                return {k: got[k] for k in outputs}
+    return run
+
+
+def _run_child(name: str, path: str, folder: str, outputs: list[str]) -> None:
+    with np.load(Path(folder, "in.npz")) as data:
+        feeds = {k: data[k] for k in data.files}
+    _save_arrays(Path(folder, "out.npz"), IN_CHILD[name](Path(path), feeds, outputs))
+
+
 RUNTIMES: dict[str, Callable[[Path, dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]] = {
     "openvino": _openvino, "tract": _tract, "onnx.reference": _reference,
+    "onnxruntime-node": _js("node"), "onnxruntime-web": _js("web"), "MNN": _child("MNN"), "ncnn": _child("ncnn"),
+    "LiteRT": _litert,
 }
 
 
@@ -221,9 +404,34 @@ def runtime_version(name: str) -> str | None:
             import tract
 
             return str(tract.version())
+        if name == "LiteRT":
+            import os
+            import subprocess
+
+            python = os.environ.get("ONNXFCN_LITERT_PYTHON")
+            if not python or not Path(python).exists():
+                return None
+            code = ("import importlib.metadata as m; print(m.version('ai-edge-litert'), m.version('onnx2tf'))")
+            out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+            return f"{out[0]} (onnx2tf {out[1]})"
+        if name in ("MNN", "ncnn"):
+            import importlib.metadata
+
+            return importlib.metadata.version(name.lower() if name == "ncnn" else "MNN")
+        if name in ("onnxruntime-node", "onnxruntime-web"):
+            import shutil
+
+            package = JS / "node_modules" / name / "package.json"
+            if shutil.which("node") is None or not package.exists() or (name == "onnxruntime-web" and not CHROMIUM.exists()):
+                return None
+            return str(json.loads(package.read_text())["version"])
         return str(onnx.__version__)
-    except ImportError:
+    except (ImportError, ModuleNotFoundError):
         return None
+    except Exception as exc:  # importlib.metadata.PackageNotFoundError
+        if type(exc).__name__ == "PackageNotFoundError":
+            return None
+        raise
 
 
 # ---- one comparison -------------------------------------------------------------------------------
@@ -267,7 +475,13 @@ def _prepare(case: Case, folder: Path) -> None:
 
     original = case.build()
     converted, report = onnxfcn.convert(original, mode=case.mode, output_stride=case.output_stride)
-    for tag, model, feeds in (("converted", converted, test_input(converted, report, case.layout)),
+    test_feeds = test_input(converted, report, case.layout)
+    x = next(iter(test_feeds.values()))
+    hw = x.shape[2:4] if case.layout == "NCHW" else x.shape[1:3]
+    static, _ = onnxfcn.convert(original, mode=case.mode, output_stride=case.output_stride, static=tuple(hw),
+                                static_batch=2)
+    onnx.save(static, folder / f"{case.name}.static.onnx")  # for runtimes that take fixed shapes (LiteRT)
+    for tag, model, feeds in (("converted", converted, test_feeds),
                               ("original", original, _reference_input(original))):
         path = folder / f"{case.name}.{tag}.onnx"
         onnx.save(model, path)
@@ -309,6 +523,9 @@ def run_case(case: Case, runtime: str, folder: Path) -> Result:
     """The converted model on ``runtime`` against onnxruntime. When it fails, the original is
     tried at its reference size too, so the table can tell what the conversion brought in from
     what the runtime already got wrong."""
+    if runtime == "LiteRT" and not (folder / f"{case.name}.static.litert.npz").exists() \
+            and not (folder / f"{case.name}.static.litert.err").exists():
+        litert_batch(folder)
     if not (folder / f"{case.name}.converted.onnx").exists():
         _prepare(case, folder)
     result = _check(runtime, folder, f"{case.name}.converted")
@@ -357,6 +574,9 @@ def statuses(md: str) -> list[list[str]]:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--child"]:  # one native runtime run (``_child``)
+        _run_child(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
+        return
     ap = argparse.ArgumentParser(description="Run every construct onnxfcn emits on other runtimes.")
     ap.add_argument("--json", type=Path, help="write every result here")
     args = ap.parse_args()

@@ -100,3 +100,12 @@ def test_scan_refuses_a_static_model_with_the_reason(tmp_path: Path, tmp_model) 
     np.save(image, rand([3, 300, 300], seed=1))
     res = runner.invoke(app, ["scan", str(out), str(image), "--out", str(tmp_path / "scan")])
     assert res.exit_code == 2 and "converted with --static 254x222" in res.output, res.output
+
+
+def test_static_check_that_would_not_fit_is_refused_before_it_runs() -> None:
+    from onnxfcn.errors import ResourceError
+
+    with pytest.raises(ResourceError, match=r"the --static check at 4000x4000, batch 2, needs about .*--no-self-check"):
+        onnxfcn.convert(deep(), static=(4000, 4000), max_memory=200 * 2**20)
+    static, report = onnxfcn.convert(deep(), static=(4000, 4000), max_memory=200 * 2**20, self_check=False)
+    assert "check" not in report.static and _dims(static.graph.output[0])[2:] == [(4000 - DEEP_REF) // 32 + 1] * 2

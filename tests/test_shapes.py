@@ -25,7 +25,10 @@ def test_names_dims_and_value_info() -> None:
     assert [o.name for o in converted.graph.output] == [o.name for o in original.graph.output]
     assert _dims(converted.graph.input[0]) == ["batch", 3, "height", "width"]
     assert _dims(converted.graph.output[0]) == ["batch", 5, "out_height", "out_width"]
-    assert not converted.graph.value_info  # stale reference-size shapes are gone
+    # Stale reference-size shapes are gone: every map's H and W are expressions of height, width.
+    maps = [_dims(vi) for vi in converted.graph.value_info if len(_dims(vi)) == 4]
+    assert maps and all(isinstance(d[2], str) and isinstance(d[3], str) for d in maps), maps
+    assert any("height" in str(d[2]) for d in maps)
     assert converted.doc_string == "my classifier" and converted.graph.doc_string == "graph doc"
     assert converted.ir_version == original.ir_version
     assert list(converted.opset_import) == list(original.opset_import)
@@ -43,3 +46,53 @@ def test_shape_inference_follows_symbolic_outputs() -> None:
     outs = {o.name: _dims(o) for o in inferred.graph.output}
     assert outs["scores"] == ["batch", 5, "out_height", "out_width"]
     assert outs["boxes"] == ["batch", 4, "out_height", "out_width"]
+
+
+def test_symbolic_shapes_let_onnxruntime_fuse_residual_adds(tmp_path) -> None:
+    """With H and W dynamic, onnxruntime fuses a residual Add into the convolution before it only
+    when it can tell both inputs have the same shape: the converted model's symbolic intermediate
+    shapes let it, as the static conversion's fixed ones do."""
+    import onnxruntime as ort
+    from builders import Builder, gemm, image_shape
+
+    b = Builder(13)
+    x = b.node("Relu", [b.node("Conv", ["image", b.weight("w0", (16, 3, 3, 3)), b.weight("b0", (16,), 0.1)],
+                                kernel_shape=[3, 3], strides=[2, 2])])
+    y = b.node("Conv", [x, b.weight("w1", (16, 16, 3, 3)), b.weight("b1", (16,), 0.1)], kernel_shape=[3, 3],
+               pads=[1, 1, 1, 1])
+    se = b.node("Conv", [b.node("GlobalAveragePool", [y]), b.weight("se", (16, 16, 1, 1))], kernel_shape=[1, 1])
+    y = b.node("Mul", [y, b.node("Sigmoid", [se])])  # squeeze-excitation, as in MobileNetV3's blocks
+    y = b.node("Conv", [y, b.weight("w2", (16, 16, 1, 1)), b.weight("b2", (16,), 0.1)], kernel_shape=[1, 1])
+    y = b.node("Relu", [b.node("Add", [y, x])])
+    y = gemm(b, b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1), 16, 7)
+    original = b.model(image_shape(), [y])
+
+    def unfused(model: onnx.ModelProto, name: str) -> int:
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(tmp_path / f"{name}.opt.onnx")
+        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return sum(n.op_type == "Add" for n in onnx.load(opts.optimized_model_filepath).graph.node)
+
+    dynamic, _ = onnxfcn.convert(original)
+    static, _ = onnxfcn.convert(original, static=(18, 18))
+    assert dynamic.graph.value_info and not static.graph.value_info
+    bare = onnx.ModelProto()
+    bare.CopyFrom(dynamic)
+    del bare.graph.value_info[:]
+    assert unfused(dynamic, "dynamic") == unfused(static, "static")
+    if unfused(static, "static") == 0:  # this CPU's NCHWc layout fuses it (AVX2 and up): the control
+        assert unfused(bare, "bare") == 1  # without the shapes, the dynamic model keeps it apart
+
+
+def test_open_symbolic_shapes_leave_none_and_write_no_file(tmp_path, monkeypatch) -> None:
+    """A QOperator global pool (com.microsoft QLinearAveragePool) is a graph onnxruntime's symbolic
+    inference cannot finish: the converted model keeps no intermediate shapes, and nothing is
+    written to the working directory (its own entry point saves the model there)."""
+    from patterns import pooled
+    from quantize import quantize_qdq
+
+    original = quantize_qdq(pooled("GlobalAveragePool")(), "NCHW", True, "QOperator")
+    monkeypatch.chdir(tmp_path)
+    converted, _ = onnxfcn.convert(original)
+    assert not converted.graph.value_info
+    assert list(tmp_path.iterdir()) == []

@@ -111,9 +111,10 @@ def _follow(index: GraphIndex, info: dict[str, TensorInfo], node: onnx.NodeProto
     if op in _BROADCAST:
         return _broadcast(index, info, node, base, out)
     rank = len(out)
-    if op in _SOFTMAX:
+    if op in _SOFTMAX:  # before opset 13: over every axis from ``axis`` on (the input coerced to 2-D)
         axis = attr(node, "axis", -1 if index.opset >= 13 else 1) % rank
-        return _tokens(replace(base, mixing=base.mixing or _mixes(base, node, [axis])), base.axes, base.batch)
+        over = [axis] if index.opset >= 13 else range(axis, rank)
+        return _tokens(replace(base, mixing=base.mixing or _mixes(base, node, over)), base.axes, base.batch)
     if op == "LayerNormalization":
         axis = attr(node, "axis", -1) % rank
         return _tokens(replace(base, mixing=base.mixing or _mixes(base, node, range(axis, rank))), base.axes,

@@ -136,16 +136,17 @@ def window_pool(ctx: HeadContext, b: Builder, pool_op: str, src: str, h: int, w:
     values never matter). A map smaller than the window gives an empty slice; nothing divides by
     zero. The padding is a Pad node, not the pool's own asymmetric ``pads``: onnx.reference
     (1.23) reads a unit-stride MaxPool's pads as [top, bottom, left, right] and gets the shape
-    wrong.
+    wrong. Its ``mode`` is written out (the default, "constant"): pnnx translates a Pad to ncnn's
+    Padding only when it is there.
     """
     if (h, w) == (1, 1):
         (out,) = b.node(pool_op, [src], "window_pool", kernel_shape=[1, 1], strides=[1, 1], pads=[0, 0, 0, 0])
         return out
     pads = [0, 0, 0, 0, 0, 0, h - 1, w - 1]
     if ctx.index.opset >= 11:
-        (padded,) = b.node("Pad", [src, b.ints("window_pads", pads)], "window_pad")
+        (padded,) = b.node("Pad", [src, b.ints("window_pads", pads)], "window_pad", mode="constant")
     else:
-        (padded,) = b.node("Pad", [src], "window_pad", pads=pads)
+        (padded,) = b.node("Pad", [src], "window_pad", pads=pads, mode="constant")
     (pooled,) = b.node(pool_op, [padded], "window_pool", kernel_shape=[h, w], strides=[1, 1], pads=[0, 0, 0, 0])
     return valid_windows(ctx, b, pooled, h, w)
 

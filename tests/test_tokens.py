@@ -1,0 +1,87 @@
+"""Tokens in the fast tier (issue #23): a map reshaped to H*W tokens by constant-shape Reshapes,
+attention over them, back to the map; and the refusals of fixed token counts. The PyTorch-built
+blocks (non-local, MobileViT-style) are in test_attention.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from builders import Builder, gemm
+from helpers import assert_close, cells_vs_crops, rand, run
+
+import onnxfcn
+from onnxfcn.errors import UnsupportedModelError
+
+C, H = 8, 6  # trunk channels; the map is H x H at the reference size 18 (a 3x3 valid conv, /2, 3x3 valid)
+
+
+def _trunk(b: Builder) -> str:
+    x = b.node("Relu", [b.node("Conv", ["image", b.weight("c1", (C, 3, 3, 3)), b.weight("b1", (C,), 0.1)],
+                                kernel_shape=[3, 3])])
+    x = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    return b.node("Relu", [b.node("Conv", [x, b.weight("c2", (C, C, 3, 3)), b.weight("b2", (C,), 0.1)],
+                                  kernel_shape=[3, 3])])
+
+
+def attention_model(opset: int = 13, extra: str | None = None) -> object:
+    """Tokens (1, C, 36) -> q^T k -> Softmax -> v attn^T -> back to (1, C, 6, 6), residual, pool, a
+    wide head. ``extra``: 'pos' adds a position embedding of 36 tokens, 'mix' a MatMul of the
+    tokens with fixed 36 x 36 weights."""
+    b = Builder(opset, seed=7)
+    f = _trunk(b)
+    t = b.node("Reshape", [f, b.ints("to_tokens", [1, C, H * H])])
+    if extra == "pos":
+        t = b.node("Add", [t, b.weight("pos", (1, C, H * H), 0.5)])
+    if extra == "mix":
+        t = b.node("MatMul", [t, b.weight("mix", (H * H, H * H))])
+    q = b.node("Transpose", [t], perm=[0, 2, 1])
+    attn = b.node("Softmax", [b.node("MatMul", [q, t])], axis=2 if opset < 13 else -1)
+    y = b.node("MatMul", [t, b.node("Transpose", [attn], perm=[0, 2, 1])])
+    y = b.node("Add", [f, b.node("Reshape", [y, b.ints("to_map", [1, C, H, H])])])
+    y = b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1)
+    return b.model([1, 3, 18, 18], [gemm(b, y, C, 40)])
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_attention_converts_as_global_context(opset: int) -> None:
+    original = attention_model(opset)
+    conv, report = onnxfcn.convert(original)
+    geo = report.geometry
+    assert geo.global_context and not geo.exact
+    assert any("attention over the map's positions" in r for r in geo.reasons)
+    rows = {c.node: c.after for c in report.changes}
+    assert any("[N, 8, tokens]" in a for a in rows.values()) and any("[N, 8, H, W]" in a for a in rows.values())
+    x = rand([1, 3, 18, 18], seed=2)
+    assert_close(run(conv, x)[0][:, :, 0, 0], run(original, x)[0], rel=1e-5)
+    y = run(conv, rand([3, 3, 18 + 4 * 2, 18 + 2], seed=3))[0]  # batch 3, a larger map: 36 -> 80 tokens
+    assert y.shape == (3, 40, 5, 2) and np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_token_wise_softmax_is_exact_and_before_opset_13_mixes(opset: int) -> None:
+    """Softmax(axis=1) of (1, C, 36) tokens: from opset 13 over the channels of each position (the
+    cells stay exact: they equal the classifier on their crops); before, over every axis from 1 on,
+    positions included (global context)."""
+    b = Builder(opset, seed=9)
+    f = _trunk(b)
+    t = b.node("Softmax", [b.node("Reshape", [f, b.ints("to_tokens", [1, C, H * H])])], axis=1)
+    y = b.node("Flatten", [b.node("Reshape", [t, b.ints("to_map", [1, C, H, H])])], axis=1)
+    original = b.model([1, 3, 18, 18], [gemm(b, y, C * H * H, 40)])
+    conv, report = onnxfcn.convert(original)
+    assert report.geometry.global_context == (opset < 13) and report.geometry.exact == (opset >= 13)
+    if opset >= 13:
+        cells, crops = cells_vs_crops(original, conv, rand([1, 3, 24, 22], seed=4), 18, 2)
+        assert_close(cells, crops, rel=1e-5)
+
+
+@pytest.mark.parametrize(("extra", "reason"), [
+    ("pos", r"position embedding of 36 tokens \('pos_\d+'\): the token count is fixed"),
+    ("mix", r"MatMul multiplies the 36 tokens by fixed weights \('mix_\d+'\)"),
+])
+def test_fixed_token_counts_are_refused(extra: str, reason: str) -> None:
+    original = attention_model(13, extra)
+    with pytest.raises(UnsupportedModelError, match=reason) as info:
+        onnxfcn.convert(original)
+    assert info.value.node
+    plan = onnxfcn.inspect(original)
+    assert not plan and plan.blockers[0]["node"] == info.value.node
