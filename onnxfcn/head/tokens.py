@@ -199,25 +199,27 @@ def _broadcast(index: GraphIndex, info: dict[str, TensorInfo], node: onnx.NodePr
                out: tuple[int, ...]) -> TensorInfo:
     """Elementwise with broadcasting: a constant as long as the tokens is a position embedding."""
     r = len(out)
-    placed: set[tuple[int, ...]] = set()
+    placed: set[tuple[int, ...]] = set()  # each token operand's token axes, as output axes
     batch = None
     for i in node.input:
-        if not i:
+        tok = info[i].tokens if i and i in info else None
+        if tok is not None:
+            shift = r - len(_shape(index, i))
+            placed.add(tuple(a + shift for a in tok.axes))
+            if batch is None and tok.batch is not None:
+                batch = tok.batch + shift
+    if len(placed) != 1:
+        raise _Blocked(f"{node.op_type} combines tokens laid on different axes")
+    axes = placed.pop()
+    for i in node.input:  # the other operands (constants): as long as the tokens, they fix the count
+        if not i or (i in info and info[i].tokens is not None):
             continue
         shape = _shape(index, i)
-        tok = info[i].tokens if i in info else None
-        if tok is not None:
-            placed.add(tuple(a + r - len(shape) for a in tok.axes))
-            if batch is None and tok.batch is not None:
-                batch = tok.batch + r - len(shape)
-            continue
-        for a in base.axes:
+        for a in axes:
             pos = a - (r - len(shape))
             if 0 <= pos < len(shape) and shape[pos] == out[a] > 1:
                 raise _Blocked(f"position embedding of {out[a]} tokens ('{i}'): {_RUN_ON_CROPS}")
-    if len(placed) > 1:
-        raise _Blocked(f"{node.op_type} combines tokens laid on different axes")
-    return _tokens(base, placed.pop(), batch)
+    return _tokens(base, axes, batch)
 
 
 def _reduced(index: GraphIndex, node: onnx.NodeProto, base: Tokens, rank: int) -> TensorInfo:
