@@ -205,8 +205,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("reference", ("plan",), "(self-check, window mode) the original's outputs on a random input at the "
           "reference size, run before the graph is rewritten in place", _reference),
     Stage("apply", ("reference",), "the heads are convolutions; no dead node or weight", _apply),
-    Stage("make_dynamic", ("apply",), "named dynamic batch, H and W; every intermediate shape as an expression of "
-          "them (where onnxruntime's symbolic inference follows the graph); the geometry in the metadata",
+    Stage("make_dynamic", ("apply",), "named dynamic batch, H and W; the shapes of what elementwise ops merge as "
+          "expressions of them (where onnxruntime's symbolic inference follows the graph); the geometry in the metadata",
           _make_dynamic),
     Stage("check", ("make_dynamic",), "the ONNX checker passes, and (self-check) onnxruntime agrees with the "
           "original at the reference size and runs at two larger sizes", _check),

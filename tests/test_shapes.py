@@ -25,10 +25,9 @@ def test_names_dims_and_value_info() -> None:
     assert [o.name for o in converted.graph.output] == [o.name for o in original.graph.output]
     assert _dims(converted.graph.input[0]) == ["batch", 3, "height", "width"]
     assert _dims(converted.graph.output[0]) == ["batch", 5, "out_height", "out_width"]
-    # Stale reference-size shapes are gone: every map's H and W are expressions of height, width.
-    maps = [_dims(vi) for vi in converted.graph.value_info if len(_dims(vi)) == 4]
-    assert maps and all(isinstance(d[2], str) and isinstance(d[3], str) for d in maps), maps
-    assert any("height" in str(d[2]) for d in maps)
+    # Stale reference-size shapes are gone (what is written is an expression of height and width,
+    # and only for the operands of elementwise merges, which this model has none of).
+    assert not converted.graph.value_info
     assert converted.doc_string == "my classifier" and converted.graph.doc_string == "graph doc"
     assert converted.ir_version == original.ir_version
     assert list(converted.opset_import) == list(original.opset_import)
@@ -75,7 +74,11 @@ def test_symbolic_shapes_let_onnxruntime_fuse_residual_adds(tmp_path) -> None:
 
     dynamic, _ = onnxfcn.convert(original)
     static, _ = onnxfcn.convert(original, static=(18, 18))
-    assert dynamic.graph.value_info and not static.graph.value_info
+    assert not static.graph.value_info
+    shapes = {vi.name: _dims(vi) for vi in dynamic.graph.value_info}
+    add = next(n for n in dynamic.graph.node if n.op_type == "Add")
+    assert set(add.input) <= set(shapes)  # the residual Add's operands, as expressions of height, width
+    assert shapes[add.input[0]] == shapes[add.input[1]] and "height" in str(shapes[add.input[0]][2])
     bare = onnx.ModelProto()
     bare.CopyFrom(dynamic)
     del bare.graph.value_info[:]
