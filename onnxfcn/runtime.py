@@ -439,8 +439,7 @@ def symbolic_shapes(model: onnx.ModelProto) -> int:
     does not fuse it into the convolution before it in its NCHWc layout: MobileNetV3-Large with
     dynamic H and W ran 13 % slower than with them (benchmarks/bench_reference.py). A model the
     inference cannot follow keeps no intermediate shapes (as before) and loses nothing else."""
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
+    SymbolicShapeInference = _symbolic_inference()
     # Its steps, not ``infer_shapes``: that saves the model it could not finish as
     # ``sym_shape_infer_temp.onnx`` (and a .data file) in the working directory before raising.
     try:
@@ -468,6 +467,25 @@ def symbolic_shapes(model: onnx.ModelProto) -> int:
     del model.graph.value_info[:]
     model.graph.value_info.extend(found)
     return len(found)
+
+
+def _symbolic_inference() -> Any:
+    """onnxruntime's ``SymbolicShapeInference``, loaded from its file: importing it as
+    ``onnxruntime.tools.symbolic_shape_infer`` runs that package's ``__init__``, which imports
+    PyTorch wherever it is installed (seconds, and hundreds of MB in this process)."""
+    import importlib.util
+    import sys
+
+    name = "onnxfcn._ort_symbolic_shape_infer"
+    if name not in sys.modules:
+        path = Path(ort.__file__).parent / "tools" / "symbolic_shape_infer.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"onnxruntime's symbolic shape inference not found at {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name].SymbolicShapeInference
 
 
 _FUNCTIONS = {"floor", "ceil", "min", "max", "Min", "Max", "Mod"}

@@ -99,3 +99,19 @@ def test_open_symbolic_shapes_leave_none_and_write_no_file(tmp_path, monkeypatch
     converted, _ = onnxfcn.convert(original)
     assert not converted.graph.value_info
     assert list(tmp_path.iterdir()) == []
+
+
+def test_symbolic_shapes_do_not_import_pytorch() -> None:
+    """onnxruntime.tools' __init__ imports PyTorch where it is installed (as in the test extra);
+    convert loads the symbolic inference from its file and never does."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    code = ("import sys, onnxfcn; m, _ = onnxfcn.convert(sys.argv[1], size=(64, 64)); "
+            "print(len(m.graph.value_info) > 0, 'torch' in sys.modules)")
+    model = ROOT / "tests" / "data" / "exporters" / "optimum_resnet.onnx"  # residual Adds: shapes are written
+    out = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, check=True,
+                         cwd=ROOT).stdout.split()
+    assert out == ["True", "False"]
