@@ -121,7 +121,9 @@ def convert(
         changes=planned.trunk.changes + planned.plan.changes + planned.stride_changes, features=sorted(set(planned.plan.features)),
         before=state.before, after=ModelStats.of(model), external_data=state.external_data,
         input_files=state.input_files, self_check=state.self_check, static=state.static,
-        deploy=deploy_shapes(planned.analysis.image, planned.geometry, opt_size, max_size, static_batch or 1, static),
+        deploy=deploy_shapes(planned.analysis.image, planned.geometry,
+                             [d.dim_param or d.dim_value for vi in model.graph.input if vi.name == planned.analysis.image.name
+                              for d in vi.type.tensor_type.shape.dim], opt_size, max_size, static_batch or 1, static),
     )
     report.seconds = time.perf_counter() - t0
     log.info("converted in %.2fs: %d changes", report.seconds, len(report.changes))

@@ -126,14 +126,14 @@ def compare_static(dynamic: dict[str, np.ndarray], static: onnx.ModelProto, imag
     return {"size": [height, width], "batch": int(x.shape[0]), "outputs": rows}
 
 
-def deploy_shapes(image: ImageInput, geo: Geometry, opt_size: tuple[int, int] | None = None,
+def deploy_shapes(image: ImageInput, geo: Geometry, dims: list[int | str], opt_size: tuple[int, int] | None = None,
                   max_size: tuple[int, int] | None = None, batch: int = 1,
                   static: tuple[int, int] | None = None) -> dict[str, Any]:
     """The shapes deployers type: the minimum input (one window), the size lattice, a TensorRT
     optimization profile (min = the window's minimum, opt = ``opt_size`` or twice the window,
     max = ``max_size`` or four times the window), OpenVINO's partial shape and onnxruntime's
-    free-dimension overrides for the optimum. A ``static`` model takes its one size: min, opt and
-    max are it."""
+    free-dimension overrides for the optimum, by the names ``dims`` (the converted input's,
+    ``shapes.input_dims``) gives them. A ``static`` model takes its one size: min, opt and max are it."""
     mh, mw = geo.min_size()
     if static is not None:
         mh, mw = static
@@ -160,5 +160,7 @@ def deploy_shapes(image: ImageInput, geo: Geometry, opt_size: tuple[int, int] | 
         "trtexec": f"--minShapes={name}:{shape(mh, mw)} --optShapes={name}:{shape(*opt)} "
                    f"--maxShapes={name}:{shape(*mx)}",
         "openvino": f"{name}[{ov}]",
-        "onnxruntime_free_dimension_overrides": {HEIGHT: opt[0], WIDTH: opt[1], BATCH: batch},
+        "onnxruntime_free_dimension_overrides": {
+            str(name): value for name, value in ((dims[image.axes[2]], opt[0]), (dims[image.axes[3]], opt[1]),
+                                                 (dims[0], batch)) if isinstance(name, str)},
     }

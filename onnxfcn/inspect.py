@@ -13,6 +13,7 @@ from .deploy import deploy_shapes
 from .errors import AlreadyConvolutionalError, OnnxFcnError
 from .graph import node_label
 from .matcher import HeadRefusedError
+from .shapes import input_dims
 
 
 @dataclass
@@ -81,5 +82,5 @@ def inspect(model_or_path: str | os.PathLike[str] | onnx.ModelProto, *, mode: st
         geo.check_size(*at, what="--at")
     h, w = at or geo.next_size(img.height + 2 * geo.stride[0], img.width + 2 * geo.stride[1])
     report.geometry = geo.summary(h, w)
-    report.deploy = deploy_shapes(img, geo, opt_size, max_size)
+    report.deploy = deploy_shapes(img, geo, input_dims(state.model, img), opt_size, max_size)
     return report

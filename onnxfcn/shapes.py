@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import onnx
 
 from .head import ImageInput
@@ -11,7 +13,7 @@ BATCH, HEIGHT, WIDTH = "batch", "height", "width"
 OUT_H, OUT_W = "out_height", "out_width"
 
 
-def _set_dims(vi: onnx.ValueInfoProto, dims: list[int | str | None]) -> None:
+def _set_dims(vi: onnx.ValueInfoProto, dims: Sequence[int | str | None]) -> None:
     shape = vi.type.tensor_type.shape
     del shape.dim[:]
     for d in dims:
@@ -22,20 +24,26 @@ def _set_dims(vi: onnx.ValueInfoProto, dims: list[int | str | None]) -> None:
             dim.dim_param = d
 
 
+def input_dims(model: onnx.ModelProto, image: ImageInput) -> list[int | str]:
+    """The converted image input's dims: the exporter's names for batch, height and width where it
+    gave them (else ``batch``, ``height``, ``width``), the channel count fixed."""
+    vi = next(v for v in model.graph.input if v.name == image.name)
+    old = [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+    names: list[int | str] = [old[k] if isinstance(old[k], str) and old[k] else default  # type: ignore[misc]
+                              for k, default in enumerate([BATCH, None, HEIGHT, WIDTH] if image.layout == "NCHW"
+                                                          else [BATCH, HEIGHT, WIDTH, None])]
+    names[1 if image.layout == "NCHW" else 3] = image.channels
+    return names
+
+
 def make_dynamic(model: onnx.ModelProto, image: ImageInput, outputs: dict[str, Mapped],
                  channels: dict[str, int | None]) -> None:
     """Batch, height and width become named dims; outputs become N x K x out_h x out_w."""
     g = model.graph
+    names = input_dims(model, image)
     for vi in g.input:
-        if vi.name != image.name:
-            continue
-        old = [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
-        names = [old[k] if isinstance(old[k], str) and old[k] else default
-                 for k, default in enumerate([BATCH, None, HEIGHT, WIDTH] if image.layout == "NCHW"
-                                             else [BATCH, HEIGHT, WIDTH, None])]
-        c_axis = 1 if image.layout == "NCHW" else 3
-        names[c_axis] = image.channels
-        _set_dims(vi, names)
+        if vi.name == image.name:
+            _set_dims(vi, names)
     batch = next(
         (d.dim_param for vi in g.input if vi.name == image.name for d in vi.type.tensor_type.shape.dim[:1]), BATCH
     ) or BATCH

@@ -75,7 +75,7 @@ def test_deploy_shapes_in_inspect_and_convert(tmp_path: Path, tmp_model) -> None
     assert deploy["trtexec"] == (f"--minShapes=image:1x3x{DEEP_REF}x{DEEP_REF} --optShapes=image:1x3x320x320 "
                                  "--maxShapes=image:1x3x640x480")
     assert deploy["openvino"] == f"image[1,3,{DEEP_REF}..640,{DEEP_REF}..480]"
-    assert deploy["onnxruntime_free_dimension_overrides"] == {"height": 320, "width": 320, "batch": 1}
+    assert deploy["onnxruntime_free_dimension_overrides"] == {"height": 320, "width": 320, "N": 1}  # its names
     assert deploy["output_grid"]["max"] == [(640 - DEEP_REF) // 32 + 1, (480 - DEEP_REF) // 32 + 1]
     text = runner.invoke(app, ["inspect", str(path)]).output
     assert f"deploy trtexec --minShapes=image:1x3x{DEEP_REF}x{DEEP_REF} --optShapes=image:1x3x{2 * DEEP_REF}x" in text
