@@ -439,7 +439,11 @@ def symbolic_shapes(model: onnx.ModelProto) -> int:
     does not fuse it into the convolution before it in its NCHWc layout: MobileNetV3-Large with
     dynamic H and W ran 13 % slower than with them (benchmarks/bench_reference.py). A model the
     inference cannot follow keeps no intermediate shapes (as before) and loses nothing else."""
-    SymbolicShapeInference = _symbolic_inference()
+    try:
+        SymbolicShapeInference = _symbolic_inference()
+    except ImportError as exc:  # sympy missing (a dependency, but one an environment may lack): no shapes
+        log.info("symbolic shape inference unavailable (%s); intermediate shapes left out", exc)
+        return 0
     # Its steps, not ``infer_shapes``: that saves the model it could not finish as
     # ``sym_shape_infer_temp.onnx`` (and a .data file) in the working directory before raising.
     try:
@@ -483,8 +487,8 @@ def _symbolic_inference() -> Any:
         if spec is None or spec.loader is None:
             raise ImportError(f"onnxruntime's symbolic shape inference not found at {path}")
         module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # raises ImportError without sympy: then nothing is cached
         sys.modules[name] = module
-        spec.loader.exec_module(module)
     return sys.modules[name].SymbolicShapeInference
 
 

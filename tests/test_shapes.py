@@ -115,3 +115,20 @@ def test_symbolic_shapes_do_not_import_pytorch() -> None:
     out = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, check=True,
                          cwd=ROOT).stdout.split()
     assert out == ["True", "False"]
+
+
+def test_without_sympy_convert_works_and_writes_no_shapes(monkeypatch) -> None:
+    """sympy is a dependency, but an environment may lack it (a plain `pip install .` once did, and
+    convert crashed): then the shapes are left out and nothing else changes."""
+    import sys
+
+    from builders import Builder, gemm, image_shape
+
+    monkeypatch.setitem(sys.modules, "sympy", None)  # import sympy raises ImportError
+    monkeypatch.delitem(sys.modules, "onnxfcn._ort_symbolic_shape_infer", raising=False)
+    b = Builder(13)
+    x = b.node("Relu", [b.node("Conv", ["image", b.weight("w0", (8, 3, 3, 3))], kernel_shape=[3, 3])])
+    y = b.node("Add", [b.node("Conv", [x, b.weight("w1", (8, 8, 3, 3))], kernel_shape=[3, 3], pads=[1, 1, 1, 1]), x])
+    y = gemm(b, b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1), 8, 5)
+    converted, report = onnxfcn.convert(b.model(image_shape(), [y]))
+    assert not converted.graph.value_info and report.self_check
