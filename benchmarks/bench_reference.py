@@ -2,8 +2,10 @@
 batch 1, 2 intra-op threads, on onnxruntime's CPU provider (issue #24, point 6).
 
 Variants per model: the original; the original with H and W made dynamic (what any dynamic-size
-model pays); the converted model (dynamic H and W); the converted model with ``--static`` at the
-reference size. Each variant is timed in its own block (one session created, warmed up, timed,
+model pays); the converted model (dynamic H and W); the same converted model in a session whose
+free dims are pinned to the reference size (onnxruntime's free-dimension overrides, as
+``convert --opt-size 224x224 --json`` lists them under ``deploy``); the converted model with
+``--static`` at the reference size. Each variant is timed in its own block (one session created, warmed up, timed,
 released) with spinning turned off, so idle threads of one session never slow another; the blocks
 are repeated ``--rounds`` times in turn, each round starting at the next variant (on this machine a
 block's position in the round moved its time by up to 5 %), and the table gives the median of the
@@ -45,9 +47,12 @@ def dynamic_hw(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def block(path: Path, x: np.ndarray, runs: int) -> float:
-    """Median milliseconds of ``runs`` runs of one fresh session (after 5 warm-up runs)."""
+def block(path: Path, x: np.ndarray, runs: int, pin: dict[str, int]) -> float:
+    """Median milliseconds of ``runs`` runs of one fresh session (after 5 warm-up runs), its free
+    dims ``pin`` fixed."""
     opts = ort.SessionOptions()
+    for dim, value in pin.items():
+        opts.add_free_dimension_override_by_name(dim, value)
     opts.intra_op_num_threads = 2
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -64,17 +69,22 @@ def block(path: Path, x: np.ndarray, runs: int) -> float:
     return statistics.median(times)
 
 
-def variants(arch: str, folder: Path) -> dict[str, Path]:
+PINNED = "converted, dims pinned"
+
+
+def variants(arch: str, folder: Path) -> dict[str, tuple[Path, dict[str, int]]]:
+    """Variant name -> (model file, free dims pinned in its session)."""
     src = exported(arch, folder)
     model = onnx.load(src)
-    paths = {"original": src, "original, dynamic H, W": folder / f"{arch}_dynhw.onnx",
-             "converted": folder / f"{arch}_fcn.onnx", "converted --static 224x224": folder / f"{arch}_static.onnx"}
-    onnx.save(dynamic_hw(model), paths["original, dynamic H, W"])
-    conv, report = onnxfcn.convert(model, self_check=False)
-    onnx.save(conv, paths["converted"])
+    onnx.save(dynamic_hw(model), folder / f"{arch}_dynhw.onnx")
+    conv, report = onnxfcn.convert(model, self_check=False, opt_size=(224, 224))
+    onnx.save(conv, folder / f"{arch}_fcn.onnx")
     static, _ = onnxfcn.convert(model, self_check=False, static=(report.image.height, report.image.width))
-    onnx.save(static, paths["converted --static 224x224"])
-    return paths
+    onnx.save(static, folder / f"{arch}_static.onnx")
+    pin = report.deploy["onnxruntime_free_dimension_overrides"]  # {batch: 1, height: 224, width: 224}
+    return {"original": (src, {}), "original, dynamic H, W": (folder / f"{arch}_dynhw.onnx", {}),
+            "converted": (folder / f"{arch}_fcn.onnx", {}), PINNED: (folder / f"{arch}_fcn.onnx", pin),
+            "converted --static 224x224": (folder / f"{arch}_static.onnx", {})}
 
 
 def main() -> None:
@@ -94,11 +104,11 @@ def main() -> None:
             names = list(paths)
             for r in range(args.rounds):  # each round starts at the next variant: no variant always first
                 for name in names[r % len(names):] + names[:r % len(names)]:
-                    medians[name].append(block(paths[name], x, args.runs))
+                    medians[name].append(block(paths[name][0], x, args.runs, paths[name][1]))
             base = statistics.median(medians["original"])
             for name in paths:
                 ms = statistics.median(medians[name])
-                print(f"{arch:20s} {name:28s} {ms:8.2f} {ms / base:6.2f}")
+                print(f"{arch:20s} {name:28s} {ms:8.2f} {ms / base:6.3f}")
             sys.stdout.flush()
 
 
