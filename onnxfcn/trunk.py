@@ -67,9 +67,37 @@ def plan_trunk_rewrite(analysis: Analysis) -> TrunkPlan:
             if node.op_type == "Reshape":
                 if any(analysis.state(t) is TensorState.TOKENS for t in (node.input[0], node.output[0])):
                     _plan_token_reshape(analysis, plan, node, position)
+                elif analysis.state(node.input[0]) in (TensorState.POOLED, TensorState.FLAT):
+                    _plan_vector_reshape(analysis, plan, node, position)
                 else:
                     _plan_reshape(analysis, plan, node, position)
     return plan
+
+
+def _plan_vector_reshape(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProto, position: int) -> None:
+    """A Reshape of pooled vectors inside the trunk (a squeeze-excitation's ``view(b, c)``,
+    ResNeSt's radix softmax) whose constant shape holds the exported batch as its first dim: that
+    dim becomes 0 (the input's batch), so the branch follows any batch."""
+    index = analysis.index
+    lay = analysis.layout(node.input[0]) if analysis.state(node.input[0]) is TensorState.POOLED else None
+    in_shape = index.static_shape(node.input[0])
+    if not index.is_const(node.input[1]) or in_shape is None or (lay is not None and lay[0] != 0):
+        return
+    target = index.int_list(node.input[1])
+    if not target or target[0] != in_shape[0] or target[0] <= 0:
+        return  # -1 or 0 follow the batch already; another first dim does not hold the batch
+    if attr(node, "allowzero", 0) and 0 in target[1:]:
+        raise UnsupportedModelError("Reshape with allowzero and a zero dim in the trunk; cannot generalize the batch",
+                                    node_label(node))
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    new.input[1] = _const(index, plan, [0, *target[1:]])
+    for a in new.attribute:
+        if a.name == "allowzero":
+            a.i = 0
+    plan.replacements[position] = [new]
+    plan.changes.append(Change(node_label(node), f"Reshape(to {target})",
+                               f"Reshape(to {[0, *target[1:]]}: the batch from the input)"))
 
 
 def _plan_token_reshape(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProto, position: int) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from builders import C_FEAT, REF, Builder, gemm, image_shape
+from builders import C_FEAT, REF, Builder, gemm, image_shape, realistic
 from helpers import LIGHT, assert_close, cells_vs_crops, rand, run
-from trunks import full_slice_model, shuffle_model
+from trunks import full_slice_model, grn_model, radix_split_model, se_linear_model, shuffle_model
 
 import onnxfcn
 
@@ -66,3 +66,72 @@ def test_baked_expand_is_refused() -> None:
     # The Expand is constant: the Add that broadcasts it against the trunk is the node refused.
     with pytest.raises(onnxfcn.UnsupportedModelError, match="add_bias.*reference size 16x16"):
         onnxfcn.convert(model)
+
+
+@pytest.mark.parametrize("batch_in_shape", [True, False])
+def test_squeeze_excitation_through_linear_layers(batch_in_shape: bool) -> None:
+    """The pooled vectors flattened for a Linear carry the pool: no padding anywhere, yet the cells
+    see the whole image (the report once called this model exact). The batch of 1 the export wrote
+    into the views becomes the input's."""
+    original = realistic(se_linear_model(batch_in_shape))
+    converted, report = onnxfcn.convert(original)
+    assert not report.geometry.exact
+    assert any("global pooling inside the trunk (se_pool)" in r for r in report.geometry.reasons), report.geometry.reasons
+    assert {c.node for c in report.changes} >= ({"se_view", "se_unview"} if batch_in_shape else set())
+    x = rand([3, 3, REF, REF])
+    want = [run(original, x[i:i + 1])[0][0] for i in range(3)]
+    assert_close(run(converted, x)[0][:, :, 0, 0], want)  # batch 3 at the reference size
+    assert run(converted, rand([3, 3, REF + 6, REF + 4]))[0].shape == (3, 5, 4, 3)
+
+
+def test_radix_split_attention() -> None:
+    """ResNeSt's split attention: the radix axis summed away (the map's axes follow the lost axis)
+    and the gate's batch-1 views generalized."""
+    original = realistic(radix_split_model())
+    converted, report = onnxfcn.convert(original)
+    assert any("radix_pool" in r for r in report.geometry.reasons)
+    assert {"radix_split", "rsoftmax_view", "rsoftmax_flat", "gate_view"} <= {c.node for c in report.changes}
+    x = rand([3, 3, REF, REF])
+    want = [run(original, x[i:i + 1])[0][0] for i in range(3)]
+    assert_close(run(converted, x)[0][:, :, 0, 0], want)
+    assert run(converted, rand([2, 3, REF + 4, REF + 8]))[0].shape == (2, 5, 3, 5)
+
+
+def test_unsqueeze_and_squeeze_of_the_map_follow_its_axes() -> None:
+    """A map given a leading axis and squeezed back (exporters' keepdims dance) keeps H and W."""
+    b = Builder(13)
+    y = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3))], kernel_shape=[3, 3])
+    y = b.node("Unsqueeze", [y, b.ints("a", [1])], name="lift")
+    y = b.node("Squeeze", [b.node("Relu", [y]), b.ints("a2", [1])], name="drop")
+    y = gemm(b, b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1), C_FEAT, 5)
+    original = realistic(b.model(image_shape(), [y]))
+    converted, _ = onnxfcn.convert(original)
+    x = rand([1, 3, REF, REF])
+    assert_close(run(converted, x)[0][:, :, 0, 0], run(original, x)[0])
+    assert run(converted, rand([2, 3, REF + 5, REF]))[0].shape == (2, 5, 6, 1)
+
+
+def test_reduction_over_a_spatial_axis_and_a_channel_is_refused_in_one_line() -> None:
+    b = Builder(13)
+    y = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3))], kernel_shape=[3, 3])
+    y = b.node("Unsqueeze", [y, b.ints("a", [1])])
+    y = b.node("ReduceSum", [y, b.ints("ax", [1, 3])], keepdims=0, name="odd_sum")
+    y = gemm(b, b.node("Flatten", [b.node("ReduceMean", [y], axes=[1, 2], keepdims=1)], axis=1), 1, 5)
+    with pytest.raises(onnxfcn.UnsupportedModelError, match="odd_sum"):
+        onnxfcn.convert(b.model(image_shape(), [y]))
+
+
+def test_global_response_normalization_is_global_context() -> None:
+    """A ReduceL2 over H and W inside the trunk is a global statistic, as a squeeze-excitation's
+    pool: converted, with the reason; at the reference size equal to the original."""
+    original = realistic(grn_model())
+    converted, report = onnxfcn.convert(original)
+    assert any("global pooling inside the trunk (grn_norm)" in r for r in report.geometry.reasons)
+    x = rand([1, 3, REF, REF])
+    assert_close(run(converted, x)[0][:, :, 0, 0], run(original, x)[0])
+    assert run(converted, rand([2, 3, REF + 3, REF]))[0].shape == (2, 5, 4, 1)
+
+
+def test_head_pool_without_a_window_form_is_refused() -> None:
+    with pytest.raises(onnxfcn.UnsupportedModelError, match="ReduceL2 over H and W has no window form"):
+        onnxfcn.convert(grn_model("ReduceL2"))

@@ -104,3 +104,55 @@ def _floor_ceil_merge() -> onnx.ModelProto:
     y = gemm(b, b.node("Flatten", [y], axis=1), 8 * 7 * 7, 12)
     y = gemm(b, b.node("Relu", [y]), 12, 6)
     return b.model([1, 3, 20, 20], [y], out_names=["scores"])
+
+
+def se_linear_model(batch_in_shape: bool = True) -> onnx.ModelProto:
+    """Squeeze-excitation through Linear layers, as ``y = x.mean((2, 3)).view(b, c)`` ...
+    ``.view(b, c, 1, 1)`` exports with a static batch (``batch_in_shape``: the shapes hold the
+    batch of 1; else Flatten and a -1). No padding anywhere: only the pool makes the cells inexact."""
+    b = Builder(13, seed=41)
+    x = b.node("Relu", [b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3)), b.weight("bw", (C_FEAT,), 0.1)],
+                                kernel_shape=[3, 3])])
+    y = b.node("ReduceMean", [x], axes=[2, 3], keepdims=0, name="se_pool")
+    y = b.node("Reshape", [y, b.ints("s2", [1, C_FEAT])], name="se_view") if batch_in_shape else y
+    y = b.node("Relu", [gemm(b, y, C_FEAT, 4)])
+    y = b.node("Sigmoid", [gemm(b, y, 4, C_FEAT)])
+    y = b.node("Reshape", [y, b.ints("s4", [1 if batch_in_shape else -1, C_FEAT, 1, 1])], name="se_unview")
+    y = b.node("MaxPool", [b.node("Mul", [x, y])], kernel_shape=[2, 2], strides=[2, 2])
+    y = gemm(b, b.node("Flatten", [y], axis=1), C_FEAT * 8 * 8, 5)
+    return b.model(image_shape(), [y])
+
+
+def radix_split_model() -> onnx.ModelProto:
+    """ResNeSt's split attention: a 5-D Reshape into 2 radix groups, their sum (ReduceSum without
+    keepdims), a pooled gate with a softmax across the groups through constant batch-1 Reshapes,
+    and the gated groups summed back into one map."""
+    b = Builder(13, seed=43)
+    x = b.node("Relu", [b.node("Conv", ["image", b.weight("w", (2 * C_FEAT, 3, 3, 3))], kernel_shape=[3, 3])])
+    hw = REF - 2
+    split = b.node("Reshape", [x, b.ints("s5", [1, 2, C_FEAT, hw, hw])], name="radix_split")
+    total = b.node("ReduceSum", [split, b.ints("ax1", [1])], keepdims=0, name="radix_sum")
+    gate = b.node("ReduceMean", [total], axes=[2, 3], keepdims=1, name="radix_pool")
+    gate = b.node("Conv", [gate, b.weight("fc", (2 * C_FEAT, C_FEAT, 1, 1))], kernel_shape=[1, 1])
+    gate = b.node("Reshape", [gate, b.ints("r4", [1, 1, 2, -1])], name="rsoftmax_view")
+    gate = b.node("Softmax", [b.node("Transpose", [gate], perm=[0, 2, 1, 3])], axis=1)
+    gate = b.node("Reshape", [gate, b.ints("r2", [1, -1])], name="rsoftmax_flat")
+    gate = b.node("Reshape", [gate, b.ints("r5", [1, 2, C_FEAT, 1, 1])], name="gate_view")
+    y = b.node("ReduceSum", [b.node("Mul", [split, gate]), b.ints("ax1b", [1])], keepdims=0, name="gated_sum")
+    y = b.node("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
+    y = gemm(b, b.node("Flatten", [y], axis=1), C_FEAT * 8 * 8, 5)
+    return b.model(image_shape(), [y])
+
+
+def grn_model(head_reduction: str = "ReduceMean") -> onnx.ModelProto:
+    """ConvNeXt-V2's global response normalization: the L2 norm of each channel over the map
+    (ReduceL2 over H and W), divided by its mean over the channels, scales the map; the head pools
+    with ``head_reduction`` over H and W."""
+    b = Builder(13, seed=47)
+    x = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3)), b.weight("bw", (C_FEAT,), 0.1)], kernel_shape=[3, 3])
+    g = b.node("ReduceL2", [x], axes=[2, 3], keepdims=1, name="grn_norm")
+    n = b.node("Div", [g, b.node("Add", [b.node("ReduceMean", [g], axes=[1], keepdims=1),
+                                         b.const("eps", np.asarray(1e-6, np.float32))])])
+    y = b.node("Add", [x, b.node("Mul", [b.node("Mul", [x, n]), b.weight("gamma", (1, C_FEAT, 1, 1), 1.0)])])
+    y = b.node(head_reduction, [b.node("Relu", [y])], axes=[2, 3], keepdims=0, name="head_pool")
+    return b.model(image_shape(), [gemm(b, y, C_FEAT, 5)])

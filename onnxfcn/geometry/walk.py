@@ -62,7 +62,7 @@ def walk_trunk(analysis: Analysis, features: list[str], feature_window: tuple[in
             _follow_pooled(walk, node)
             continue
         state = analysis.state(node.output[0])
-        if state is TensorState.POOLED:
+        if state in (TensorState.POOLED, TensorState.FLAT):  # FLAT: a pool that flattens (keepdims=0)
             _global_pool(walk, node, ins[0])
             continue
         if state is not TensorState.SPATIAL:
@@ -79,8 +79,9 @@ def walk_trunk(analysis: Analysis, features: list[str], feature_window: tuple[in
 
 def _follow_pooled(walk: Walk, node: onnx.NodeProto) -> None:
     """After a global pool inside the trunk (squeeze-excitation): its output rejoins the trunk
-    later, and the cells it reaches depend on the whole image."""
-    outs = [o for o in node.output if walk.analysis.state(o) is TensorState.POOLED]
+    later, and the cells it reaches depend on the whole image. Its vectors may be flattened on the
+    way (a ``view(b, c)`` before a Linear): they carry the pool too."""
+    outs = [o for o in node.output if walk.analysis.state(o) in (TensorState.POOLED, TensorState.FLAT)]
     src = [i for i in node.input if i in walk.pooled_in_trunk]
     for o in outs:
         walk.pooled_in_trunk[o] = walk.pooled_in_trunk[src[0]] if src else node_label(node)

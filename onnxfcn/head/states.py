@@ -19,8 +19,13 @@ from .types import NCHW_AXES, NHWC_AXES, ImageInput, Layout, TensorInfo, TensorS
 _GLOBAL_POOLS = {"GlobalAveragePool": "AveragePool", "GlobalMaxPool": "MaxPool",
                  "QLinearGlobalAveragePool": "QLinearAveragePool"}  # the last: com.microsoft, quantized
 _REDUCE_POOLS = {"ReduceMean": "AveragePool", "ReduceMax": "MaxPool", "ReduceSum": "SumPool"}  # jax2onnx: a mean is a sum
+# other reductions over H and W: global statistics inside the trunk (ConvNeXt-V2's response
+# normalization takes the L2 norm of each channel over the map); the head takes only the pools above
+_OTHER_REDUCTIONS = {"ReduceL2", "ReduceL1", "ReduceMin", "ReduceSumSquare", "ReduceLogSumExp", "ReduceProd"}
 _WINDOW_POOLS = ("AveragePool", "MaxPool")
 _CONST = TensorInfo(TensorState.CONST)
+_RANK_OPS = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
+             "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin", "Squeeze", "Unsqueeze"}
 
 
 def propagate(model: onnx.ModelProto, index: GraphIndex, image: ImageInput) -> dict[str, TensorInfo]:
@@ -70,6 +75,12 @@ def node_state(index: GraphIndex, info: dict[str, TensorInfo], node: onnx.NodePr
             if tokens is not None:
                 return tokens
             lay = _reshape_layout(index, node, lay)
+        elif node.op_type in _RANK_OPS and first.state is TensorState.SPATIAL:
+            lay = _rank_layout(index, node, lay)
+        rank = index.rank(node.output[0]) if node.output else None
+        if rank is not None and max(lay) >= rank:
+            raise UnsupportedModelError(f"{node.op_type} leaves a map of rank {rank}; the tool cannot follow "
+                                        "where its batch and spatial axes went", node_label(node))
         return TensorInfo(TensorState.SPATIAL, lay)
     if TensorState.FLAT in states:
         return TensorInfo(TensorState.FLAT)
@@ -96,6 +107,51 @@ def _reshape_layout(index: GraphIndex, node: onnx.NodeProto, lay: Layout) -> Lay
     if out is None or rank is None or lay[2:] != (rank - 2, rank - 1):
         return lay
     return (0, 1, out - 2, out - 1)
+
+
+def _rank_layout(index: GraphIndex, node: onnx.NodeProto, lay: Layout) -> Layout:
+    """Layout after an op that removes or inserts axes other than the batch, H and W: a reduction
+    over channel axes without keepdims (ResNeSt sums its radix splits), Squeeze, Unsqueeze. The
+    channel axis is the first that is not the batch, H or W."""
+    rank = index.rank(node.input[0])
+    out = index.rank(node.output[0])
+    if rank is None or out is None or rank == out:
+        return lay
+    keep = (lay[0], lay[2], lay[3])
+    if out < rank:
+        removed = _removed_axes(index, node, rank)
+        if removed is None or set(removed) & set(keep):
+            raise UnsupportedModelError(f"{node.op_type} removes the batch or a spatial axis of the map, or axes "
+                                        "the tool cannot tell", node_label(node))
+        moved = [a - sum(r < a for r in removed) for a in keep]
+    else:
+        axes = attr(node, "axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = index.int_list(node.input[1])
+        if axes is None:
+            raise UnsupportedModelError("Unsqueeze of the map with axes the tool cannot tell", node_label(node))
+        inserted = {a % out for a in axes}
+        kept = [a for a in range(out) if a not in inserted]  # input axis k lands at kept[k]
+        moved = [kept[a] for a in keep]
+    channel = min(a for a in range(out) if a not in moved)
+    return (moved[0], channel, moved[1], moved[2])
+
+
+def _removed_axes(index: GraphIndex, node: onnx.NodeProto, rank: int) -> list[int] | None:
+    """The axes a reduction without keepdims or a Squeeze removes (None: not known)."""
+    if node.op_type == "Squeeze":
+        axes = attr(node, "axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = index.int_list(node.input[1])
+        if axes is None:  # every axis of size 1 at the reference size
+            shape = index.static_shape(node.input[0])
+            return None if shape is None else [a for a, d in enumerate(shape) if d == 1]
+        return sorted(a % rank for a in axes)
+    if node.op_type in ("ArgMax", "ArgMin"):
+        return [attr(node, "axis", 0) % rank]
+    if attr(node, "keepdims", 1):
+        return []
+    return _reduce_axes(index, node, rank)
 
 
 def _reduce_axes(index: GraphIndex, node: onnx.NodeProto, rank: int) -> list[int] | None:
@@ -136,7 +192,7 @@ def collapse_of(index: GraphIndex, node: onnx.NodeProto, src: TensorInfo) -> str
         return None
     if src.state is TensorState.SPATIAL and op in _GLOBAL_POOLS:
         return "pool"
-    if src.state is TensorState.SPATIAL and op in _REDUCE_POOLS:
+    if src.state is TensorState.SPATIAL and (op in _REDUCE_POOLS or op in _OTHER_REDUCTIONS):
         rank = index.rank(node.input[0]) or 4
         axes = _reduce_axes(index, node, rank)
         if axes is None or sorted(axes) != sorted((lay[2], lay[3])):

@@ -37,6 +37,8 @@ class Collapse(Rule):
             return f"Flatten with axis={axis} mixes the batch and feature axes (need axis=1)"
         if kind is None:
             return "reads the feature map but neither pools it globally nor flattens it"
+        if node.op_type.startswith("Reduce") and node.op_type not in ("ReduceMean", "ReduceMax", "ReduceSum"):
+            return f"{node.op_type} over H and W has no window form here (mean, max and sum pools have)"
         if node.op_type == "ReduceSum" and np_dtype(ctx.index, node.input[0]) not in _CONV_DTYPES:
             return "ReduceSum over a map whose type Conv does not take"
         if ctx.index.static_shape(node.input[0]) is None:
