@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from builders import C_FEAT, REF, Builder, gemm, image_shape, realistic
 from helpers import LIGHT, assert_close, cells_vs_crops, rand, run
-from trunks import full_slice_model, grn_model, radix_split_model, se_linear_model, shuffle_model
+from trunks import (
+    full_slice_model,
+    grn_model,
+    group_norm_model,
+    radix_split_model,
+    se_linear_model,
+    shuffle_model,
+)
 
 import onnxfcn
 
@@ -135,3 +142,19 @@ def test_global_response_normalization_is_global_context() -> None:
 def test_head_pool_without_a_window_form_is_refused() -> None:
     with pytest.raises(onnxfcn.UnsupportedModelError, match="ReduceL2 over H and W has no window form"):
         onnxfcn.convert(grn_model("ReduceL2"))
+
+
+@pytest.mark.parametrize("batch_in_shape", [False, True])
+def test_group_norm_is_global_context(batch_in_shape: bool) -> None:
+    """GroupNorm's statistics cover the whole map (BiT's ResNetV2, PoolFormer): converted, with the
+    reason; equal to the original at the reference size, any batch and size beyond it."""
+    original = realistic(group_norm_model(batch_in_shape=batch_in_shape))
+    converted, report = onnxfcn.convert(original)
+    assert any(r.startswith("statistics over the map's positions (gn_norm)") for r in report.geometry.reasons), \
+        report.geometry.reasons
+    x = rand([3, 3, REF, REF])
+    want = [run(original, x[i:i + 1])[0][0] for i in range(3)]
+    assert_close(run(converted, x)[0][:, :, 0, 0], want)
+    assert run(converted, rand([3, 3, REF + 4, REF + 6]))[0].shape == (3, 5, 3, 4)
+    with pytest.raises(onnxfcn.UnsupportedModelError, match="statistics over the map's positions"):
+        onnxfcn.convert(original, output_stride=(1, 1))

@@ -156,3 +156,18 @@ def grn_model(head_reduction: str = "ReduceMean") -> onnx.ModelProto:
     y = b.node("Add", [x, b.node("Mul", [b.node("Mul", [x, n]), b.weight("gamma", (1, C_FEAT, 1, 1), 1.0)])])
     y = b.node(head_reduction, [b.node("Relu", [y])], axes=[2, 3], keepdims=0, name="head_pool")
     return b.model(image_shape(), [gemm(b, y, C_FEAT, 5)])
+
+
+def group_norm_model(groups: int = 2, batch_in_shape: bool = False) -> onnx.ModelProto:
+    """GroupNorm as PyTorch's exporter writes it: Reshape to N x G x (C/G*H*W) (``[0, G, -1]``, or
+    the exported batch ``[1, G, -1]``), InstanceNormalization, Reshape back to Shape(x), then the
+    per-channel scale and shift."""
+    b = Builder(13, seed=53)
+    x = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3)), b.weight("bw", (C_FEAT,), 0.5)], kernel_shape=[3, 3])
+    g = b.node("Reshape", [x, b.ints("grp", [1 if batch_in_shape else 0, groups, -1])], name="gn_group")
+    g = b.node("InstanceNormalization", [g, b.const("one", np.ones(groups, np.float32)),
+                                         b.const("zero", np.zeros(groups, np.float32))], epsilon=1e-5, name="gn_norm")
+    g = b.node("Reshape", [g, b.node("Shape", [x])], name="gn_back")
+    g = b.node("Add", [b.node("Mul", [g, b.weight("gamma", (C_FEAT, 1, 1), 1.0)]), b.weight("beta", (C_FEAT, 1, 1))])
+    y = b.node("MaxPool", [b.node("Relu", [g])], kernel_shape=[2, 2], strides=[2, 2])
+    return b.model(image_shape(), [gemm(b, b.node("Flatten", [y], axis=1), C_FEAT * 8 * 8, 5)])

@@ -97,9 +97,9 @@ def _from_tokens(walk: Walk, node: onnx.NodeProto, tokens: Tokens) -> MapGeo:
     if tokens.mixing is not None:
         if walk.target is not None:
             raise UnsupportedModelError(
-                f"output stride: attention over the map's positions ({tokens.mixing}) would attend over the denser "
-                "map's extra cells too", node_label(node))
-        out.reasons.append(f"attention over the map's positions ({tokens.mixing}) {WHOLE_IMAGE}")
+                f"output stride: {tokens.mixing_kind} over the map's positions ({tokens.mixing}) would cover the "
+                "denser map's extra cells too", node_label(node))
+        out.reasons.append(f"{tokens.mixing_kind} over the map's positions ({tokens.mixing}) {WHOLE_IMAGE}")
     return out
 
 

@@ -60,10 +60,23 @@ def to_tokens(index: GraphIndex, node: onnx.NodeProto, src: TensorInfo) -> Tenso
         return None
     merged = (*shape[:lay[2]], h * w, *shape[lay[3] + 1:])
     axis = _map_axis(merged, lay[2], out)
-    if axis is None or (len(out) == len(shape) and out[-2:] == shape[-2:]):  # H, W still there
+    if axis is None:
+        return _grouped(shape, lay, out, node)
+    if len(out) == len(shape) and out[-2:] == shape[-2:]:  # H, W still there
         return None
     batch = _map_axis(shape, lay[0], out) if lay[0] < lay[2] else None
     return TensorInfo(TensorState.TOKENS, tokens=Tokens((axis,), batch, node.input[0], (h, w)))
+
+
+def _grouped(shape: tuple[int, ...], lay: tuple[int, ...], out: tuple[int, ...], node: onnx.NodeProto) -> TensorInfo | None:
+    """A group norm's Reshape of an NCHW map to N x G x (C/G * H * W): its groups' channels and
+    positions on one axis, normalized together (InstanceNormalization) and reshaped back."""
+    if lay != NCHW_AXES or len(shape) != 4 or len(out) != 3 or out[0] != shape[0]:
+        return None
+    n, c, h, w = shape
+    if out[1] <= 0 or c % out[1] or out[2] != (c // out[1]) * h * w:
+        return None
+    return TensorInfo(TensorState.TOKENS, tokens=Tokens((2,), 0, node.input[0], (h, w), inner=c // out[1]))
 
 
 def token_state(index: GraphIndex, info: dict[str, TensorInfo], node: onnx.NodeProto) -> TensorInfo:
@@ -73,14 +86,15 @@ def token_state(index: GraphIndex, info: dict[str, TensorInfo], node: onnx.NodeP
     assert toks, node_label(node)
     base = toks[0]
     assert base is not None
-    mixing = next((t.mixing for t in toks if t is not None and t.mixing), None)
+    mixer = next((t for t in toks if t is not None and t.mixing), None)
+    mixed = replace(base, mixing=mixer.mixing, mixing_kind=mixer.mixing_kind) if mixer is not None else base
     blocked = next((t.blocked for t in toks if t is not None and t.blocked), None)
     if blocked is not None:
-        return TensorInfo(TensorState.TOKENS, tokens=replace(base, mixing=mixing, blocked=blocked))
+        return TensorInfo(TensorState.TOKENS, tokens=replace(mixed, blocked=blocked))
     try:
-        return _follow(index, info, node, replace(base, mixing=mixing))
+        return _follow(index, info, node, mixed)
     except _Blocked as why:
-        return TensorInfo(TensorState.TOKENS, tokens=replace(base, mixing=mixing, blocked=(node_label(node), str(why))))
+        return TensorInfo(TensorState.TOKENS, tokens=replace(mixed, blocked=(node_label(node), str(why))))
 
 
 def _shape(index: GraphIndex, name: str) -> tuple[int, ...]:
@@ -119,6 +133,10 @@ def _follow(index: GraphIndex, info: dict[str, TensorInfo], node: onnx.NodeProto
         axis = attr(node, "axis", -1) % rank
         return _tokens(replace(base, mixing=base.mixing or _mixes(base, node, range(axis, rank))), base.axes,
                        base.batch)
+    if op == "InstanceNormalization":  # over every axis after N and C: a group norm's statistics
+        if base.mixing is None and _mixes(base, node, range(2, rank)):
+            base = replace(base, mixing=node_label(node), mixing_kind="statistics")
+        return _tokens(base, base.axes, base.batch)
     if op in _REDUCE:
         return _reduced(index, node, base, rank)
     if op in ("Split", "Slice", "Gather", "Concat"):
@@ -155,7 +173,7 @@ def _back_to_map(src: tuple[int, ...], base: Tokens, out: tuple[int, ...]) -> tu
     """The layout of a Reshape of tokens back into their map's H x W (NCHW or NHWC), if it is one."""
     t = base.axes[0]
     for j, layout in ((2, NCHW_AXES), (1, NHWC_AXES)):
-        if tuple(out[j:j + 2]) == base.hw and math.prod(out[:j]) == math.prod(src[:t]) \
+        if tuple(out[j:j + 2]) == base.hw and math.prod(out[:j]) == math.prod(src[:t]) * base.inner \
                 and math.prod(out[j + 2:]) == math.prod(src[t + 1:]):
             return layout
     return None

@@ -65,6 +65,8 @@ class Tokens:
     source: str  # the map the tokens were made from
     hw: tuple[int, int]  # its height and width at the reference size
     mixing: str | None = None  # the first node that mixes positions (attention): every cell sees them all
+    mixing_kind: str = "attention"  # or "statistics" (a group norm's over all positions)
+    inner: int = 1  # channels merged inside the token axis with the positions (a group norm's C/G)
     blocked: tuple[str, str] | None = None  # (node, reason): the first op the tool cannot generalize
 
     @property
