@@ -71,6 +71,8 @@ def pad_spec(analysis: Analysis, node: onnx.NodeProto) -> tuple[list[int], list[
     pads = attr(node, "pads")
     if pads is None:
         pads = index.int_list(node.input[1]) if len(node.input) > 1 and index.is_const(node.input[1]) else None
+    if pads is None and len(node.input) > 1:
+        pads = reference_pads(analysis, node)  # computed from the input size (SAME): the trunk fixes them
     if pads is None:
         raise UnsupportedModelError("Pad amounts are computed, not constant", node_label(node))
     axes = list(range(rank))
@@ -80,6 +82,15 @@ def pad_spec(analysis: Analysis, node: onnx.NodeProto) -> tuple[list[int], list[
             raise UnsupportedModelError("Pad axes are computed, not constant", node_label(node))
         axes = [a % rank for a in given]
     return [int(p) for p in pads], axes
+
+
+def reference_pads(analysis: Analysis, node: onnx.NodeProto) -> list[int] | None:
+    """The amounts of a Pad that computes them from its input's size (timm's and TensorFlow's
+    SAME padding), at the reference size; None where they cannot be evaluated there."""
+    value = analysis.index.shape_value(node.input[1])
+    if value is None or value.dtype.kind not in "iu" or value.ndim != 1:
+        return None
+    return [int(v) for v in value]
 
 
 def resize_factors(analysis: Analysis, node: onnx.NodeProto) -> tuple[tuple[int, int] | None, str]:

@@ -17,6 +17,7 @@ from onnx import helper, numpy_helper
 from .errors import UnsupportedModelError
 from .graph import GraphIndex, attr, node_label
 from .head import Analysis, TensorState
+from .opspec import reference_pads
 from .rewrite import Change
 
 _INT_MAX = 2**63 - 1
@@ -60,6 +61,8 @@ def plan_trunk_rewrite(analysis: Analysis) -> TrunkPlan:
             continue
         if node.op_type == "Slice":
             _plan_slice(analysis, plan, node, position)
+        elif node.op_type == "Pad":
+            _plan_computed_pad(analysis, plan, node, position)
         elif node.op_type in ("Expand", "Tile", "ConstantOfShape", "Resize", "Upsample"):
             _refuse_baked(analysis, node)
         else:
@@ -210,6 +213,25 @@ def _plan_reshape(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProto, pos
     plan.replacements[position] = nodes
     plan.changes.append(Change(node_label(node), f"Reshape(to {target})",
                                f"Reshape(to [N, {', '.join(map(str, middle))}, H, W] from Shape)"))
+
+
+def _plan_computed_pad(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProto, position: int) -> None:
+    """A Pad of the map whose amounts are computed from its size (SAME padding): fixed at the
+    reference size's, the amounts the geometry was composed with (``opspec.pad_spec``). Each window
+    is then padded as the original pads the reference-size input; computed on, the amounts would
+    change with the parity of the map and shift the cells."""
+    index = analysis.index
+    if len(node.input) < 2 or not node.input[1] or index.is_const(node.input[1]) or _spatial_axes(analysis, node.input[0]) is None:
+        return
+    pads = reference_pads(analysis, node)
+    if pads is None:
+        raise UnsupportedModelError("Pad amounts are computed, not constant", node_label(node))
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    new.input[1] = _const(index, plan, pads)
+    plan.replacements[position] = [new]
+    plan.changes.append(Change(node_label(node), "Pad(amounts computed from the input size)",
+                               f"Pad({pads}: the reference size's amounts, for every window)"))
 
 
 def _spatial_axes(analysis: Analysis, name: str) -> tuple[int, int, int] | None:

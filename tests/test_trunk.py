@@ -6,6 +6,7 @@ import pytest
 from builders import C_FEAT, REF, Builder, gemm, image_shape, realistic
 from helpers import LIGHT, assert_close, cells_vs_crops, rand, run
 from trunks import (
+    computed_pad_model,
     full_slice_model,
     grn_model,
     group_norm_model,
@@ -158,3 +159,17 @@ def test_group_norm_is_global_context(batch_in_shape: bool) -> None:
     assert run(converted, rand([3, 3, REF + 4, REF + 6]))[0].shape == (3, 5, 3, 4)
     with pytest.raises(onnxfcn.UnsupportedModelError, match="statistics over the map's positions"):
         onnxfcn.convert(original, output_stride=(1, 1))
+
+
+def test_same_padding_computed_from_the_size_is_fixed_at_the_reference_size() -> None:
+    """Pad amounts computed from the map's size (timm's SAME padding) take their reference-size
+    values: the geometry is composed with them, and computed on they would change with the map's
+    parity (0 instead of 1 at odd sizes here) and shift the cells."""
+    original = realistic(computed_pad_model())
+    converted, report = onnxfcn.convert(original)
+    change = next(c for c in report.changes if c.node == "same_pad")
+    assert "[0, 0, 0, 0, 0, 0, 1, 1]" in change.after
+    assert not any(n.op_type == "Shape" for n in converted.graph.node)
+    x = rand([1, 3, REF, REF])
+    assert_close(run(converted, x)[0][:, :, 0, 0], run(original, x)[0])
+    assert run(converted, rand([1, 3, REF + 3, REF + 5], seed=3))[0].shape == (1, 5, 2, 3)  # odd maps run

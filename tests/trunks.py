@@ -171,3 +171,18 @@ def group_norm_model(groups: int = 2, batch_in_shape: bool = False) -> onnx.Mode
     g = b.node("Add", [b.node("Mul", [g, b.weight("gamma", (C_FEAT, 1, 1), 1.0)]), b.weight("beta", (C_FEAT, 1, 1))])
     y = b.node("MaxPool", [b.node("Relu", [g])], kernel_shape=[2, 2], strides=[2, 2])
     return b.model(image_shape(), [gemm(b, b.node("Flatten", [y], axis=1), C_FEAT * 8 * 8, 5)])
+
+
+def computed_pad_model() -> onnx.ModelProto:
+    """SAME padding computed from the map's size, as timm's ``pad_same`` (tf_ EfficientNets,
+    NFNets) exports: 1 at the end of H and W where the map is even, 0 where odd, before a stride-2
+    convolution."""
+    b = Builder(13, seed=59)
+    x = b.node("Relu", [b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3))], kernel_shape=[3, 3])])
+    shape = b.node("Shape", [x])
+    ends = b.node("Mod", [b.node("Add", [b.node("Slice", [shape, b.ints("s", [2]), b.ints("e", [4])]), b.ints("one", [1])]),
+                          b.ints("two", [2])])
+    pads = b.node("Concat", [b.ints("zeros", [0, 0, 0, 0, 0, 0]), ends], axis=0)
+    y = b.node("Pad", [x, pads], name="same_pad")
+    y = b.node("Conv", [y, b.weight("w2", (C_FEAT, C_FEAT, 3, 3))], kernel_shape=[3, 3], strides=[2, 2])
+    return b.model(image_shape(), [gemm(b, b.node("Flatten", [b.node("Relu", [y])], axis=1), C_FEAT * 8 * 8, 5)])
