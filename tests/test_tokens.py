@@ -85,3 +85,39 @@ def test_fixed_token_counts_are_refused(extra: str, reason: str) -> None:
     assert info.value.node
     plan = onnxfcn.inspect(original)
     assert not plan and plan.blockers[0]["node"] == info.value.node
+
+
+def global_context_model(head: bool = False) -> object:
+    """GCNet's global-context block (timm's ``GlobalContext``): a 1x1 conv's softmax over the
+    positions weights the map's tokens, their weighted sum (a MatMul contracting the tokens) is a
+    pooled vector per image, a 1x1 conv of it is added to the map. ``head``: the weighted sum
+    feeds the classifier instead (attention pooling as the head)."""
+    b = Builder(13, seed=11)
+    f = _trunk(b)
+    logits = b.node("Conv", [f, b.weight("attn", (1, C, 1, 1))], kernel_shape=[1, 1])
+    weights = b.node("Softmax", [b.node("Reshape", [logits, b.ints("to_t1", [1, 1, H * H])])], axis=-1)
+    weights = b.node("Unsqueeze", [weights, b.ints("ax", [3])])  # N x 1 x HW x 1
+    tokens = b.node("Unsqueeze", [b.node("Reshape", [f, b.ints("to_tc", [1, C, H * H])]), b.ints("ax1", [1])])
+    context = b.node("Reshape", [b.node("MatMul", [tokens, weights], name="attn_pool"), b.ints("to_v", [1, C, 1, 1])])
+    if head:
+        return b.model([1, 3, 18, 18], [gemm(b, b.node("Flatten", [context], axis=1), C, 40)])
+    context = b.node("Conv", [context, b.weight("mlp", (C, C, 1, 1))], kernel_shape=[1, 1])
+    y = b.node("Flatten", [b.node("GlobalAveragePool", [b.node("Add", [f, context])])], axis=1)
+    return b.model([1, 3, 18, 18], [gemm(b, y, C, 40)])
+
+
+def test_attention_pooling_inside_the_trunk_is_a_global_pool() -> None:
+    """The tokens contracted away leave one vector per image: a global pool inside the trunk, as
+    squeeze-excitation's (timm's gcresnext was refused: "Conv: the tool cannot follow what it does
+    to the tokens")."""
+    original = global_context_model()
+    conv, report = onnxfcn.convert(original)
+    assert "global pooling inside the trunk (attn_pool) sees the whole image" in report.geometry.reasons
+    x = rand([1, 3, 18, 18], seed=2)
+    assert_close(run(conv, x)[0][:, :, 0, 0], run(original, x)[0], rel=1e-5)
+    assert run(conv, rand([3, 3, 26, 20], seed=3))[0].shape == (3, 40, 5, 2)
+
+
+def test_attention_pooling_as_the_head_is_refused() -> None:
+    with pytest.raises(UnsupportedModelError, match="node 'attn_pool': output .* attention pooling of the tokens"):
+        onnxfcn.convert(global_context_model(head=True))

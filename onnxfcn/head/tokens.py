@@ -92,9 +92,14 @@ def token_state(index: GraphIndex, info: dict[str, TensorInfo], node: onnx.NodeP
     if blocked is not None:
         return TensorInfo(TensorState.TOKENS, tokens=replace(mixed, blocked=blocked))
     try:
-        return _follow(index, info, node, mixed)
+        out = _follow(index, info, node, mixed)
     except _Blocked as why:
         return TensorInfo(TensorState.TOKENS, tokens=replace(mixed, blocked=(node_label(node), str(why))))
+    if out.tokens is not None and not out.tokens.axes and out.tokens.batch == 0:
+        # attention pooling (a global-context block's softmax-weighted sum over the positions): a
+        # pooled vector per image, as a global pool's
+        return TensorInfo(TensorState.POOLED, NCHW_AXES)
+    return out
 
 
 def _shape(index: GraphIndex, name: str) -> tuple[int, ...]:
@@ -299,9 +304,31 @@ def refuse_fixed_tokens(index: GraphIndex, info: dict[str, TensorInfo]) -> None:
             tok = info[o].tokens if o in needed and o in info else None
             if tok is not None and tok.blocked is not None and tok.blocked[0] == node_label(node):
                 raise UnsupportedModelError(tok.blocked[1], tok.blocked[0])
+    _refuse_pooled_tokens_head(index, info)
     for o in index.graph_outputs:
         if o in info and info[o].state is TensorState.TOKENS:
             raise UnsupportedModelError(
                 f"output '{o}' is computed from tokens (of the map '{info[o].tokens.source}') that never "  # type: ignore[union-attr]
                 "return to a feature map: the head reads tokens, as a transformer's does; the tool converts heads "
                 "that read a feature map")
+
+
+def _refuse_pooled_tokens_head(index: GraphIndex, info: dict[str, TensorInfo]) -> None:
+    """An output computed from an attention pooling of the tokens (attention pooling as the
+    classifier's pool), with no map in between: its head reads no feature map."""
+    pooled: dict[str, str] = {}  # tensor -> the pooling node it comes from, through non-map tensors
+    for node in index.graph.node:
+        reads_tokens = any(info.get(i) is not None and info[i].state is TensorState.TOKENS for i in node.input if i)
+        source = next((pooled[i] for i in node.input if i in pooled), None)
+        for o in node.output:
+            if not o or o not in info or info[o].state is TensorState.SPATIAL:
+                continue
+            if reads_tokens and info[o].state is TensorState.POOLED:
+                pooled[o] = node_label(node)
+            elif source is not None:
+                pooled[o] = source
+    for o in index.graph_outputs:
+        if o in pooled:
+            raise UnsupportedModelError(
+                f"output '{o}' is computed from an attention pooling of the tokens over the whole map, with no feature "
+                "map after it: the head pools by attention; the tool converts heads that read a feature map", pooled[o])
