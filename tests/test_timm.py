@@ -1,7 +1,9 @@
 """timm models (random weights, realistic scale, legacy exporter): DLA34, whose merged branches
 agree in size only on a lattice, and HRNet-W18-small, whose trunk upsamples its low-resolution
 branches (Resize, nearest, by 2, 4 and 8) into the high ones, convert with their lattices stated,
-run exactly there, and pass verify."""
+run exactly there, and pass verify; trunks with global context (split attention, GroupNorm,
+response normalization, global-context blocks, SAME padding computed from the size) convert with
+the reason and pass verify."""
 
 from __future__ import annotations
 
@@ -41,3 +43,30 @@ def test_lattice_models_run_exactly_at_their_sizes(exports: Exports, name: str, 
         result = onnxfcn.verify(path, converted, sizes=[(286, 320)], positions="all")
         assert result, result.reason
         assert not any("upsampling" in r for r in report.geometry.reasons)  # its head reads the stride-32 map
+
+
+# Trunk constructs found by converting timm's zoo with random weights (2026-12-06): each was refused
+# or crashed before, and each converts now with the reason its cells see the whole image.
+GLOBAL_CONTEXT = [
+    ("resnest14d", "global pooling inside the trunk"),  # split attention: 5-D radix split, batch-1 views
+    ("resnetv2_50x1_bit", "statistics over the map's positions"),  # BiT: GroupNorm
+    ("poolformer_s12", "statistics over the map's positions"),  # GroupNorm with one group
+    ("convnextv2_atto", "global pooling inside the trunk (/stages/stages.0/blocks/blocks.0/mlp/grn/ReduceL2)"),
+    ("gcresnext26ts", "global pooling inside the trunk (/stages/stages.0/stages.0.0/attn/MatMul)"),  # GCNet
+    ("tf_efficientnet_b0", "global pooling inside the trunk"),  # SAME padding computed from the map's size
+]
+
+
+@pytest.mark.parametrize("name, reason", GLOBAL_CONTEXT, ids=[n for n, _ in GLOBAL_CONTEXT])
+def test_global_context_trunks_convert_and_verify(exports: Exports, name: str, reason: str) -> None:
+    path = exports.timm(name)
+    converted, report = onnxfcn.convert(path)
+    assert report.geometry.global_context and any(r.startswith(reason) for r in report.geometry.reasons), \
+        report.geometry.reasons
+    assert report.self_check[0]["outputs"][0]["ratio"] <= 1
+    if name.startswith("tf_"):
+        assert any("the reference size's amounts" in c.after for c in report.changes)
+    result = onnxfcn.verify(path, converted, sizes=[(256, 288)], positions="all")
+    assert result, result.reason
+    y = run(converted, rand([2, 3, 257, 291]))[0]  # a batch of 2 at a size off the stride grid
+    assert y.shape[:2] == (2, 100) and np.isfinite(y).all()
