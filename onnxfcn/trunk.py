@@ -68,10 +68,11 @@ def plan_trunk_rewrite(analysis: Analysis) -> TrunkPlan:
         else:
             _refuse_spatial_constant(analysis, node)
             if node.op_type == "Reshape":
-                if any(analysis.state(t) is TensorState.TOKENS for t in (node.input[0], node.output[0])):
+                vectors = (TensorState.POOLED, TensorState.FLAT)
+                if analysis.state(node.input[0]) in vectors or analysis.state(node.output[0]) in vectors:
+                    _plan_vector_reshape(analysis, plan, node, position)  # tokens contracted away too
+                elif any(analysis.state(t) is TensorState.TOKENS for t in (node.input[0], node.output[0])):
                     _plan_token_reshape(analysis, plan, node, position)
-                elif analysis.state(node.input[0]) in (TensorState.POOLED, TensorState.FLAT):
-                    _plan_vector_reshape(analysis, plan, node, position)
                 else:
                     _plan_reshape(analysis, plan, node, position)
     return plan

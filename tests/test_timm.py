@@ -52,7 +52,7 @@ GLOBAL_CONTEXT = [
     ("resnetv2_50x1_bit", "statistics over the map's positions"),  # BiT: GroupNorm
     ("poolformer_s12", "statistics over the map's positions"),  # GroupNorm with one group
     ("convnextv2_atto", "global pooling inside the trunk (/stages/stages.0/blocks/blocks.0/mlp/grn/ReduceL2)"),
-    ("gcresnext26ts", "global pooling inside the trunk (/stages/stages.0/stages.0.0/attn/MatMul)"),  # GCNet
+    ("gcresnext26ts", "global pooling inside the trunk (/stages/stages.0/stages.0.0/attn/Softmax)"),  # GCNet
     ("tf_efficientnet_b0", "global pooling inside the trunk"),  # SAME padding computed from the map's size
 ]
 

@@ -95,7 +95,8 @@ def global_context_model(head: bool = False) -> object:
     b = Builder(13, seed=11)
     f = _trunk(b)
     logits = b.node("Conv", [f, b.weight("attn", (1, C, 1, 1))], kernel_shape=[1, 1])
-    weights = b.node("Softmax", [b.node("Reshape", [logits, b.ints("to_t1", [1, 1, H * H])])], axis=-1)
+    weights = b.node("Softmax", [b.node("Reshape", [logits, b.ints("to_t1", [1, 1, H * H])])], axis=-1,
+                     name="attn_softmax")
     weights = b.node("Unsqueeze", [weights, b.ints("ax", [3])])  # N x 1 x HW x 1
     tokens = b.node("Unsqueeze", [b.node("Reshape", [f, b.ints("to_tc", [1, C, H * H])]), b.ints("ax1", [1])])
     context = b.node("Reshape", [b.node("MatMul", [tokens, weights], name="attn_pool"), b.ints("to_v", [1, C, 1, 1])])
@@ -112,12 +113,52 @@ def test_attention_pooling_inside_the_trunk_is_a_global_pool() -> None:
     to the tokens")."""
     original = global_context_model()
     conv, report = onnxfcn.convert(original)
-    assert "global pooling inside the trunk (attn_pool) sees the whole image" in report.geometry.reasons
+    assert "global pooling inside the trunk (attn_softmax) sees the whole image" in report.geometry.reasons
     x = rand([1, 3, 18, 18], seed=2)
     assert_close(run(conv, x)[0][:, :, 0, 0], run(original, x)[0], rel=1e-5)
     assert run(conv, rand([3, 3, 26, 20], seed=3))[0].shape == (3, 40, 5, 2)
 
 
 def test_attention_pooling_as_the_head_is_refused() -> None:
-    with pytest.raises(UnsupportedModelError, match="node 'attn_pool': output .* attention pooling of the tokens"):
+    with pytest.raises(UnsupportedModelError, match="node 'attn_softmax': output .* attention pooling of the tokens"):
         onnxfcn.convert(global_context_model(head=True))
+
+
+def linear_attention_model(pad_tokens: bool = False) -> object:
+    """EfficientViT's ReLU linear attention: v padded with a column of ones, k^T v contracts the
+    tokens (a matrix per image), q (k^T v) brings them back, the last column divides the rest.
+    ``pad_tokens``: the Pad adds a token instead (refused)."""
+    b = Builder(13, seed=13)
+    f = _trunk(b)
+    t = b.node("Transpose", [b.node("Reshape", [f, b.ints("to_tokens", [1, C, H * H])])], perm=[0, 2, 1])  # 1 x HW x C
+    q, k = b.node("Relu", [t]), b.node("Relu", [b.node("Neg", [t])])
+    if pad_tokens:  # a token of ones in front, the last one dropped: the tokens shift by one position
+        v = b.node("Pad", [t, b.ints("pads", [0, 1, 0, 0, 0, 0]), b.const("one", np.asarray(1.0, np.float32))],
+                   name="pad_ones")
+        t = b.node("Slice", [v, b.ints("st", [0]), b.ints("en", [H * H]), b.ints("ax", [1])])
+    v = b.node("Pad", [t, b.ints("pads", [0, 0, 0, 0, 0, 1]), b.const("one1", np.asarray(1.0, np.float32))],
+               name="pad_ones" if not pad_tokens else "pad_column")
+    kv = b.node("MatMul", [b.node("Transpose", [k], perm=[0, 2, 1]), v], name="kv")  # 1 x C x (C+1)
+    out = b.node("MatMul", [q, kv])
+    num = b.node("Slice", [out, b.ints("s0", [0]), b.ints("e0", [C]), b.ints("a0", [2])])
+    den = b.node("Slice", [out, b.ints("s1", [C]), b.ints("e1", [C + 1]), b.ints("a1", [2])])
+    y = b.node("Div", [num, b.node("Add", [den, b.const("eps", np.asarray(1e-3, np.float32))])])
+    y = b.node("Reshape", [b.node("Transpose", [y], perm=[0, 2, 1]), b.ints("to_map", [1, C, H, H])])
+    y = b.node("Flatten", [b.node("GlobalAveragePool", [b.node("Add", [f, y])])], axis=1)
+    return b.model([1, 3, 18, 18], [gemm(b, y, C, 40)])
+
+
+def test_linear_attention_converts() -> None:
+    """The Pad along the channels keeps the tokens; k^T v mixes every position (timm's
+    efficientvit_b0 was refused at the Pad)."""
+    original = linear_attention_model()
+    conv, report = onnxfcn.convert(original)
+    assert "attention over the map's positions (kv) sees the whole image" in report.geometry.reasons
+    x = rand([1, 3, 18, 18], seed=2)
+    assert_close(run(conv, x)[0][:, :, 0, 0], run(original, x)[0], rel=1e-5)
+    assert run(conv, rand([2, 3, 22, 30], seed=3))[0].shape == (2, 40, 3, 7)
+
+
+def test_pad_that_adds_a_token_is_refused() -> None:
+    with pytest.raises(UnsupportedModelError, match="node 'pad_ones': Pad adds tokens by position"):
+        onnxfcn.convert(linear_attention_model(pad_tokens=True))

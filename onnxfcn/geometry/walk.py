@@ -81,10 +81,13 @@ def _follow_pooled(walk: Walk, node: onnx.NodeProto) -> None:
     """After a global pool inside the trunk (squeeze-excitation): its output rejoins the trunk
     later, and the cells it reaches depend on the whole image. Its vectors may be flattened on the
     way (a ``view(b, c)`` before a Linear): they carry the pool too."""
+    info = walk.analysis.info
     outs = [o for o in node.output if walk.analysis.state(o) in (TensorState.POOLED, TensorState.FLAT)]
     src = [i for i in node.input if i in walk.pooled_in_trunk]
+    # tokens contracted away: the node that mixed (pooled) their positions
+    mixed = [t.mixing for i in node.input if i in info and (t := info[i].tokens) is not None and t.mixing]
     for o in outs:
-        walk.pooled_in_trunk[o] = walk.pooled_in_trunk[src[0]] if src else node_label(node)
+        walk.pooled_in_trunk[o] = walk.pooled_in_trunk[src[0]] if src else mixed[0] if mixed else node_label(node)
 
 
 def _from_tokens(walk: Walk, node: onnx.NodeProto, tokens: Tokens) -> MapGeo:

@@ -89,16 +89,16 @@ def token_state(index: GraphIndex, info: dict[str, TensorInfo], node: onnx.NodeP
     mixer = next((t for t in toks if t is not None and t.mixing), None)
     mixed = replace(base, mixing=mixer.mixing, mixing_kind=mixer.mixing_kind) if mixer is not None else base
     blocked = next((t.blocked for t in toks if t is not None and t.blocked), None)
+    if blocked is None and all(t is not None and not t.axes and t.batch == 0 for t in toks):
+        # tokens contracted away (a global-context block's softmax-weighted sum over the positions;
+        # linear attention's k^T v): used for anything but tokens, a pooled vector per image
+        return TensorInfo(TensorState.POOLED, NCHW_AXES)
     if blocked is not None:
         return TensorInfo(TensorState.TOKENS, tokens=replace(mixed, blocked=blocked))
     try:
         out = _follow(index, info, node, mixed)
     except _Blocked as why:
         return TensorInfo(TensorState.TOKENS, tokens=replace(mixed, blocked=(node_label(node), str(why))))
-    if out.tokens is not None and not out.tokens.axes and out.tokens.batch == 0:
-        # attention pooling (a global-context block's softmax-weighted sum over the positions): a
-        # pooled vector per image, as a global pool's
-        return TensorInfo(TensorState.POOLED, NCHW_AXES)
     return out
 
 
@@ -146,6 +146,10 @@ def _follow(index: GraphIndex, info: dict[str, TensorInfo], node: onnx.NodeProto
         return _reduced(index, node, base, rank)
     if op in ("Split", "Slice", "Gather", "Concat"):
         return _indexed(index, info, node, base, out)
+    if op == "Pad":  # along other axes (linear attention pads v with a column of ones)
+        if any(out[a] != _shape(index, node.input[0])[a] for a in (*base.axes, *(() if base.batch is None else (base.batch,)))):
+            raise _Blocked(f"Pad adds tokens by position: {_RUN_ON_CROPS}")
+        return _tokens(base, base.axes, base.batch)
     if op in _UNARY and _shape(index, node.input[0]) == out:
         return _tokens(base, base.axes, base.batch)
     raise _Blocked(f"{op}: the tool cannot follow what it does to the tokens")
@@ -318,13 +322,13 @@ def _refuse_pooled_tokens_head(index: GraphIndex, info: dict[str, TensorInfo]) -
     classifier's pool), with no map in between: its head reads no feature map."""
     pooled: dict[str, str] = {}  # tensor -> the pooling node it comes from, through non-map tensors
     for node in index.graph.node:
-        reads_tokens = any(info.get(i) is not None and info[i].state is TensorState.TOKENS for i in node.input if i)
+        toks = [info[i].tokens for i in node.input if i and i in info and info[i].tokens is not None]
         source = next((pooled[i] for i in node.input if i in pooled), None)
         for o in node.output:
             if not o or o not in info or info[o].state is TensorState.SPATIAL:
                 continue
-            if reads_tokens and info[o].state is TensorState.POOLED:
-                pooled[o] = node_label(node)
+            if toks and info[o].state is TensorState.POOLED:
+                pooled[o] = next((t.mixing for t in toks if t is not None and t.mixing), node_label(node))
             elif source is not None:
                 pooled[o] = source
     for o in index.graph_outputs:
