@@ -55,6 +55,7 @@ def _slice(index: GraphIndex, plan: TrunkPlan, nodes: list[onnx.NodeProto], src:
 def plan_trunk_rewrite(analysis: Analysis) -> TrunkPlan:
     """Plan the generalization of trunk nodes that hold the batch or H, W as constants."""
     plan = TrunkPlan()
+    plan.changes.extend(Change(*spelling) for spelling in analysis.spellings)
     head_ids = {id(n) for h in analysis.heads for n in h.nodes}
     for position, node in enumerate(analysis.index.graph.node):
         if id(node) in head_ids:

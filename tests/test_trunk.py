@@ -13,6 +13,7 @@ from trunks import (
     radix_split_model,
     se_linear_model,
     shuffle_model,
+    space_to_depth_model,
 )
 
 import onnxfcn
@@ -173,3 +174,23 @@ def test_same_padding_computed_from_the_size_is_fixed_at_the_reference_size() ->
     x = rand([1, 3, REF, REF])
     assert_close(run(converted, x)[0][:, :, 0, 0], run(original, x)[0])
     assert run(converted, rand([1, 3, REF + 3, REF + 5], seed=3))[0].shape == (1, 5, 2, 3)  # odd maps run
+
+
+@pytest.mark.parametrize("spelled", [True, False])
+def test_space_to_depth_is_a_block_kernel(spelled: bool) -> None:
+    """Space-to-depth (TResNet's stem, spelled Reshape-Transpose-Reshape by PyTorch's exporter) is a
+    2x2 kernel of stride 2: the model runs where the blocks divide the map, and with no padding
+    anywhere its cells equal the crops."""
+    original = realistic(space_to_depth_model(spelled))
+    converted, report = onnxfcn.convert(original)
+    geo = report.geometry
+    assert geo.exact and geo.stride == (4, 4) and geo.lattice == ((2, (0,)), (2, (0,)))
+    assert [n.op_type for n in converted.graph.node].count("SpaceToDepth") == 1
+    if spelled:
+        assert any(c.node == "s2d" and c.after == "SpaceToDepth(blocksize=2)" for c in report.changes)
+    x = rand([2, 3, REF + 8, REF + 4])
+    cells, crops = cells_vs_crops(original, converted, x, REF, 4)
+    assert cells.shape[:2] == (6, 2)  # 3 x 2 cells, batch 2
+    assert_close(cells, crops)
+    with pytest.raises(onnxfcn.OnnxFcnError, match="the next size that is: 20x22"):
+        onnxfcn.convert(original, static=(19, 21))

@@ -186,3 +186,19 @@ def computed_pad_model() -> onnx.ModelProto:
     y = b.node("Pad", [x, pads], name="same_pad")
     y = b.node("Conv", [y, b.weight("w2", (C_FEAT, C_FEAT, 3, 3))], kernel_shape=[3, 3], strides=[2, 2])
     return b.model(image_shape(), [gemm(b, b.node("Flatten", [b.node("Relu", [y])], axis=1), C_FEAT * 8 * 8, 5)])
+
+
+def space_to_depth_model(spelled: bool = True, b: int = 2) -> onnx.ModelProto:
+    """A space-to-depth stem (TResNet's): spelled as PyTorch exports it (Reshape, Transpose,
+    Reshape) or as ONNX's SpaceToDepth; then a valid 3x3 conv, a 2x2 max pool and a dense head."""
+    bld = Builder(13, seed=61)
+    if spelled:
+        y = bld.node("Reshape", ["image", bld.ints("s6", [1, 3, REF // b, b, REF // b, b])])
+        y = bld.node("Transpose", [y], perm=[0, 3, 5, 1, 2, 4])
+        y = bld.node("Reshape", [y, bld.ints("s4", [1, 3 * b * b, REF // b, REF // b])], name="s2d")
+    else:
+        y = bld.node("SpaceToDepth", ["image"], blocksize=b, name="s2d")
+    y = bld.node("Conv", [y, bld.weight("w", (C_FEAT, 3 * b * b, 3, 3))], kernel_shape=[3, 3])
+    m = REF // b - 2
+    y = bld.node("MaxPool", [bld.node("Relu", [y])], kernel_shape=[2, 2], strides=[2, 2])
+    return bld.model(image_shape(), [gemm(bld, bld.node("Flatten", [y], axis=1), C_FEAT * (m // 2) ** 2, 5)])

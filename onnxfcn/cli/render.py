@@ -60,8 +60,8 @@ def geometry(g: dict[str, Any]) -> None:
     typer.echo(f"min    input at least {_pair(g['min_size'])}; smaller inputs fit no window: onnxruntime raises an error "
                "(never a crash)")
     if g["sizes"] != ["any", "any"]:
-        typer.echo(f"sizes  H = {g['sizes'][0]}, W = {g['sizes'][1]} only: merged branches' sizes agree there alone "
-                   "(elsewhere onnxruntime fails at the merge; onnxfcn refuses such sizes)")
+        typer.echo(f"sizes  H = {g['sizes'][0]}, W = {g['sizes'][1]} only: there alone merged branches' sizes agree "
+                   "and space-to-depth blocks divide the map (elsewhere onnxruntime fails; onnxfcn refuses such sizes)")
     if g["exact"]:
         typer.echo("exact  yes: each cell equals the original classifier on its crop (no padding inside a window)")
         return

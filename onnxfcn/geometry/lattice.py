@@ -33,8 +33,8 @@ def check_on_lattice(height: int, width: int, lattice: tuple[Lattice, Lattice], 
         return
     nh, nw = next_on_lattice(height, lattice[0]), next_on_lattice(width, lattice[1])
     raise OnnxFcnError(f"{what} {height}x{width} is not a size the model runs at (H = {lattice_text(lattice[0])}, "
-                       f"W = {lattice_text(lattice[1])}: merged branches' sizes differ at other sizes, and onnxruntime "
-                       f"fails at the merge); the next size that is: {nh}x{nw}")
+                       f"W = {lattice_text(lattice[1])}: at other sizes merged branches' sizes differ or space-to-depth blocks "
+                       f"do not divide the map, and onnxruntime fails); the next size that is: {nh}x{nw}")
 
 
 def lattice_text(lattice: Lattice) -> str:
@@ -91,4 +91,11 @@ def agreeing(mine: SizeFn, theirs: SizeFn, period: int, ref: int) -> Lattice:
         a, b = mine(n), theirs(n)
         if (a >= 1 or b >= 1) and a != b:
             bad.add(n % period)
+    return period, tuple(r for r in range(period) if r not in bad)
+
+
+def divisible(size: SizeFn, b: int, period: int, ref: int) -> Lattice:
+    """The input sizes at which a map of ``size(n)`` cells divides into blocks of ``b`` (residues
+    modulo ``period``, after which that repeats, that hold at every probed size)."""
+    bad = {n % period for n in range(max(1, ref - 2 * period), ref + 4 * period) if size(n) >= 1 and size(n) % b}
     return period, tuple(r for r in range(period) if r not in bad)

@@ -23,11 +23,11 @@ from ..graph import attr, node_label
 from ..head import TensorState
 from ..opspec import kernel_axis, map_hw, pad_spec, resize_factors
 from ..stride import KERNEL_OPS, Edit, ceil_end_pad, kernel_edit, new_stride, scaled_pads
-from .lattice import SizeFn
+from .lattice import SizeFn, divisible, meet, on_lattice
 from .state import AxisGeo, MapGeo, Walk
 
 Step = Callable[[Walk, onnx.NodeProto, MapGeo], None]
-_SCALE_OPS = {"ConvTranspose", "DepthToSpace", "SpaceToDepth", "MaxUnpool"}
+_SCALE_OPS = {"ConvTranspose", "DepthToSpace", "MaxUnpool"}
 _UNMODELLED_KERNELS = {"DeformConv", "Col2Im", "Im2Col"}
 
 
@@ -107,6 +107,30 @@ def resize(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
         out.reasons.append(f"linear Resize at {node_label(node)} clamps at the map's edge")
 
 
+def _blocks_size_fn(prev: SizeFn, b: int) -> SizeFn:
+    return lambda n: prev(n) // b
+
+
+def space_to_depth(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
+    """Blocks of b x b cells into channels: a b x b kernel of stride b without padding; the map
+    must divide into blocks, which narrows the sizes the model runs at."""
+    b = int(attr(node, "blocksize", 1))
+    if walk.target is not None and b > 1:
+        raise UnsupportedModelError("output stride: a space-to-depth in the trunk cannot be re-strided",
+                                    node_label(node))
+    ref = walk.analysis.image.height, walk.analysis.image.width
+    for ax, axis in ((0, out.h), (1, out.w)):
+        period = math.lcm(walk.coarse[ax], axis.jump) * b
+        met = meet(walk.lattice[ax], divisible(axis.size, b, period, ref[ax]))
+        if not on_lattice(ref[ax], met):
+            raise UnsupportedModelError(f"SpaceToDepth of a map of {axis.size(ref[ax])} cells into blocks of {b}",
+                                        node_label(node))
+        walk.lattice[ax] = met
+        axis.rf += (b - 1) * axis.jump
+        axis.jump *= b
+        axis.size = _blocks_size_fn(axis.size, b)
+
+
 def _padded_size_fn(prev: SizeFn, extra: int) -> SizeFn:
     return lambda n: prev(n) + extra
 
@@ -172,6 +196,7 @@ STEPS: dict[str, Step] = {
     **{op: kernel for op in KERNEL_OPS},
     "Resize": resize, "Upsample": resize,
     "Pad": pad,
+    "SpaceToDepth": space_to_depth,
 }
 
 

@@ -10,10 +10,13 @@ attention inside the trunk) return to a map or block the conversion (``tokens.py
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import onnx
 
 from ..errors import UnsupportedModelError
 from ..graph import GraphIndex, ShapeProbe
+from ..spellings import write_space_to_depth
 from .groups import group_heads, refuse_headless
 from .image import find_image_input
 from .states import collapse_of, propagate
@@ -28,13 +31,17 @@ def analyze(model: onnx.ModelProto, image: ImageInput, probe: ShapeProbe | None 
     """Propagate tensor states, then collect the head nodes behind each dense output. ``probe``
     reads the shapes ONNX inference leaves open (``runtime.probe_shapes``)."""
     batch = image.batch if isinstance(image.batch, int) else 1
-    index = GraphIndex(model, {image.name: image.shape_at(batch, image.height, image.width)}, probe)
+    shapes: dict[str, Sequence[int]] = {image.name: image.shape_at(batch, image.height, image.width)}
+    index = GraphIndex(model, shapes, probe)
+    spellings = write_space_to_depth(model, index)
+    if spellings:
+        index = GraphIndex(model, shapes, probe)
     info = propagate(model, index, image)
     refuse_fixed_tokens(index, info)
     heads = group_heads(model, index, info)
     if not heads:
         refuse_headless(model, index, info)
-    return Analysis(index, image, info, heads)
+    return Analysis(index, image, info, heads, spellings)
 
 
 def collapse_kind(a: Analysis, node: onnx.NodeProto) -> str | None:

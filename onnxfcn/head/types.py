@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnx
 
@@ -96,6 +96,7 @@ class Analysis:
     image: ImageInput
     info: dict[str, TensorInfo]
     heads: list[Head]
+    spellings: list[tuple[str, str, str]] = field(default_factory=list)  # ops written as ops (spellings.py)
 
     def layout(self, name: str) -> Layout:
         lay = self.info[name].layout
