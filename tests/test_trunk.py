@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from builders import C_FEAT, REF, Builder, gemm, image_shape, realistic
 from helpers import LIGHT, assert_close, cells_vs_crops, rand, run
@@ -10,6 +11,7 @@ from trunks import (
     full_slice_model,
     grn_model,
     group_norm_model,
+    map_statistic_model,
     radix_split_model,
     se_linear_model,
     shuffle_model,
@@ -194,3 +196,29 @@ def test_space_to_depth_is_a_block_kernel(spelled: bool) -> None:
     assert_close(cells, crops)
     with pytest.raises(onnxfcn.OnnxFcnError, match="the next size that is: 20x22"):
         onnxfcn.convert(original, static=(19, 21))
+
+
+@pytest.mark.parametrize(("op", "opset", "attrs", "global_"), [
+    ("InstanceNormalization", 13, {}, True),
+    ("LpNormalization", 13, {"axis": 2}, True),
+    ("Softmax", 13, {"axis": 3}, True),
+    ("Hardmax", 13, {"axis": 2}, True),
+    ("Softmax", 11, {"axis": 1}, True),  # before opset 13: over C, H and W together
+    ("LpNormalization", 13, {"axis": 1}, False),
+    ("Softmax", 13, {"axis": 1}, False),
+    ("LRN", 13, {"size": 3}, False),
+])
+def test_statistics_over_the_maps_positions_are_global_context(op: str, opset: int, attrs: dict[str, int],
+                                                               global_: bool) -> None:
+    """Over H or W a normalization or softmax depends on the whole map: the report once called
+    such models exact. Over the channels the cells still equal their crops."""
+    original = realistic(map_statistic_model(op, opset, **attrs))
+    converted, report = onnxfcn.convert(original)
+    geo = report.geometry
+    assert geo.exact is not global_ and geo.global_context is global_
+    assert global_ == ("statistics over the map's positions (stat) sees the whole image" in geo.reasons)
+    cells, crops = cells_vs_crops(original, converted, rand([1, 3, REF + 6, REF + 4], seed=5), REF, 2)
+    if global_:
+        assert float(np.abs(cells - crops).max()) > 1e-3 * float(np.abs(crops).max())  # the claim is needed
+    else:
+        assert_close(cells, crops)

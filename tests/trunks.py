@@ -202,3 +202,16 @@ def space_to_depth_model(spelled: bool = True, b: int = 2) -> onnx.ModelProto:
     m = REF // b - 2
     y = bld.node("MaxPool", [bld.node("Relu", [y])], kernel_shape=[2, 2], strides=[2, 2])
     return bld.model(image_shape(), [gemm(bld, bld.node("Flatten", [y], axis=1), C_FEAT * (m // 2) ** 2, 5)])
+
+
+def map_statistic_model(op: str, opset: int = 13, **attrs: int) -> onnx.ModelProto:
+    """A valid 3x3 conv, then ``op`` on the map (a normalization or softmax; over H or W it is a
+    statistic of the whole map, over the channels it is not), a 2x2 max pool and a dense head."""
+    b = Builder(opset, seed=67)
+    x = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3)), b.weight("bw", (C_FEAT,), 0.3)], kernel_shape=[3, 3])
+    if op == "InstanceNormalization":
+        x = b.node(op, [x, b.weight("s", (C_FEAT,), 1.0), b.weight("sb", (C_FEAT,), 0.5)], name="stat")
+    else:
+        x = b.node(op, [x], name="stat", **attrs)
+    y = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    return b.model(image_shape(), [gemm(b, b.node("Flatten", [y], axis=1), C_FEAT * 8 * 8, 5)])

@@ -23,6 +23,7 @@ from ..graph import attr, node_label
 from ..head import TensorState
 from ..opspec import kernel_axis, map_hw, pad_spec, resize_factors
 from ..stride import KERNEL_OPS, Edit, ceil_end_pad, kernel_edit, new_stride, scaled_pads
+from .grid import WHOLE_IMAGE
 from .lattice import SizeFn, divisible, meet, on_lattice
 from .state import AxisGeo, MapGeo, Walk
 
@@ -131,6 +132,38 @@ def space_to_depth(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
         axis.size = _blocks_size_fn(axis.size, b)
 
 
+def _statistic_axes(walk: Walk, node: onnx.NodeProto, rank: int) -> list[int]:
+    """The axes a normalization or softmax of the map computes its statistic over."""
+    op, opset = node.op_type, walk.analysis.index.opset
+    if op in ("InstanceNormalization", "GroupNormalization"):
+        return list(range(2, rank))
+    if op == "MeanVarianceNormalization":
+        return [a % rank for a in attr(node, "axes", [0, 2, 3])]
+    if op == "LpNormalization":
+        return [attr(node, "axis", -1) % rank]
+    if op == "LayerNormalization":
+        return list(range(attr(node, "axis", -1) % rank, rank))
+    if op == "CumSum":
+        axis = walk.analysis.index.int_list(node.input[1]) if len(node.input) > 1 else None
+        return list(range(rank)) if not axis else [axis[0] % rank]  # computed axis: any
+    axis = attr(node, "axis", -1 if opset >= 13 else 1) % rank  # Softmax, LogSoftmax, Hardmax
+    return [axis] if opset >= 13 else list(range(axis, rank))
+
+
+def statistics(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
+    """A normalization or softmax over the map's positions (InstanceNorm, GroupNorm, a softmax
+    along H or W, a running sum): every cell depends on the whole map, as a global pool's
+    squeeze-excitation makes it; over other axes only (the channels), the geometry passes through."""
+    lay = walk.analysis.layout(node.input[0])
+    rank = walk.analysis.index.rank(node.input[0]) or 4
+    if not set(_statistic_axes(walk, node, rank)) & {lay[2], lay[3]}:
+        return
+    if walk.target is not None:
+        raise UnsupportedModelError(f"output stride: {node.op_type} over the map's positions would cover the denser "
+                                    "map's extra cells too", node_label(node))
+    out.reasons.append(f"statistics over the map's positions ({node_label(node)}) {WHOLE_IMAGE}")
+
+
 def _padded_size_fn(prev: SizeFn, extra: int) -> SizeFn:
     return lambda n: prev(n) + extra
 
@@ -197,6 +230,9 @@ STEPS: dict[str, Step] = {
     "Resize": resize, "Upsample": resize,
     "Pad": pad,
     "SpaceToDepth": space_to_depth,
+    **{op: statistics for op in ("InstanceNormalization", "GroupNormalization", "MeanVarianceNormalization",
+                                 "LpNormalization", "LayerNormalization", "Softmax", "LogSoftmax", "Hardmax",
+                                 "CumSum")},
 }
 
 
