@@ -222,3 +222,24 @@ def test_statistics_over_the_maps_positions_are_global_context(op: str, opset: i
         assert float(np.abs(cells - crops).max()) > 1e-3 * float(np.abs(crops).max())  # the claim is needed
     else:
         assert_close(cells, crops)
+
+
+@pytest.mark.parametrize(("op", "axis"), [("Trilu", None), ("Gather", 3), ("Gather", 1)])
+def test_ops_at_fixed_positions_are_refused(op: str, axis: int | None) -> None:
+    """A triangle mask or a Gather along W (a flip) reads the map at positions fixed in the graph:
+    refused, where a pointwise reading would have called the model exact; a Gather along the
+    channels (a channel permutation) converts, exact."""
+    b = Builder(14, seed=3)
+    x = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3))], kernel_shape=[3, 3])
+    if op == "Trilu":
+        x = b.node("Trilu", [x], name="fixed")
+    else:
+        n = REF - 2 if axis == 3 else C_FEAT
+        x = b.node("Gather", [x, b.ints("idx", list(range(n - 1, -1, -1)))], axis=axis, name="fixed")
+    y = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    model = b.model(image_shape(), [gemm(b, b.node("Flatten", [y], axis=1), C_FEAT * 8 * 8, 5)])
+    if axis == 1:
+        assert onnxfcn.convert(model)[1].geometry.exact
+    else:
+        with pytest.raises(onnxfcn.UnsupportedModelError, match="node 'fixed': .* positions fixed in the graph"):
+            onnxfcn.convert(model)

@@ -164,6 +164,19 @@ def statistics(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
     out.reasons.append(f"statistics over the map's positions ({node_label(node)}) {WHOLE_IMAGE}")
 
 
+def positional(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
+    """Ops that read or write the map at positions fixed in the graph (Trilu's triangle, a scatter's
+    indices, a grid sample's grid, a Gather along H or W): no sliding geometry; a Gather along the
+    channels passes through."""
+    if node.op_type in ("Gather", "GatherElements"):
+        lay = walk.analysis.layout(node.input[0])
+        rank = walk.analysis.index.rank(node.input[0]) or 4
+        if attr(node, "axis", 0) % rank not in (lay[2], lay[3]):
+            return
+    raise UnsupportedModelError(f"{node.op_type} reads or writes the map at positions fixed in the graph; "
+                                "sliding-window geometry is undefined", node_label(node))
+
+
 def _padded_size_fn(prev: SizeFn, extra: int) -> SizeFn:
     return lambda n: prev(n) + extra
 
@@ -233,6 +246,8 @@ STEPS: dict[str, Step] = {
     **{op: statistics for op in ("InstanceNormalization", "GroupNormalization", "MeanVarianceNormalization",
                                  "LpNormalization", "LayerNormalization", "Softmax", "LogSoftmax", "Hardmax",
                                  "CumSum")},
+    **{op: positional for op in ("Trilu", "ScatterND", "ScatterElements", "Scatter", "GridSample", "ReverseSequence",
+                                 "DFT", "STFT", "Compress", "Gather", "GatherElements", "GatherND")},
 }
 
 
