@@ -93,6 +93,37 @@ def reference_pads(analysis: Analysis, node: onnx.NodeProto) -> list[int] | None
     return [int(v) for v in value]
 
 
+def computed_size_scales(analysis: Analysis, node: onnx.NodeProto) -> list[float] | None:
+    """A Resize to ``sizes`` computed from another map's Shape (GhostNetV2 upsamples its gate back
+    to the size of the map it multiplies): the scales those sizes make at the reference size; None
+    where the sizes are constant (the reference size baked in) or cannot be evaluated. The walk
+    keeps the sizes at which the other map is exactly that multiple (``geometry/steps.resize``)."""
+    index = analysis.index
+    sizes = node.input[3]
+    if index.is_const(sizes):
+        return None
+    value, shape = index.shape_value(sizes), index.static_shape(node.input[0])
+    if value is None or shape is None or value.ndim != 1 or len(value) != len(shape) or 0 in shape:
+        return None
+    return [float(v) / float(d) for v, d in zip(value.tolist(), shape, strict=True)]
+
+
+def shape_sources(analysis: Analysis, name: str) -> set[str]:
+    """The tensors whose Shape a computed shape (``name``) is made from."""
+    producer, found, todo, seen = analysis.index.producer, set(), [name], set()
+    while todo:
+        n = todo.pop()
+        if n in seen or n not in producer:
+            continue
+        seen.add(n)
+        node = producer[n]
+        if node.op_type == "Shape":
+            found.add(node.input[0])
+        else:
+            todo.extend(i for i in node.input if i)
+    return found
+
+
 def resize_factors(analysis: Analysis, node: onnx.NodeProto) -> tuple[tuple[int, int] | None, str]:
     """A Resize/Upsample's integer upsampling factors on H and W and its interpolation, or None
     and why not. Only constant scales qualify: ``sizes`` hold the reference size, and a scale that
@@ -105,9 +136,12 @@ def resize_factors(analysis: Analysis, node: onnx.NodeProto) -> tuple[tuple[int,
     else:
         pos = 1 if node.op_type == "Upsample" or index.opset < 11 else 2
         if len(node.input) > 3 and node.input[3]:
-            return None, "it resizes to constant sizes (the reference size's), not by a scale"
-        value = index.const_value(node.input[pos]) if len(node.input) > pos and node.input[pos] else None
-        scales = None if value is None else [float(v) for v in value.reshape(-1)]
+            scales = computed_size_scales(analysis, node)
+            if scales is None:
+                return None, "it resizes to constant sizes (the reference size's), not by a scale"
+        else:
+            value = index.const_value(node.input[pos]) if len(node.input) > pos and node.input[pos] else None
+            scales = None if value is None else [float(v) for v in value.reshape(-1)]
     if not scales or lay is None or len(scales) != 4:
         return None, "its scales are not a constant of one value per axis"
     if scales[lay[0]] != 1 or scales[lay[1]] != 1:

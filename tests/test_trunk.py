@@ -13,6 +13,7 @@ from trunks import (
     group_norm_model,
     map_statistic_model,
     radix_split_model,
+    resize_to_map_model,
     se_linear_model,
     shuffle_model,
     space_to_depth_model,
@@ -243,3 +244,18 @@ def test_ops_at_fixed_positions_are_refused(op: str, axis: int | None) -> None:
     else:
         with pytest.raises(onnxfcn.UnsupportedModelError, match="node 'fixed': .* positions fixed in the graph"):
             onnxfcn.convert(model)
+
+
+def test_resize_to_another_maps_size() -> None:
+    """Sizes computed from the Shape of the map the gate multiplies: a scale of 2 where that map is
+    twice the pooled one (even maps: even inputs here), so the model runs at those sizes, and
+    there its cells equal the crops (nothing pads). Constant sizes stay refused."""
+    original = realistic(resize_to_map_model())
+    converted, report = onnxfcn.convert(original)
+    geo = report.geometry
+    assert geo.lattice == ((2, (0,)), (2, (0,))) and geo.exact
+    x = rand([2, 3, REF + 6, REF + 4])
+    cells, crops = cells_vs_crops(original, converted, x, REF, 2)
+    assert_close(cells, crops)
+    with pytest.raises(onnxfcn.OnnxFcnError, match="next size that is: 20x20"):
+        onnxfcn.convert(original, static=(19, 20))

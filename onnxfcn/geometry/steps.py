@@ -21,10 +21,10 @@ import onnx
 from ..errors import UnsupportedModelError
 from ..graph import attr, node_label
 from ..head import TensorState
-from ..opspec import kernel_axis, map_hw, pad_spec, resize_factors
+from ..opspec import kernel_axis, map_hw, pad_spec, resize_factors, shape_sources
 from ..stride import KERNEL_OPS, Edit, ceil_end_pad, kernel_edit, new_stride, scaled_pads
 from .grid import WHOLE_IMAGE
-from .lattice import SizeFn, divisible, meet, on_lattice
+from .lattice import SizeFn, agreeing, divisible, meet, on_lattice
 from .state import AxisGeo, MapGeo, Walk
 
 Step = Callable[[Walk, onnx.NodeProto, MapGeo], None]
@@ -89,8 +89,11 @@ def resize(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
                                     "geometry is undefined", node_label(node))
     if walk.target is not None:
         raise UnsupportedModelError("output stride: an upsampling trunk is not supported", node_label(node))
+    computed = len(node.input) > 3 and bool(node.input[3])
     for ax, axis in ((0, out.h), (1, out.w)):
         f = factors[ax]
+        if computed:
+            _to_other_map(walk, node, ax, axis, f)
         if axis.jump % f:
             raise UnsupportedModelError(f"{node.op_type} upsamples a stride-{axis.jump} map by {f}: its cells "
                                         "would fall between input pixels", node_label(node))
@@ -175,6 +178,26 @@ def positional(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
             return
     raise UnsupportedModelError(f"{node.op_type} reads or writes the map at positions fixed in the graph; "
                                 "sliding-window geometry is undefined", node_label(node))
+
+
+def _to_other_map(walk: Walk, node: onnx.NodeProto, ax: int, axis: AxisGeo, f: int) -> None:
+    """A Resize to the size of another map (its sizes computed from that map's Shape): the scale
+    is ``f`` only where that map is exactly ``f`` times this one; elsewhere the cells would fall
+    between input cells. The sizes the model runs at narrow to those."""
+    # the map the sizes follow (the resized map's own Shape gives the batch and channels, as a rule)
+    sources = [walk.maps[t] for t in shape_sources(walk.analysis, node.input[3]) if t in walk.maps and t != node.input[0]]
+    if len(sources) != 1:
+        raise UnsupportedModelError(f"{node.op_type} resizes to sizes computed from {len(sources)} maps; "
+                                    "sliding-window geometry is undefined", node_label(node))
+    other = sources[0].h if ax == 0 else sources[0].w
+    ref = (walk.analysis.image.height, walk.analysis.image.width)[ax]
+    mine = axis.size
+    agree = agreeing(lambda n: f * mine(n), other.size, math.lcm(walk.coarse[ax], axis.jump, other.jump), ref)
+    met = meet(walk.lattice[ax], agree)
+    if not on_lattice(ref, met):
+        raise UnsupportedModelError(f"{node.op_type} resizes to another map's size, not {f} times its input's, at "
+                                    "the reference size", node_label(node))
+    walk.lattice[ax] = met
 
 
 def _padded_size_fn(prev: SizeFn, extra: int) -> SizeFn:
