@@ -162,3 +162,23 @@ def test_linear_attention_converts() -> None:
 def test_pad_that_adds_a_token_is_refused() -> None:
     with pytest.raises(UnsupportedModelError, match="node 'pad_ones': Pad adds tokens by position"):
         onnxfcn.convert(linear_attention_model(pad_tokens=True))
+
+
+def test_tokens_gated_by_a_pooled_vector_are_global_context() -> None:
+    """A squeeze-excitation gate (a global pool of the map) multiplied into the map's tokens: every
+    cell depends on the whole image (refused before: "combines tokens with a pooled tensor")."""
+    b = Builder(13, seed=17)
+    f = _trunk(b)
+    gate = b.node("Sigmoid", [b.node("Conv", [b.node("GlobalAveragePool", [f]), b.weight("g", (C, C, 1, 1))],
+                                     kernel_shape=[1, 1])])
+    gate = b.node("Reshape", [gate, b.ints("to_row", [1, C, 1])])  # N x C x 1 against N x C x HW tokens
+    t = b.node("Mul", [b.node("Reshape", [f, b.ints("to_tokens", [1, C, H * H])]), gate], name="gated")
+    y = b.node("Add", [f, b.node("Reshape", [t, b.ints("to_map", [1, C, H, H])])])
+    y = b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1)
+    original = b.model([1, 3, 18, 18], [gemm(b, y, C, 40)])
+    conv, report = onnxfcn.convert(original)
+    assert report.geometry.global_context
+    assert "statistics over the map's positions (gated) sees the whole image" in report.geometry.reasons
+    x = rand([1, 3, 18, 18], seed=2)
+    assert_close(run(conv, x)[0][:, :, 0, 0], run(original, x)[0], rel=1e-5)
+    assert run(conv, rand([2, 3, 22, 26], seed=3))[0].shape == (2, 40, 3, 5)

@@ -112,9 +112,12 @@ def _shape(index: GraphIndex, name: str) -> tuple[int, ...]:
 def _follow(index: GraphIndex, info: dict[str, TensorInfo], node: onnx.NodeProto, base: Tokens) -> TensorInfo:
     op = node.op_type
     others = [i for i in node.input if i and i in info and info[i].state not in
-              (TensorState.TOKENS, TensorState.CONST, TensorState.SHAPE)]
+              (TensorState.TOKENS, TensorState.CONST, TensorState.SHAPE, TensorState.POOLED)]
     if others:
         raise _Blocked(f"{op} combines tokens with a {info[others[0]].state.value} tensor ('{others[0]}')")
+    if base.mixing is None and any(i in info and info[i].state is TensorState.POOLED for i in node.input):
+        # a vector per image pooled over the whole map (a gate, tokens contracted away) applied to tokens
+        base = replace(base, mixing=node_label(node), mixing_kind="statistics")
     sizes = {info[i].tokens.hw for i in node.input if i in info and info[i].tokens is not None}  # type: ignore[union-attr]
     if len(sizes) > 1:
         raise _Blocked(f"{op} combines tokens of maps of different sizes {sorted(sizes)}")
