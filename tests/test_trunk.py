@@ -205,6 +205,8 @@ def test_space_to_depth_is_a_block_kernel(spelled: bool) -> None:
     ("Softmax", 13, {"axis": 3}, True),
     ("Hardmax", 13, {"axis": 2}, True),
     ("Softmax", 11, {"axis": 1}, True),  # before opset 13: over C, H and W together
+    ("GroupNormalization", 21, {"num_groups": 2}, True),
+    ("CumSum", 13, {}, True),
     ("LpNormalization", 13, {"axis": 1}, False),
     ("Softmax", 13, {"axis": 1}, False),
     ("LRN", 13, {"size": 3}, False),

@@ -211,6 +211,10 @@ def map_statistic_model(op: str, opset: int = 13, **attrs: int) -> onnx.ModelPro
     x = b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3)), b.weight("bw", (C_FEAT,), 0.3)], kernel_shape=[3, 3])
     if op == "InstanceNormalization":
         x = b.node(op, [x, b.weight("s", (C_FEAT,), 1.0), b.weight("sb", (C_FEAT,), 0.5)], name="stat")
+    elif op == "GroupNormalization":  # opset 21: scale and bias per channel
+        x = b.node(op, [x, b.weight("s", (C_FEAT,), 1.0), b.weight("sb", (C_FEAT,), 0.5)], name="stat", **attrs)
+    elif op == "CumSum":  # a running sum down H
+        x = b.node(op, [x, b.const("axis", np.asarray(2, np.int64))], name="stat")
     else:
         x = b.node(op, [x], name="stat", **attrs)
     y = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
