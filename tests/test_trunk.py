@@ -261,3 +261,12 @@ def test_resize_to_another_maps_size() -> None:
     assert_close(cells, crops)
     with pytest.raises(onnxfcn.OnnxFcnError, match="next size that is: 20x20"):
         onnxfcn.convert(original, static=(19, 20))
+
+
+def test_squeezing_the_channel_axis_away_is_refused_in_one_line() -> None:
+    b = Builder(13)
+    y = b.node("Conv", ["image", b.weight("w", (1, 3, 3, 3))], kernel_shape=[3, 3])
+    y = b.node("Unsqueeze", [b.node("Squeeze", [y, b.ints("a", [1])], name="drop_c"), b.ints("a2", [1])])
+    y = gemm(b, b.node("Flatten", [b.node("GlobalAveragePool", [y])], axis=1), 1, 5)
+    with pytest.raises(onnxfcn.UnsupportedModelError, match="node 'drop_c': Squeeze leaves the map without a channel"):
+        onnxfcn.convert(b.model(image_shape(), [y]))

@@ -133,8 +133,10 @@ def _rank_layout(index: GraphIndex, node: onnx.NodeProto, lay: Layout) -> Layout
         inserted = {a % out for a in axes}
         kept = [a for a in range(out) if a not in inserted]  # input axis k lands at kept[k]
         moved = [kept[a] for a in keep]
-    channel = min(a for a in range(out) if a not in moved)
-    return (moved[0], channel, moved[1], moved[2])
+    free = [a for a in range(out) if a not in moved]
+    if not free:
+        raise UnsupportedModelError(f"{node.op_type} leaves the map without a channel axis", node_label(node))
+    return (moved[0], free[0], moved[1], moved[2])
 
 
 def _removed_axes(index: GraphIndex, node: onnx.NodeProto, rank: int) -> list[int] | None:
