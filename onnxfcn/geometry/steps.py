@@ -119,6 +119,8 @@ def space_to_depth(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
     """Blocks of b x b cells into channels: a b x b kernel of stride b without padding; the map
     must divide into blocks, which narrows the sizes the model runs at."""
     b = int(attr(node, "blocksize", 1))
+    if b < 1:
+        raise UnsupportedModelError(f"SpaceToDepth with blocksize {b}", node_label(node))
     if walk.target is not None and b > 1:
         raise UnsupportedModelError("output stride: a space-to-depth in the trunk cannot be re-strided",
                                     node_label(node))
