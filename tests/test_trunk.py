@@ -185,7 +185,10 @@ def test_space_to_depth_is_a_block_kernel(spelled: bool) -> None:
     2x2 kernel of stride 2: the model runs where the blocks divide the map, and with no padding
     anywhere its cells equal the crops."""
     original = realistic(space_to_depth_model(spelled))
+    before = original.SerializeToString()
     converted, report = onnxfcn.convert(original)
+    assert original.SerializeToString() == before  # the spelling is rewritten in convert's copy only
+    assert onnxfcn.verify(original, converted)
     geo = report.geometry
     assert geo.exact and geo.stride == (4, 4) and geo.lattice == ((2, (0,)), (2, (0,)))
     assert [n.op_type for n in converted.graph.node].count("SpaceToDepth") == 1
