@@ -94,8 +94,8 @@ def reference_pads(analysis: Analysis, node: onnx.NodeProto) -> list[int] | None
 
 
 def computed_size_scales(analysis: Analysis, node: onnx.NodeProto) -> list[float] | None:
-    """A Resize to ``sizes`` computed from another map's Shape (GhostNetV2 upsamples its gate back
-    to the size of the map it multiplies): the scales those sizes make at the reference size; None
+    """A Resize to ``sizes`` computed from another map's Shape (``F.interpolate(g, size=x.shape[-2:])``
+    exported with dynamic H and W): the scales those sizes make at the reference size; None
     where the sizes are constant (the reference size baked in) or cannot be evaluated. The walk
     keeps the sizes at which the other map is exactly that multiple (``geometry/steps.resize``)."""
     index = analysis.index

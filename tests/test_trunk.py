@@ -264,6 +264,8 @@ def test_resize_to_another_maps_size() -> None:
     assert_close(cells, crops)
     with pytest.raises(onnxfcn.OnnxFcnError, match="next size that is: 20x20"):
         onnxfcn.convert(original, static=(19, 20))
+    with pytest.raises(onnxfcn.UnsupportedModelError, match="node 'gate_up': Resize resizes to constant H and W"):
+        onnxfcn.convert(resize_to_map_model(constant_hw=True))
 
 
 def test_squeezing_the_channel_axis_away_is_refused_in_one_line() -> None:

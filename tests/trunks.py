@@ -221,16 +221,18 @@ def map_statistic_model(op: str, opset: int = 13, **attrs: int) -> onnx.ModelPro
     return b.model(image_shape(), [gemm(b, b.node("Flatten", [y], axis=1), C_FEAT * 8 * 8, 5)])
 
 
-def resize_to_map_model() -> onnx.ModelProto:
+def resize_to_map_model(constant_hw: bool = False) -> onnx.ModelProto:
     """A gate computed at half resolution (AvgPool 2) and resized back to the size of the map it
     multiplies, the sizes computed from that map's Shape (``F.interpolate(g, size=x.shape[-2:])``
-    exported with dynamic H and W; GhostNetV2's DFC attention)."""
+    exported with dynamic H and W); ``constant_hw``: H and W as constants, N and C from the gate's
+    Shape (GhostNetV2's DFC attention, as both PyTorch exporters write it)."""
     b = Builder(13, seed=71)
     x = b.node("Relu", [b.node("Conv", ["image", b.weight("w", (C_FEAT, 3, 3, 3))], kernel_shape=[3, 3])])
     g = b.node("AveragePool", [x], kernel_shape=[2, 2], strides=[2, 2])
     g = b.node("Sigmoid", [b.node("Conv", [g, b.weight("wg", (C_FEAT, C_FEAT, 1, 1))], kernel_shape=[1, 1])])
-    sizes = b.node("Concat", [b.node("Slice", [b.node("Shape", [g]), b.ints("s0", [0]), b.ints("e0", [2])]),
-                              b.node("Slice", [b.node("Shape", [x]), b.ints("s1", [2]), b.ints("e1", [4])])], axis=0)
+    hw = b.ints("hw", [REF - 2, REF - 2]) if constant_hw else \
+        b.node("Slice", [b.node("Shape", [x]), b.ints("s1", [2]), b.ints("e1", [4])])
+    sizes = b.node("Concat", [b.node("Slice", [b.node("Shape", [g]), b.ints("s0", [0]), b.ints("e0", [2])]), hw], axis=0)
     up = b.node("Resize", [g, "", "", sizes], mode="nearest", coordinate_transformation_mode="asymmetric",
                 nearest_mode="floor", name="gate_up")
     y = b.node("MaxPool", [b.node("Mul", [x, up])], kernel_shape=[2, 2], strides=[2, 2])

@@ -188,7 +188,11 @@ def _to_other_map(walk: Walk, node: onnx.NodeProto, ax: int, axis: AxisGeo, f: i
     between input cells. The sizes the model runs at narrow to those."""
     # the map the sizes follow (the resized map's own Shape gives the batch and channels, as a rule)
     sources = [walk.maps[t] for t in shape_sources(walk.analysis, node.input[3]) if t in walk.maps and t != node.input[0]]
-    if len(sources) != 1:
+    if not sources:  # GhostNetV2's exports: H and W constant, only N and C from the Shape of the input
+        raise UnsupportedModelError(f"{node.op_type} resizes to constant H and W (the reference size's), not by a "
+                                    "scale or to another map's size; sliding-window geometry is undefined",
+                                    node_label(node))
+    if len(sources) > 1:
         raise UnsupportedModelError(f"{node.op_type} resizes to sizes computed from {len(sources)} maps; "
                                     "sliding-window geometry is undefined", node_label(node))
     other = sources[0].h if ax == 0 else sources[0].w
