@@ -45,6 +45,13 @@ def set_attr(node: onnx.NodeProto, name: str, value: Any) -> None:
     node.attribute.append(helper.make_attribute(name, value))
 
 
+def softmax_axes(node: onnx.NodeProto, rank: int, opset: int) -> list[int]:
+    """The axes a Softmax, LogSoftmax or Hardmax normalizes over: its ``axis`` from opset 13 on;
+    before, every axis from ``axis`` on (the input coerced to 2-D there)."""
+    axis = attr(node, "axis", -1 if opset >= 13 else 1) % rank
+    return [axis] if opset >= 13 else list(range(axis, rank))
+
+
 def node_label(node: onnx.NodeProto) -> str:
     return node.name or f"{node.op_type}->{node.output[0] if node.output else '?'}"
 
@@ -302,6 +309,14 @@ class GraphIndex:
     def int_list(self, name: str) -> list[int] | None:
         v = self.const_value(name) if name else None
         return None if v is None else [int(x) for x in np.asarray(v).reshape(-1)]
+
+    def axes(self, node: onnx.NodeProto) -> list[int] | None:
+        """A node's ``axes``: the attribute (older opsets) or the constant second input; None where
+        neither gives them (absent, or computed)."""
+        axes = attr(node, "axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = self.int_list(node.input[1])
+        return None if axes is None else list(axes)
 
     def ancestors(self, names: Iterable[str]) -> set[str]:
         """Every tensor the given tensors depend on, themselves included."""

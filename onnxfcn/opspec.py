@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import onnx
 
 from .errors import UnsupportedModelError
-from .graph import attr, node_label
+from .graph import attr, node_label, walk_back
 from .head import Analysis
 
 WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}  # where a convolution's weight is
@@ -110,18 +110,9 @@ def computed_size_scales(analysis: Analysis, node: onnx.NodeProto) -> list[float
 
 def shape_sources(analysis: Analysis, name: str) -> set[str]:
     """The tensors whose Shape a computed shape (``name``) is made from."""
-    producer, found, todo, seen = analysis.index.producer, set(), [name], set()
-    while todo:
-        n = todo.pop()
-        if n in seen or n not in producer:
-            continue
-        seen.add(n)
-        node = producer[n]
-        if node.op_type == "Shape":
-            found.add(node.input[0])
-        else:
-            todo.extend(i for i in node.input if i)
-    return found
+    producer = analysis.index.producer
+    reached = walk_back([name], producer, inputs_of=lambda n: () if n.op_type == "Shape" else n.input)
+    return {producer[t].input[0] for t in reached if t in producer and producer[t].op_type == "Shape"}
 
 
 def resize_factors(analysis: Analysis, node: onnx.NodeProto) -> tuple[tuple[int, int] | None, str]:

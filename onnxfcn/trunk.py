@@ -94,13 +94,7 @@ def _plan_vector_reshape(analysis: Analysis, plan: TrunkPlan, node: onnx.NodePro
     if attr(node, "allowzero", 0) and 0 in target[1:]:
         raise UnsupportedModelError("Reshape with allowzero and a zero dim in the trunk; cannot generalize the batch",
                                     node_label(node))
-    new = onnx.NodeProto()
-    new.CopyFrom(node)
-    new.input[1] = _const(index, plan, [0, *target[1:]])
-    for a in new.attribute:
-        if a.name == "allowzero":
-            a.i = 0
-    plan.replacements[position] = [new]
+    plan.replacements[position] = [_reshape_to(node, _const(index, plan, [0, *target[1:]]))]
     plan.changes.append(Change(node_label(node), f"Reshape(to {target})",
                                f"Reshape(to {[0, *target[1:]]}: the batch from the input)"))
 
@@ -143,17 +137,22 @@ def _plan_token_reshape(analysis: Analysis, plan: TrunkPlan, node: onnx.NodeProt
         shape = index.fresh("shape")
         nodes.append(helper.make_node("Shape", [node.input[0]], [shape], name=index.fresh("shape")))
         pieces[out_batch] = _slice(index, plan, nodes, shape, in_batch, in_batch + 1)
-    new = onnx.NodeProto()
-    new.CopyFrom(node)
-    new.input[1] = _concat(index, plan, nodes, [p for p in pieces if p is not None])
-    for a in new.attribute:
-        if a.name == "allowzero":
-            a.i = 0
-    nodes.append(new)
+    nodes.append(_reshape_to(node, _concat(index, plan, nodes, [p for p in pieces if p is not None])))
     plan.replacements[position] = nodes
     target = index.int_list(node.input[1]) if index.is_const(node.input[1]) else None
     plan.changes.append(Change(node_label(node), f"Reshape(to {target if target is not None else 'a computed shape'})",
                                f"Reshape(to [{', '.join(words)}]: the tokens follow the map's size)"))
+
+
+def _reshape_to(node: onnx.NodeProto, shape: str) -> onnx.NodeProto:
+    """A copy of a Reshape to ``shape``, whose 0s copy the input's dims (allowzero off)."""
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    new.input[1] = shape
+    for a in new.attribute:
+        if a.name == "allowzero":
+            a.i = 0
+    return new
 
 
 def _concat(index: GraphIndex, plan: TrunkPlan, nodes: list[onnx.NodeProto], pieces: list[str | int]) -> str:

@@ -97,5 +97,4 @@ def agreeing(mine: SizeFn, theirs: SizeFn, period: int, ref: int) -> Lattice:
 def divisible(size: SizeFn, b: int, period: int, ref: int) -> Lattice:
     """The input sizes at which a map of ``size(n)`` cells divides into blocks of ``b`` (residues
     modulo ``period``, after which that repeats, that hold at every probed size)."""
-    bad = {n % period for n in range(max(1, ref - 2 * period), ref + 4 * period) if size(n) >= 1 and size(n) % b}
-    return period, tuple(r for r in range(period) if r not in bad)
+    return agreeing(size, lambda n: size(n) // b * b, period, ref)  # the map and its whole blocks

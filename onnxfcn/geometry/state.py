@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ..head import Analysis
 from ..stride import Edit
-from .lattice import ANY_SIZE, Lattice, SizeFn
+from .lattice import ANY_SIZE, Lattice, SizeFn, meet, on_lattice
 
 
 @dataclass
@@ -39,3 +39,17 @@ class Walk:
     coarse: list[int] = field(default_factory=lambda: [1, 1])  # the coarsest stride of any map so far
     pooled_in_trunk: dict[str, str] = field(default_factory=dict)  # a global pool's output -> the pool
     edits: dict[str, Edit] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> tuple[int, int]:
+        """The reference input's height and width."""
+        return self.analysis.image.height, self.analysis.image.width
+
+    def narrow(self, ax: int, sizes: Lattice) -> bool:
+        """Keep only the input sizes on ``sizes`` along axis ``ax`` (0: H, 1: W); False, changing
+        nothing, where the reference size is not among them (the caller says why)."""
+        met = meet(self.lattice[ax], sizes)
+        if not on_lattice(self.ref[ax], met):
+            return False
+        self.lattice[ax] = met
+        return True

@@ -19,12 +19,12 @@ from collections.abc import Callable
 import onnx
 
 from ..errors import UnsupportedModelError
-from ..graph import attr, node_label
+from ..graph import attr, node_label, softmax_axes
 from ..head import TensorState
 from ..opspec import kernel_axis, map_hw, pad_spec, resize_factors, shape_sources
 from ..stride import KERNEL_OPS, Edit, ceil_end_pad, kernel_edit, new_stride, scaled_pads
 from .grid import WHOLE_IMAGE
-from .lattice import SizeFn, agreeing, divisible, meet, on_lattice
+from .lattice import SizeFn, agreeing, divisible
 from .state import AxisGeo, MapGeo, Walk
 
 Step = Callable[[Walk, onnx.NodeProto, MapGeo], None]
@@ -124,14 +124,11 @@ def space_to_depth(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
     if walk.target is not None and b > 1:
         raise UnsupportedModelError("output stride: a space-to-depth in the trunk cannot be re-strided",
                                     node_label(node))
-    ref = walk.analysis.image.height, walk.analysis.image.width
     for ax, axis in ((0, out.h), (1, out.w)):
         period = math.lcm(walk.coarse[ax], axis.jump) * b
-        met = meet(walk.lattice[ax], divisible(axis.size, b, period, ref[ax]))
-        if not on_lattice(ref[ax], met):
-            raise UnsupportedModelError(f"SpaceToDepth of a map of {axis.size(ref[ax])} cells into blocks of {b}",
+        if not walk.narrow(ax, divisible(axis.size, b, period, walk.ref[ax])):
+            raise UnsupportedModelError(f"SpaceToDepth of a map of {axis.size(walk.ref[ax])} cells into blocks of {b}",
                                         node_label(node))
-        walk.lattice[ax] = met
         axis.rf += (b - 1) * axis.jump
         axis.jump *= b
         axis.size = _blocks_size_fn(axis.size, b)
@@ -151,8 +148,7 @@ def _statistic_axes(walk: Walk, node: onnx.NodeProto, rank: int) -> list[int]:
     if op == "CumSum":
         axis = walk.analysis.index.int_list(node.input[1]) if len(node.input) > 1 else None
         return list(range(rank)) if not axis else [axis[0] % rank]  # computed axis: any
-    axis = attr(node, "axis", -1 if opset >= 13 else 1) % rank  # Softmax, LogSoftmax, Hardmax
-    return [axis] if opset >= 13 else list(range(axis, rank))
+    return softmax_axes(node, rank, opset)  # Softmax, LogSoftmax, Hardmax
 
 
 def statistics(walk: Walk, node: onnx.NodeProto, out: MapGeo) -> None:
@@ -196,14 +192,11 @@ def _to_other_map(walk: Walk, node: onnx.NodeProto, ax: int, axis: AxisGeo, f: i
         raise UnsupportedModelError(f"{node.op_type} resizes to sizes computed from {len(sources)} maps; "
                                     "sliding-window geometry is undefined", node_label(node))
     other = sources[0].h if ax == 0 else sources[0].w
-    ref = (walk.analysis.image.height, walk.analysis.image.width)[ax]
     mine = axis.size
-    agree = agreeing(lambda n: f * mine(n), other.size, math.lcm(walk.coarse[ax], axis.jump, other.jump), ref)
-    met = meet(walk.lattice[ax], agree)
-    if not on_lattice(ref, met):
+    agree = agreeing(lambda n: f * mine(n), other.size, math.lcm(walk.coarse[ax], axis.jump, other.jump), walk.ref[ax])
+    if not walk.narrow(ax, agree):
         raise UnsupportedModelError(f"{node.op_type} resizes to another map's size, not {f} times its input's, at "
                                     "the reference size", node_label(node))
-    walk.lattice[ax] = met
 
 
 def _padded_size_fn(prev: SizeFn, extra: int) -> SizeFn:

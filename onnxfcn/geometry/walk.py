@@ -21,7 +21,7 @@ from ..graph import node_label
 from ..head import NCHW_AXES, Analysis, TensorState, Tokens
 from ..stride import Edit
 from .grid import WHOLE_IMAGE, Geometry
-from .lattice import agreeing, lattice_text, meet, on_lattice
+from .lattice import agreeing, lattice_text
 from .state import AxisGeo, MapGeo, Walk
 from .steps import step_for
 
@@ -142,12 +142,10 @@ def _merge_axis(walk: Walk, node: onnx.NodeProto, axis_key: int, mine: AxisGeo, 
     # Sizes repeat with the coarsest stride on the way here (an upsampled branch's too).
     agree = agreeing(mine.size, theirs.size, math.lcm(walk.coarse[axis_key], mine.jump * mine.dense), ref_n)
     if len(agree[1]) < agree[0]:
-        met = meet(walk.lattice[axis_key], agree)
-        if not on_lattice(ref_n, met):  # the original itself runs at the reference size
+        if not walk.narrow(axis_key, agree):  # the original itself runs at the reference size
             raise UnsupportedModelError(
                 f"merges branches whose sizes differ at the reference size ({mine.size(ref_n)} vs "
                 f"{theirs.size(ref_n)})", node_label(node))
-        walk.lattice[axis_key] = met
         log.info("%s: branch sizes agree only at %s", node_label(node), lattice_text(agree))
     end = max(mine.start + mine.rf, theirs.start + theirs.rf)
     mine.start = min(mine.start, theirs.start)

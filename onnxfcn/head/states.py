@@ -125,9 +125,7 @@ def _rank_layout(index: GraphIndex, node: onnx.NodeProto, lay: Layout) -> Layout
                                         "the tool cannot tell", node_label(node))
         moved = [a - sum(r < a for r in removed) for a in keep]
     else:
-        axes = attr(node, "axes")
-        if axes is None and len(node.input) > 1 and node.input[1]:
-            axes = index.int_list(node.input[1])
+        axes = index.axes(node)
         if axes is None:
             raise UnsupportedModelError("Unsqueeze of the map with axes the tool cannot tell", node_label(node))
         inserted = {a % out for a in axes}
@@ -142,9 +140,7 @@ def _rank_layout(index: GraphIndex, node: onnx.NodeProto, lay: Layout) -> Layout
 def _removed_axes(index: GraphIndex, node: onnx.NodeProto, rank: int) -> list[int] | None:
     """The axes a reduction without keepdims or a Squeeze removes (None: not known)."""
     if node.op_type == "Squeeze":
-        axes = attr(node, "axes")
-        if axes is None and len(node.input) > 1 and node.input[1]:
-            axes = index.int_list(node.input[1])
+        axes = index.axes(node)
         if axes is None:  # every axis of size 1 at the reference size
             shape = index.static_shape(node.input[0])
             return None if shape is None else [a for a, d in enumerate(shape) if d == 1]
@@ -157,13 +153,9 @@ def _removed_axes(index: GraphIndex, node: onnx.NodeProto, rank: int) -> list[in
 
 
 def _reduce_axes(index: GraphIndex, node: onnx.NodeProto, rank: int) -> list[int] | None:
-    axes = attr(node, "axes")
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        axes = index.int_list(node.input[1])
-        if axes is None:
-            return None
-    if axes is None:
-        return list(range(rank))  # reduce over everything
+    axes = index.axes(node)
+    if axes is None:  # computed axes: not known; none given: reduce over everything
+        return None if len(node.input) > 1 and node.input[1] else list(range(rank))
     return sorted(a % rank for a in axes)
 
 

@@ -19,7 +19,7 @@ from dataclasses import replace
 import onnx
 
 from ..errors import UnsupportedModelError
-from ..graph import GraphIndex, attr, node_label
+from ..graph import GraphIndex, attr, node_label, softmax_axes
 from .types import NCHW_AXES, NHWC_AXES, TensorInfo, TensorState, Tokens
 
 _UNARY = {"Relu", "Sigmoid", "Tanh", "Erf", "Gelu", "Exp", "Log", "Sqrt", "Reciprocal", "Neg", "Abs", "Identity",
@@ -134,8 +134,7 @@ def _follow(index: GraphIndex, info: dict[str, TensorInfo], node: onnx.NodeProto
         return _broadcast(index, info, node, base, out)
     rank = len(out)
     if op in _SOFTMAX:  # before opset 13: over every axis from ``axis`` on (the input coerced to 2-D)
-        axis = attr(node, "axis", -1 if index.opset >= 13 else 1) % rank
-        over = [axis] if index.opset >= 13 else range(axis, rank)
+        over = softmax_axes(node, rank, index.opset)
         return _tokens(replace(base, mixing=base.mixing or _mixes(base, node, over)), base.axes, base.batch)
     if op == "LayerNormalization":
         axis = attr(node, "axis", -1) % rank
@@ -253,9 +252,7 @@ def _broadcast(index: GraphIndex, info: dict[str, TensorInfo], node: onnx.NodePr
 
 
 def _reduced(index: GraphIndex, node: onnx.NodeProto, base: Tokens, rank: int) -> TensorInfo:
-    axes = attr(node, "axes")
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        axes = index.int_list(node.input[1])
+    axes = index.axes(node)
     reduced = sorted(a % rank for a in axes) if axes is not None else list(range(rank))
     if not attr(node, "keepdims", 1):
         if any(a in base.axes for a in reduced):
